@@ -1,0 +1,71 @@
+"""Where tensors come from: local safetensors folders, GGUF files, hub ids, in-memory models,
+and the packaged real models. :func:`open_source` picks the right one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from headatlas.errors import WeightSourceError
+from headatlas.weights.base import WeightSource
+from headatlas.weights.gguf_file import GGUFSource
+from headatlas.weights.hub import HubSource, looks_like_hub_id
+from headatlas.weights.inmemory import InMemorySource
+from headatlas.weights.packaged import PACKAGED_DISPLAY, PACKAGED_NAMES, packaged_path
+from headatlas.weights.safetensors_dir import SafetensorsDirSource
+
+ModelSpec = str | Path | WeightSource | Any
+"""A packaged name, a path (folder or .gguf), a hub id, a WeightSource, or a torch model."""
+
+
+def open_source(
+    model: ModelSpec,
+    *,
+    allow_pickle: bool = False,
+    revision: str | None = None,
+    tokenizer: Any = None,
+) -> WeightSource:
+    """Open whatever the user named as a :class:`WeightSource`."""
+    import torch
+
+    if isinstance(model, WeightSource):
+        return model
+    if isinstance(model, torch.nn.Module):
+        return InMemorySource(model, tokenizer=tokenizer)
+    spec = str(model)
+    if spec in PACKAGED_NAMES:
+        return GGUFSource(packaged_path(spec), name=spec, display=PACKAGED_DISPLAY[spec])
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf") or path.is_file():
+        if path.is_file() and not spec.endswith(".gguf"):
+            raise WeightSourceError(
+                f"{path} is a single file that is not .gguf: pass a Hugging Face model folder "
+                "(with config.json) or a .gguf file"
+            )
+        return GGUFSource(path)
+    if path.is_dir():
+        return SafetensorsDirSource(path, allow_pickle=allow_pickle)
+    if looks_like_hub_id(spec):
+        from headatlas.arch import spec_for
+        from headatlas.arch.config import text_config
+        from headatlas.arch.needed import needed_tensors
+
+        def needed(config: dict[str, Any]) -> list[str]:
+            return needed_tensors(spec_for(text_config(config)["model_type"]), config)
+
+        return HubSource(spec, needed, revision=revision)
+    raise WeightSourceError(
+        f"model '{spec}' not found: not a packaged model ({', '.join(PACKAGED_NAMES)}), "
+        "not an existing folder or .gguf file, and not a hub id (org/name)"
+    )
+
+
+__all__ = [
+    "PACKAGED_NAMES",
+    "GGUFSource",
+    "HubSource",
+    "InMemorySource",
+    "SafetensorsDirSource",
+    "WeightSource",
+    "open_source",
+]

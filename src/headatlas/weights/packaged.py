@@ -10,6 +10,7 @@ from headatlas.errors import WeightSourceError
 SMOLLM2 = "smollm2"
 GEMMA3_270M = "gemma3-270m"
 PACKAGED_NAMES = (SMOLLM2, GEMMA3_270M)
+PACKAGED_DISPLAY = {SMOLLM2: "SmolLM2-135M-Instruct", GEMMA3_270M: "Gemma 3 270M"}
 
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -1,0 +1,331 @@
+"""The uniform circuit view every later step uses, read from weights alone.
+
+For any supported checkpoint: token embeddings W_E [V, d], unembedding W_U [d, V] with the
+final norm described, and per layer and query head the OV factors W_V [d, d_head] (through the
+head's KV group), W_O [d_head, d], biases b_V, b_O, the pre-attention norm, and (Gemma 2/3) the
+norm between the attention output and the residual stream. Also the "effective embedding"
+MLP0(norm2_0(x)) of block 0. OV stays factored: no d x d or V x V matrix is formed.
+
+Layers are read on demand (:meth:`ModelCircuits.layer`), so a pass over every head holds the
+embeddings plus about one layer's value and output weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from headatlas.arch import ArchConfig, ArchSpec, resolve_config, spec_for
+from headatlas.arch.config import text_config
+from headatlas.errors import ShapeMismatchError, WeightSourceError
+from headatlas.weights import ModelSpec, WeightSource, open_source
+
+
+@dataclass
+class Norm:
+    """A LayerNorm or RMSNorm with its parameters; ``gain`` is the effective scale
+    (Gemma's ``1 + w`` already applied)."""
+
+    kind: str
+    gain: torch.Tensor | None  # [d]
+    bias: torch.Tensor | None  # [d]
+    eps: float
+    plus_one: bool = False
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the norm over the last dimension (computed in float32 like Hugging Face)."""
+        dtype = x.dtype
+        xf = x.float() if dtype in (torch.float16, torch.bfloat16) else x
+        if self.kind == "layernorm":
+            w = None if self.gain is None else self.gain.to(xf.dtype)
+            b = None if self.bias is None else self.bias.to(xf.dtype)
+            return F.layer_norm(xf, (xf.shape[-1],), w, b, self.eps).to(dtype)
+        out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.gain is not None:
+            out = out * self.gain.to(out.dtype)
+        return out.to(dtype)
+
+    def scale(self, d: int) -> torch.Tensor:
+        """The gain as a vector (ones when the norm has none)."""
+        return self.gain if self.gain is not None else torch.ones(d)
+
+
+@dataclass
+class MLP:
+    """Block MLP with weights in Linear layout [out, in]."""
+
+    up_w: torch.Tensor
+    up_b: torch.Tensor | None
+    down_w: torch.Tensor
+    down_b: torch.Tensor | None
+    gate_w: torch.Tensor | None
+    gate_b: torch.Tensor | None
+    act: Callable[[torch.Tensor], torch.Tensor]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``down(act(gate(x)) * up(x))`` when gated, else ``down(act(up(x)))``."""
+        up = F.linear(x, self.up_w.to(x.dtype), _opt(self.up_b, x))
+        if self.gate_w is not None:
+            hidden = self.act(F.linear(x, self.gate_w.to(x.dtype), _opt(self.gate_b, x))) * up
+        else:
+            hidden = self.act(up)
+        return F.linear(hidden, self.down_w.to(x.dtype), _opt(self.down_b, x))
+
+
+def _opt(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+    return None if t is None else t.to(like.dtype)
+
+
+@dataclass
+class LayerOV:
+    """One layer's OV factors. Query head h reads KV group ``h // group_size``."""
+
+    layer: int
+    W_V: torch.Tensor  # [n_kv, d, d_head]
+    b_V: torch.Tensor | None  # [n_kv, d_head]
+    W_O: torch.Tensor  # [n_heads, d_head, d]
+    b_O: torch.Tensor | None  # [d]
+    attn_norm: Norm
+    out_norm: Norm | None
+    """Gemma 2/3: the attention output passes this norm before the residual add."""
+    group_size: int
+
+    @property
+    def n_heads(self) -> int:
+        """Query heads."""
+        return int(self.W_O.shape[0])
+
+    def kv_group(self, head: int) -> int:
+        """The KV head a query head reads."""
+        return head // self.group_size
+
+    def head_W_V(self, head: int) -> torch.Tensor:
+        """W_V of a query head, [d, d_head]."""
+        return self.W_V[self.kv_group(head)]
+
+    def head_b_V(self, head: int) -> torch.Tensor | None:
+        """b_V of a query head, [d_head]."""
+        return None if self.b_V is None else self.b_V[self.kv_group(head)]
+
+    def out_gain(self, d: int) -> torch.Tensor:
+        """Per-dimension gain between a head's output and the residual stream ([d], ones if none).
+
+        A post-attention RMSNorm scales a row by gain / rms(row); the 1/rms factor is a positive
+        per-row scalar that leaves top-k unchanged, so only the gain enters the circuit.
+        """
+        return self.out_norm.scale(d) if self.out_norm is not None else torch.ones(d)
+
+
+class ModelCircuits:
+    """Weights-only view of a model's attention heads. Build with :meth:`load`."""
+
+    def __init__(self, source: WeightSource):
+        self.source = source
+        raw = source.config()
+        self.raw_config = text_config(raw)
+        self.spec: ArchSpec = spec_for(str(self.raw_config.get("model_type")))
+        self.cfg: ArchConfig = resolve_config(self.spec, raw)
+        self._W_E: torch.Tensor | None = None
+        self._W_U: torch.Tensor | None = None
+        self._mlp0: tuple[Norm, MLP, Norm | None] | None = None
+        self._tokenizer: Any = None
+
+    @classmethod
+    def load(cls, model: ModelSpec, **kwargs: Any) -> ModelCircuits:
+        """Open a model (packaged name, path, .gguf, hub id, or transformers model)."""
+        return cls(open_source(model, **kwargs))
+
+    # ---- reading -------------------------------------------------------------------------
+    def _name(self, module: str, kind: str, required: bool = True) -> str | None:
+        name = self.source.resolve(f"{module}.{kind}")
+        if name is None and required:
+            raise WeightSourceError(
+                f"{self.source.name}: tensor {module}.{kind} not found; the checkpoint does not "
+                f"match the {self.spec.family} layout its config declares"
+            )
+        return name
+
+    def tensor(self, module: str, kind: str = "weight", required: bool = True) -> torch.Tensor | None:
+        """Read ``module.kind`` as float32 (None when optional and absent)."""
+        name = self._name(module, kind, required)
+        return None if name is None else self.source.read(name).float()
+
+    def _need(self, module: str, kind: str = "weight") -> torch.Tensor:
+        t = self.tensor(module, kind, required=True)
+        assert t is not None
+        return t
+
+    def _check(self, name: str, t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        if tuple(t.shape) != shape:
+            raise ShapeMismatchError(
+                f"{self.source.name}: {name} has shape {tuple(t.shape)} but the config implies "
+                f"{shape}; the config and weights do not belong together"
+            )
+        return t
+
+    def _linear(self, module: str, out_dim: int, in_dim: int) -> torch.Tensor:
+        """A projection weight in Linear layout [out, in]."""
+        w = self._need(module)
+        if self.spec.conv1d:
+            w = self._check(module, w, (in_dim, out_dim)).T.contiguous()
+        return self._check(module, w, (out_dim, in_dim))
+
+    def norm(self, module: str) -> Norm:
+        """A norm layer by module path."""
+        w = self.tensor(module, "weight", required=False)
+        b = self.tensor(module, "bias", required=False)
+        if w is not None and self.spec.norm.plus_one:
+            w = 1.0 + w
+        return Norm(self.spec.norm.kind, w, b, self.cfg.eps, self.spec.norm.plus_one)
+
+    # ---- embeddings ------------------------------------------------------------------------
+    @property
+    def W_E(self) -> torch.Tensor:
+        """Token embeddings [V, d] as stored (before any embedding scale)."""
+        if self._W_E is None:
+            w = self._need(self.spec.embed)
+            if w.shape[1] != self.cfg.d_model or w.shape[0] < self.cfg.vocab_size:
+                self._check(self.spec.embed, w, (self.cfg.vocab_size, self.cfg.d_model))
+            self._W_E = w
+        return self._W_E
+
+    @property
+    def embed_scale(self) -> float | None:
+        """Gemma's sqrt(d_model) embedding multiplier (None for other families)."""
+        return self.cfg.d_model**0.5 if self.spec.embed_scale_sqrt_d else None
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Residual-stream input of tokens: W_E rows times the embedding scale. [n, d]"""
+        x = self.W_E[ids]
+        if self.embed_scale is not None:
+            x = x * torch.tensor(self.embed_scale, dtype=x.dtype)
+        return x
+
+    @property
+    def W_U(self) -> torch.Tensor:
+        """Unembedding [d, V] (the transpose of the output head, or of W_E when tied)."""
+        if self._W_U is None:
+            name = self._name(self.spec.unembed, "weight", required=not self.cfg.tied)
+            w = self.W_E if name is None else self.source.read(name).float()
+            if w.shape[1] != self.cfg.d_model:
+                self._check(self.spec.unembed, w, (self.cfg.vocab_size, self.cfg.d_model))
+            self._W_U = w.T
+        return self._W_U
+
+    def unembed_bias(self) -> torch.Tensor | None:
+        """Output-head bias [V] (Phi), or None."""
+        return self.tensor(self.spec.unembed, "bias", required=False)
+
+    def final_norm(self) -> Norm:
+        """The norm before the unembedding."""
+        return self.norm(self.spec.final_norm)
+
+    # ---- block 0 MLP ------------------------------------------------------------------------
+    def mlp(self, layer: int) -> MLP:
+        """The MLP of a layer (weights in Linear layout)."""
+        from transformers.activations import ACT2FN
+
+        m = self.spec.mlp
+        path = lambda rel: self.spec.layer_path(layer, rel)  # noqa: E731
+        up = self._need(path(m.up))
+        down = self._need(path(m.down))
+        if self.spec.conv1d:
+            up, down = up.T.contiguous(), down.T.contiguous()
+        if up.shape[1] != self.cfg.d_model or down.shape[0] != self.cfg.d_model:
+            raise ShapeMismatchError(
+                f"{self.source.name}: MLP of layer {layer} has shapes {tuple(up.shape)} / "
+                f"{tuple(down.shape)}, not matching hidden size {self.cfg.d_model}"
+            )
+        gate = self.tensor(path(m.gate)) if m.gate else None
+        return MLP(
+            up_w=up,
+            up_b=self.tensor(path(m.up), "bias", required=False),
+            down_w=down,
+            down_b=self.tensor(path(m.down), "bias", required=False),
+            gate_w=gate,
+            gate_b=self.tensor(path(m.gate), "bias", required=False) if m.gate else None,
+            act=ACT2FN[self.cfg.activation],
+        )
+
+    def effective_embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """MLP0(norm2_0(x)) of block 0 (Gemma 2/3: followed by its post-MLP norm). [n, d]"""
+        if self._mlp0 is None:
+            s = self.spec
+            out_norm = self.norm(s.layer_path(0, s.mlp_out_norm)) if s.mlp_out_norm else None
+            self._mlp0 = (self.norm(s.layer_path(0, s.mlp_norm)), self.mlp(0), out_norm)
+        norm, mlp, out_norm = self._mlp0
+        y = mlp(norm(x))
+        return out_norm(y) if out_norm is not None else y
+
+    # ---- attention OV ------------------------------------------------------------------------
+    def layer(self, layer: int) -> LayerOV:
+        """Read one layer's OV factors."""
+        c, s = self.cfg, self.spec
+        d, dh, nh, nkv = c.d_model, c.d_head, c.n_heads, c.n_kv_heads
+        v_mod = s.attn_path(layer, s.v_proj)
+        b_v: torch.Tensor | None
+        if s.qkv_layout == "separate":
+            w = self._linear(v_mod, nkv * dh, d)
+            W_V = w.reshape(nkv, dh, d).transpose(1, 2)
+            b = self.tensor(v_mod, "bias", required=False)
+            b_v = None if b is None else b.reshape(nkv, dh)
+        elif s.qkv_layout == "gpt2_fused":
+            w = self._linear(v_mod, 3 * nh * dh, d)  # rows: q | k | v
+            W_V = w[2 * nh * dh :].reshape(nh, dh, d).transpose(1, 2)
+            b = self.tensor(v_mod, "bias", required=False)
+            b_v = None if b is None else b[2 * nh * dh :].reshape(nh, dh)
+        else:  # neox_fused: rows grouped per head as (q, k, v)
+            w = self._linear(v_mod, 3 * nh * dh, d)
+            W_V = w.reshape(nh, 3, dh, d)[:, 2].transpose(1, 2)
+            b = self.tensor(v_mod, "bias", required=False)
+            b_v = None if b is None else b.reshape(nh, 3, dh)[:, 2]
+        o_mod = s.attn_path(layer, s.o_proj)
+        w_o = self._linear(o_mod, d, nh * dh)  # [d, nh*dh]
+        W_O = w_o.T.reshape(nh, dh, d)
+        out_norm = self.norm(s.layer_path(layer, s.attn_out_norm)) if s.attn_out_norm else None
+        return LayerOV(
+            layer=layer,
+            W_V=W_V.contiguous(),
+            b_V=None if b_v is None else b_v.contiguous(),
+            W_O=W_O.contiguous(),
+            b_O=self.tensor(o_mod, "bias", required=False),
+            attn_norm=self.norm(s.layer_path(layer, s.attn_norm)),
+            out_norm=out_norm,
+            group_size=c.group_size,
+        )
+
+    def layers(self, which: list[int] | None = None) -> Iterator[LayerOV]:
+        """Stream layers one at a time."""
+        for i in which if which is not None else range(self.cfg.n_layers):
+            yield self.layer(i)
+
+    # ---- misc ----------------------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer (loaded on first use)."""
+        if self._tokenizer is None:
+            self._tokenizer = self.source.tokenizer()
+        return self._tokenizer
+
+    def summary(self) -> dict[str, Any]:
+        """Model facts for manifests and ``headatlas info``."""
+        return {
+            "name": self.source.name,
+            "display_name": self.source.display_name(),
+            "source": self.source.describe(),
+            "fingerprint": self.source.fingerprint(),
+            "architecture": self.cfg.model_type,
+            "family": self.spec.family,
+            "n_layers": self.cfg.n_layers,
+            "n_heads": self.cfg.n_heads,
+            "n_kv_heads": self.cfg.n_kv_heads,
+            "d_model": self.cfg.d_model,
+            "d_head": self.cfg.d_head,
+            "vocab_size": self.cfg.vocab_size,
+            "tied_embeddings": self.cfg.tied,
+            "notes": list(self.spec.notes),
+        }

@@ -1,0 +1,121 @@
+"""Relation figure: every head's score on one relation beside its suppression score."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from matplotlib import patheffects
+from matplotlib.axes import Axes
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+
+from headatlas.report.grid_axes import check_output, draw_head_grid, panel_size, save_figure
+from headatlas.report.head_grids import relation_grid
+from headatlas.report.palette import score_colormap
+from headatlas.store import MapResults
+
+TOP_N = 5
+"""Heads annotated on each panel of the relation figure."""
+
+
+@dataclass(frozen=True)
+class TopHead:
+    """One of the best-scoring heads on a panel."""
+
+    rank: int
+    layer: int
+    head: int
+    score: float
+
+    @property
+    def text(self) -> str:
+        """How the head is written on the figure, e.g. ``L12H3 0.83``."""
+        return f"L{self.layer}H{self.head} {self.score:.2f}"
+
+
+def top_heads(grid: np.ndarray, n: int = TOP_N) -> list[TopHead]:
+    """The ``n`` highest non-NaN cells of a (n_heads, n_layers) grid; ties by layer, then head."""
+    heads, layers = np.nonzero(~np.isnan(grid))
+    values = grid[heads, layers]
+    order = np.lexsort((heads, layers, -values))[:n]
+    return [
+        TopHead(rank=i + 1, layer=int(layers[j]), head=int(heads[j]), score=float(values[j]))
+        for i, j in enumerate(order)
+    ]
+
+
+def plot_relation(
+    results: MapResults, relation: str, out: Path | None = None, top_n: int = TOP_N
+) -> Figure:
+    """Two panels for one relation: relation score and suppression score of every head.
+
+    Both use a 0–1 colour scale with one colorbar; the ``top_n`` heads of each panel are ringed
+    and numbered on the grid and listed as ``L{layer}H{head} score`` under the panel. Raises
+    UnknownRelationError (listing the available relations) for a relation without scores.
+    """
+    if out is not None:
+        check_output(out)
+    panels = [
+        ("Relation score", relation_grid(results, relation, "score")),
+        ("Suppression score", relation_grid(results, relation, "suppression_score")),
+    ]
+    category = results.scores.loc[results.scores["relation"] == relation, "category"].iloc[0]
+    panel_in = panel_size(results.n_layers, results.n_heads)
+    fig = Figure(
+        figsize=(2 * (panel_in[0] + 0.7) + 1.0, panel_in[1] + 2.0), layout="constrained"
+    )
+    axes = fig.subplots(1, 2, squeeze=False)[0]
+    cmap, norm = score_colormap(), Normalize(0.0, 1.0)
+    image = None
+    for ax, (title, grid) in zip(axes, panels):
+        image = draw_head_grid(ax, grid, cmap, norm, panel_in)
+        ax.set_title(title, fontsize=11)
+        best = top_heads(grid, top_n)
+        _mark_top_heads(ax, best)
+        listing = "   ".join(f"{h.rank}. {h.text}" for h in best) or "no scores"
+        ax.text(
+            0.0,
+            -0.16 if panel_in[1] < 3 else -0.1,
+            f"Top: {listing}",
+            transform=ax.transAxes,
+            fontsize=8,
+            va="top",
+            ha="left",
+            wrap=True,
+        )
+    assert image is not None
+    bar = fig.colorbar(image, ax=list(axes), shrink=0.85, pad=0.02)
+    bar.set_label("score (share of pairs in top-k)")
+    fig.suptitle(f"{results.display_name} — {relation} ({category})", fontsize=12)
+    if out is not None:
+        save_figure(fig, out)
+    return fig
+
+
+def _mark_top_heads(ax: Axes, best: list[TopHead]) -> None:
+    outline = [patheffects.withStroke(linewidth=2.2, foreground="black")]
+    for h in best:
+        ax.plot(
+            h.layer,
+            h.head,
+            marker="o",
+            markersize=9,
+            markerfacecolor="none",
+            markeredgecolor="white",
+            markeredgewidth=1.4,
+            path_effects=outline,
+            gid=f"top-{h.rank}",
+        )
+        ax.annotate(
+            str(h.rank),
+            (h.layer, h.head),
+            xytext=(5, 5),
+            textcoords="offset points",
+            color="white",
+            fontsize=8,
+            fontweight="bold",
+            path_effects=outline,
+            annotation_clip=True,
+        )
