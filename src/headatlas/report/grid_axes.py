@@ -71,8 +71,7 @@ def check_output(out: Path) -> Path:
     out = Path(out)
     if out.suffix.lower() not in FORMATS:
         raise OutputFormatError(
-            f"cannot write {out}: the extension picks the format, use one of "
-            f"{', '.join(FORMATS)}"
+            f"cannot write {out}: the extension picks the format, use one of {', '.join(FORMATS)}"
         )
     return out
 
@@ -103,6 +102,7 @@ def draw_head_grid(
     panel_in: tuple[float, float],
     xlabel: str = "Layer",
     ylabel: str = "Head",
+    separator_color: str = "white",
 ) -> AxesImage:
     """Draw ``grid`` (n_heads, n_layers) with layers on x, heads on y, head 0 at the bottom."""
     n_heads, n_layers = grid.shape
@@ -128,7 +128,7 @@ def draw_head_grid(
     if cell_pt >= 4:
         ax.set_xticks(np.arange(-0.5, n_layers, 1), minor=True)
         ax.set_yticks(np.arange(-0.5, n_heads, 1), minor=True)
-        ax.grid(which="minor", color="white", linewidth=min(1.5, cell_pt / 12))
+        ax.grid(which="minor", color=separator_color, linewidth=min(1.5, cell_pt / 12))
         ax.tick_params(which="minor", length=0)
     for spine in ax.spines.values():
         spine.set_linewidth(0.6)

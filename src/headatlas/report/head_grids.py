@@ -20,7 +20,9 @@ def _empty(results: MapResults) -> np.ndarray:
 
 def _in_range(df: pd.DataFrame, results: MapResults) -> pd.DataFrame:
     # A table written for a different shape than the manifest would index out of the grid.
-    ok = (df["layer"].between(0, results.n_layers - 1)) & (df["head"].between(0, results.n_heads - 1))
+    ok = (df["layer"].between(0, results.n_layers - 1)) & (
+        df["head"].between(0, results.n_heads - 1)
+    )
     return df[ok]
 
 

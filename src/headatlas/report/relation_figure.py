@@ -10,6 +10,7 @@ from matplotlib import patheffects
 from matplotlib.axes import Axes
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from headatlas.report.grid_axes import check_output, draw_head_grid, panel_size, save_figure
 from headatlas.report.head_grids import relation_grid
@@ -36,8 +37,8 @@ class TopHead:
 
 
 def top_heads(grid: np.ndarray, n: int = TOP_N) -> list[TopHead]:
-    """The ``n`` highest non-NaN cells of a (n_heads, n_layers) grid; ties by layer, then head."""
-    heads, layers = np.nonzero(~np.isnan(grid))
+    """The ``n`` highest positive cells of a (n_heads, n_layers) grid; ties by layer, then head."""
+    heads, layers = np.nonzero(np.nan_to_num(grid, nan=0.0) > 0)
     values = grid[heads, layers]
     order = np.lexsort((heads, layers, -values))[:n]
     return [
@@ -63,35 +64,43 @@ def plot_relation(
     ]
     category = results.scores.loc[results.scores["relation"] == relation, "category"].iloc[0]
     panel_in = panel_size(results.n_layers, results.n_heads)
-    fig = Figure(
-        figsize=(2 * (panel_in[0] + 0.7) + 1.0, panel_in[1] + 2.0), layout="constrained"
-    )
+    fig = Figure(figsize=(2 * (panel_in[0] + 0.7) + 1.0, panel_in[1] + 2.0), layout="constrained")
     axes = fig.subplots(1, 2, squeeze=False)[0]
     cmap, norm = score_colormap(), Normalize(0.0, 1.0)
     image = None
     for ax, (title, grid) in zip(axes, panels):
-        image = draw_head_grid(ax, grid, cmap, norm, panel_in)
+        image = draw_head_grid(ax, grid, cmap, norm, panel_in, separator_color="#00000040")
         ax.set_title(title, fontsize=11)
         best = top_heads(grid, top_n)
         _mark_top_heads(ax, best)
-        listing = "   ".join(f"{h.rank}. {h.text}" for h in best) or "no scores"
-        ax.text(
-            0.0,
-            -0.16 if panel_in[1] < 3 else -0.1,
-            f"Top: {listing}",
-            transform=ax.transAxes,
-            fontsize=8,
-            va="top",
-            ha="left",
-            wrap=True,
-        )
+        _list_top_heads(ax, best, panel_in)
     assert image is not None
     bar = fig.colorbar(image, ax=list(axes), shrink=0.85, pad=0.02)
-    bar.set_label("score (share of pairs in top-k)")
+    bar.set_label("score (0–1)")
     fig.suptitle(f"{results.display_name} — {relation} ({category})", fontsize=12)
     if out is not None:
         save_figure(fig, out)
     return fig
+
+
+def _list_top_heads(ax: Axes, best: list[TopHead], panel_in: tuple[float, float]) -> None:
+    # A legend under the panel: constrained layout makes room for it, unlike free text.
+    handles = [Line2D([], [], linestyle="none", label=f"{h.rank}. {h.text}") for h in best]
+    if not handles:
+        handles = [Line2D([], [], linestyle="none", label="no head scores above 0")]
+    ax.legend(
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.45 / panel_in[1]),  # just below the x label
+        ncols=max(1, min(len(handles), int(panel_in[0] // 1.25))),
+        handlelength=0,
+        handletextpad=0,
+        columnspacing=1.4,
+        fontsize=8,
+        frameon=False,
+        title="Top heads",
+        title_fontsize=8,
+    )
 
 
 def _mark_top_heads(ax: Axes, best: list[TopHead]) -> None:

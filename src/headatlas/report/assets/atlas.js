@@ -1,0 +1,396 @@
+/* headatlas interactive atlas. Builds the page from the JSON block #atlas-data.
+   Data strings reach the DOM only through textContent and element properties, never as markup. */
+(function () {
+  "use strict";
+  var DATA = JSON.parse(document.getElementById("atlas-data").textContent);
+  var THRESHOLD = 150; /* thousandths: a head implements a relation at score >= 0.15 */
+  var TICK_STEPS = [1, 2, 4, 5, 8, 10, 16, 20, 25, 32, 50, 64, 100, 128, 200, 256, 500];
+  var TOP_IN_TOOLTIP = 5;
+
+  function el(tag, className, text) {
+    var node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    return node;
+  }
+  function clamp(x, lo, hi) { return Math.max(lo, Math.min(hi, x)); }
+  function fmt(v) { return v < 0 ? "\u2013" : (v / 1000).toFixed(2); }
+
+  /* 1001-entry lookup table of the 0..1 score colour scale (thousandths -> css colour). */
+  var SCALE = (function (stops) {
+    var rgb = stops.map(function (h) {
+      return [parseInt(h.slice(1, 3), 16), parseInt(h.slice(3, 5), 16), parseInt(h.slice(5, 7), 16)];
+    });
+    var out = new Array(1001);
+    for (var v = 0; v <= 1000; v++) {
+      var t = (v / 1000) * (rgb.length - 1), i = Math.min(Math.floor(t), rgb.length - 2), f = t - i;
+      var c = [0, 1, 2].map(function (k) { return Math.round(rgb[i][k] + (rgb[i + 1][k] - rgb[i][k]) * f); });
+      out[v] = "rgb(" + c[0] + ", " + c[1] + ", " + c[2] + ")";
+    }
+    return out;
+  })(DATA.score_scale);
+  var MISSING = "#ffffff";
+
+  function tickStep(n, px) {
+    var maxTicks = Math.max(2, Math.floor(px / 40));
+    for (var i = 0; i < TICK_STEPS.length; i++) if (n / TICK_STEPS[i] <= maxTicks) return TICK_STEPS[i];
+    return Math.ceil(n / maxTicks);
+  }
+
+  var tooltip = el("div");
+  tooltip.id = "tooltip";
+  tooltip.setAttribute("role", "tooltip");
+
+  function Model(m, index) {
+    this.m = m;
+    this.index = index;
+    this.nCells = m.n_layers * m.n_heads;
+    this.mode = -1; /* -1: colour by label; r >= 0: by relation r */
+    this.supp = false;
+    this.labelOn = m.labels.map(function () { return true; });
+    this.implCat = -1;
+    this.pinned = -1;
+    this.cells = new Array(this.nCells);
+    this.root = el("section", "model");
+    this.root.id = "model-" + index;
+    this.build();
+  }
+
+  Model.prototype.headName = function (i) {
+    var H = this.m.n_heads;
+    return "L" + Math.floor(i / H) + " H" + (i % H);
+  };
+
+  Model.prototype.build = function () {
+    var m = this.m, self = this;
+    var classified = 0, counts = m.labels.map(function () { return 0; });
+    for (var i = 0; i < this.nCells; i++) {
+      var lab = m.label[i];
+      if (lab >= 0) { counts[lab]++; if (m.labels[lab] !== "Unclassified") classified++; }
+    }
+    var meta = m.name + " \u00b7 " + m.n_layers + " layers \u00d7 " + m.n_heads + " heads \u00b7 " +
+      classified + " classified heads \u00b7 " + m.relations.length + " relations";
+    if (m.skipped.length) meta += " \u00b7 skipped: " + m.skipped.map(function (s) { return s[0] + " (" + s[1] + ")"; }).join(", ");
+    this.root.appendChild(el("p", "meta", meta));
+
+    /* Controls: colour by, suppression toggle, implements-category filter. */
+    var controls = el("div", "controls");
+    var colourLabel = el("label", null, "Colour by ");
+    var select = el("select", "colour-by");
+    select.appendChild(new Option("Category label", "-1"));
+    var groups = {};
+    m.relations.forEach(function (name, r) {
+      var cat = m.relation_categories[r] || "Other";
+      if (!groups[cat]) { groups[cat] = el("optgroup"); groups[cat].label = cat; select.appendChild(groups[cat]); }
+      groups[cat].appendChild(new Option(name, String(r)));
+    });
+    select.addEventListener("change", function () { self.mode = parseInt(select.value, 10); self.recolour(); });
+    colourLabel.appendChild(select);
+    controls.appendChild(colourLabel);
+
+    var suppLabel = el("label");
+    var supp = el("input", "supp-toggle");
+    supp.type = "checkbox";
+    supp.addEventListener("change", function () { self.supp = supp.checked; self.recolour(); });
+    suppLabel.appendChild(supp);
+    suppLabel.appendChild(document.createTextNode("suppression score"));
+    controls.appendChild(suppLabel);
+
+    var implLabel = el("label", null, "Implements ");
+    var impl = el("select", "impl-filter");
+    impl.appendChild(new Option("any category", "-1"));
+    m.categories.forEach(function (c, k) { impl.appendChild(new Option(c, String(k))); });
+    impl.addEventListener("change", function () { self.implCat = parseInt(impl.value, 10); self.refilter(); });
+    implLabel.appendChild(impl);
+    controls.appendChild(implLabel);
+    this.shown = el("span", "shown");
+    controls.appendChild(this.shown);
+    this.root.appendChild(controls);
+
+    /* Label legend doubling as the label filter. */
+    var legend = el("div", "legend");
+    legend.setAttribute("aria-label", "Head labels (uncheck to dim)");
+    m.labels.forEach(function (name, k) {
+      var item = el("label");
+      var box = el("input", "label-filter");
+      box.type = "checkbox";
+      box.checked = true;
+      box.value = name;
+      box.addEventListener("change", function () { self.labelOn[k] = box.checked; self.refilter(); });
+      var sw = el("span", "swatch");
+      sw.style.backgroundColor = m.label_colors[k];
+      item.appendChild(box);
+      item.appendChild(sw);
+      item.appendChild(document.createTextNode(name));
+      item.appendChild(el("span", "count", "(" + counts[k] + ")"));
+      legend.appendChild(item);
+    });
+    this.root.appendChild(legend);
+
+    this.scale = el("div", "scale");
+    this.scaleTitle = el("span");
+    var bar = el("span", "bar");
+    bar.style.background = "linear-gradient(to right, " + DATA.score_scale.join(", ") + ")";
+    this.scale.appendChild(this.scaleTitle);
+    this.scale.appendChild(el("span", null, "0"));
+    this.scale.appendChild(bar);
+    this.scale.appendChild(el("span", null, "1"));
+    this.root.appendChild(this.scale);
+
+    /* The grid: layers along x, heads along y with head 0 at the bottom. */
+    var body = el("div", "body");
+    var plot = el("div", "plot");
+    var L = m.n_layers, H = m.n_heads;
+    var cw = clamp(Math.floor(960 / L) - 1, 5, 36), ch = clamp(Math.floor(600 / H) - 1, 5, 30);
+    var yticks = el("div", "yticks");
+    var wrap = el("div", "grid-wrap");
+    var grid = el("div", "grid");
+    grid.style.gridTemplateColumns = "repeat(" + L + ", " + cw + "px)";
+    grid.style.setProperty("--cw", cw + "px");
+    grid.style.setProperty("--ch", ch + "px");
+    var frag = document.createDocumentFragment();
+    for (var row = 0; row < H; row++) {
+      var head = H - 1 - row;
+      for (var layer = 0; layer < L; layer++) {
+        var idx = layer * H + head;
+        var cell = document.createElement("div");
+        cell.className = "cell";
+        cell.dataset.i = String(idx);
+        this.cells[idx] = cell;
+        frag.appendChild(cell);
+      }
+    }
+    grid.appendChild(frag);
+    this.grid = grid;
+    wrap.appendChild(grid);
+    var gridH = H * (ch + 1) + 1, gridW = L * (cw + 1) + 1;
+    yticks.style.height = gridH + "px";
+    var ys = tickStep(H, gridH);
+    for (var h = 0; h < H; h += ys) {
+      var t = el("span", null, h);
+      t.style.top = (1 + (H - 1 - h) * (ch + 1) + ch / 2) + "px";
+      yticks.appendChild(t);
+    }
+    var xticks = el("div", "xticks");
+    xticks.style.width = gridW + "px";
+    var xs = tickStep(L, gridW);
+    for (var l = 0; l < L; l += xs) {
+      var tx = el("span", null, l);
+      tx.style.left = (1 + l * (cw + 1) + cw / 2) + "px";
+      xticks.appendChild(tx);
+    }
+    var ylab = el("div", "ylab", "Head");
+    var yside = el("div");
+    yside.style.display = "flex";
+    yside.appendChild(ylab);
+    yside.appendChild(yticks);
+    plot.appendChild(yside);
+    plot.appendChild(wrap);
+    plot.appendChild(el("div"));
+    var xbox = el("div");
+    xbox.appendChild(xticks);
+    xbox.appendChild(el("div", "xlab", "Layer"));
+    plot.appendChild(xbox);
+    body.appendChild(plot);
+
+    this.side = el("aside", "side");
+    this.side.setAttribute("aria-live", "polite");
+    body.appendChild(this.side);
+    this.root.appendChild(body);
+
+    grid.addEventListener("mousemove", function (e) {
+      var i = self.cellIndex(e.target);
+      if (i < 0) { tooltip.classList.remove("on"); return; }
+      if (tooltip.dataset.model !== String(self.index) || tooltip.dataset.i !== String(i)) self.fillTooltip(i);
+      self.placeTooltip(e.clientX, e.clientY);
+    });
+    grid.addEventListener("mouseleave", function () { tooltip.classList.remove("on"); tooltip.dataset.i = ""; });
+    grid.addEventListener("click", function (e) {
+      var i = self.cellIndex(e.target);
+      if (i >= 0) self.pin(i === self.pinned ? -1 : i);
+    });
+
+    this.recolour();
+    this.refilter();
+    this.showSide();
+  };
+
+  Model.prototype.cellIndex = function (target) {
+    if (!target || !target.classList || !target.classList.contains("cell")) return -1;
+    return parseInt(target.dataset.i, 10);
+  };
+
+  Model.prototype.recolour = function () {
+    var m = this.m, cells = this.cells, i;
+    if (this.mode < 0) {
+      for (i = 0; i < this.nCells; i++) {
+        var lab = m.label[i];
+        cells[i].style.backgroundColor = lab >= 0 ? m.label_colors[lab] : MISSING;
+      }
+      this.scale.classList.remove("on");
+      this.grid.classList.remove("scored");
+    } else {
+      var values = (this.supp ? m.supp : m.score)[this.mode];
+      for (i = 0; i < this.nCells; i++) {
+        var v = values[i];
+        cells[i].style.backgroundColor = v < 0 ? MISSING : SCALE[clamp(v, 0, 1000)];
+      }
+      this.scale.classList.add("on");
+      this.grid.classList.add("scored");
+      this.scaleTitle.textContent = (this.supp ? "Suppression score" : "Relation score") + " on " + m.relations[this.mode] + ":";
+    }
+  };
+
+  Model.prototype.refilter = function () {
+    var m = this.m, bit = this.implCat >= 0 ? 1 << this.implCat : 0, shown = 0;
+    for (var i = 0; i < this.nCells; i++) {
+      var lab = m.label[i];
+      var on = (lab < 0 || this.labelOn[lab]) && (!bit || (m.cats[i] & bit) !== 0);
+      if (on) shown++;
+      this.cells[i].classList.toggle("dim", !on);
+    }
+    this.shown.textContent = shown + " of " + this.nCells + " heads shown";
+  };
+
+  Model.prototype.rankedRelations = function (i) {
+    var m = this.m, rows = [];
+    for (var r = 0; r < m.relations.length; r++) rows.push([r, m.score[r][i], m.supp[r][i]]);
+    rows.sort(function (a, b) { return b[1] - a[1] || b[2] - a[2] || a[0] - b[0]; });
+    return rows;
+  };
+
+  Model.prototype.labelLine = function (i) {
+    var m = this.m, lab = m.label[i], line = el("div", "label-line");
+    var sw = el("span", "swatch");
+    sw.style.backgroundColor = lab >= 0 ? m.label_colors[lab] : MISSING;
+    line.appendChild(sw);
+    line.appendChild(el("span", "label-text", lab >= 0 ? m.labels[lab] : "not mapped"));
+    var cats = m.categories.filter(function (c, k) { return (m.cats[i] & (1 << k)) !== 0; });
+    if (cats.length) line.appendChild(el("span", "muted", "(" + cats.join(", ") + ")"));
+    return line;
+  };
+
+  Model.prototype.scoreTable = function (rows, withCategory) {
+    var m = this.m, table = el("table", "scores"), head = el("tr");
+    ["relation"].concat(withCategory ? ["category"] : [], ["score", "suppr."]).forEach(function (h) { head.appendChild(el("th", null, h)); });
+    var thead = el("thead");
+    thead.appendChild(head);
+    table.appendChild(thead);
+    var tbody = el("tbody");
+    rows.forEach(function (row) {
+      var tr = el("tr", row[1] >= THRESHOLD ? "hit" : null);
+      tr.appendChild(el("td", "rel", m.relations[row[0]]));
+      if (withCategory) tr.appendChild(el("td", "muted", m.relation_categories[row[0]]));
+      tr.appendChild(el("td", "num score", fmt(row[1])));
+      tr.appendChild(el("td", "num supp", fmt(row[2])));
+      tbody.appendChild(tr);
+    });
+    table.appendChild(tbody);
+    return table;
+  };
+
+  Model.prototype.fillTooltip = function (i) {
+    tooltip.replaceChildren();
+    tooltip.dataset.model = String(this.index);
+    tooltip.dataset.i = String(i);
+    tooltip.appendChild(el("div", "head-title", this.headName(i)));
+    tooltip.appendChild(this.labelLine(i));
+    if (this.m.relations.length) {
+      tooltip.appendChild(this.scoreTable(this.rankedRelations(i).slice(0, TOP_IN_TOOLTIP), false));
+      if (this.m.relations.length > TOP_IN_TOOLTIP) tooltip.appendChild(el("div", "muted", "click to pin all " + this.m.relations.length + " relations"));
+    }
+    tooltip.classList.add("on");
+  };
+
+  Model.prototype.placeTooltip = function (x, y) {
+    var w = tooltip.offsetWidth, h = tooltip.offsetHeight;
+    var left = x + 16, top = y + 16;
+    if (left + w > window.innerWidth - 4) left = Math.max(4, x - w - 16);
+    if (top + h > window.innerHeight - 4) top = Math.max(4, y - h - 16);
+    tooltip.style.left = left + "px";
+    tooltip.style.top = top + "px";
+  };
+
+  Model.prototype.pin = function (i) {
+    if (this.pinned >= 0) this.cells[this.pinned].classList.remove("pinned");
+    this.pinned = i;
+    if (i >= 0) this.cells[i].classList.add("pinned");
+    this.showSide();
+  };
+
+  Model.prototype.showSide = function () {
+    var self = this, m = this.m, i = this.pinned, side = this.side;
+    side.replaceChildren();
+    if (i < 0) {
+      side.appendChild(el("p", "hint", "Hover a head for its top relations; click it to pin all its scores here. Esc unpins."));
+      return;
+    }
+    var unpin = el("button", "unpin", "unpin \u00d7");
+    unpin.type = "button";
+    unpin.addEventListener("click", function () { self.pin(-1); });
+    side.appendChild(unpin);
+    side.appendChild(el("div", "head-title", this.headName(i)));
+    side.appendChild(this.labelLine(i));
+    side.appendChild(el("h3", null, "Scores (bold: score \u2265 0.15)"));
+    side.appendChild(this.scoreTable(this.rankedRelations(i), true));
+    var ops = m.salient[String(i)];
+    if (ops && ops.length) {
+      side.appendChild(el("h3", null, "Salient operations"));
+      var ul = el("ul", "ops");
+      ops.forEach(function (op) {
+        var li = el("li");
+        li.appendChild(el("span", "tok", op[0]));
+        li.appendChild(el("span", "muted", "\u2192"));
+        op[2].forEach(function (t) { li.appendChild(el("span", "tok", t)); });
+        if (op[1] !== null) li.appendChild(el("span", "muted", "\u03c3 " + op[1]));
+        if (op[3] && op[3].length) li.appendChild(el("span", "muted", "[" + op[3].join(", ") + "]"));
+        ul.appendChild(li);
+      });
+      side.appendChild(ul);
+    }
+    var d = m.descriptions[String(i)];
+    if (d) {
+      side.appendChild(el("h3", null, "Description"));
+      if (d[0] === "ok") {
+        side.appendChild(el("p", "desc", d[1]));
+        if (d[2]) side.appendChild(el("p", "muted", "pattern: " + d[2]));
+      } else {
+        side.appendChild(el("p", "muted", "no description (" + d[0] + ")"));
+      }
+    }
+  };
+
+  /* Page: title, tabs when there are several models, one section per model. */
+  var app = document.getElementById("app");
+  var top = el("header", "top");
+  top.appendChild(el("h1", null, "headatlas \u2014 attention heads by what they do"));
+  var tabs = el("div", "tabs");
+  tabs.setAttribute("role", "tablist");
+  top.appendChild(tabs);
+  app.appendChild(top);
+  var models = DATA.models.map(function (m, k) { return new Model(m, k); });
+  function activate(k) {
+    models.forEach(function (model, j) {
+      model.root.classList.toggle("active", j === k);
+      model.tab.setAttribute("aria-selected", j === k ? "true" : "false");
+    });
+    tooltip.classList.remove("on");
+  }
+  models.forEach(function (model, k) {
+    var tab = el("button", null, model.m.display_name);
+    tab.type = "button";
+    tab.setAttribute("role", "tab");
+    tab.addEventListener("click", function () { activate(k); });
+    model.tab = tab;
+    tabs.appendChild(tab);
+    app.appendChild(model.root);
+  });
+  if (models.length < 2) tabs.style.display = "none";
+  activate(0);
+  document.body.appendChild(tooltip);
+  document.addEventListener("keydown", function (e) {
+    if (e.key === "Escape") models.forEach(function (model) { if (model.pinned >= 0) model.pin(-1); });
+  });
+  window.headatlas = { models: models, readyAt: performance.now() };
+  document.body.dataset.ready = "1";
+})();

@@ -1,0 +1,259 @@
+"""The interactive atlas: one self-contained HTML file with every head of one or more models.
+
+The page has no external resources: CSS and JS are inlined from ``report/assets/`` and the data
+rides along as JSON in a ``<script type="application/json">`` block. A Content-Security-Policy
+allows only those two inline blocks (by hash), so even a hostile token string that somehow
+reached the DOM as markup could neither run script nor fetch anything.
+
+Data layout per model (compact, to open fast at 5,120 heads × 20 relations): a head's index is
+``layer * n_heads + head``; ``label`` holds an index into ``labels`` per head; ``cats`` a bitmask
+over ``categories`` per head; ``score[r]`` / ``supp[r]`` one integer per head in thousandths
+(−1 = no score) for relation ``r``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import json
+import math
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from headatlas.report.errors import OutputFormatError
+from headatlas.report.grid_axes import MAX_MODELS
+from headatlas.report.head_grids import relation_names
+from headatlas.report.palette import label_colors, label_order, score_colormap
+from headatlas.scoring.categories import CATEGORIES
+from headatlas.store import MapResults, write_text_atomic
+
+MAX_SALIENT_TOKENS = 8
+"""Salient operations kept per head in the page."""
+
+MAX_MAPPINGS = 8
+"""Mapped-to tokens kept per salient operation."""
+
+_SCALE_STOPS = 11  # samples of the score colour map handed to the page
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{csp}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<link rel="icon" href="data:,">
+<style>{css}</style>
+</head>
+<body>
+<noscript>This atlas needs JavaScript to draw its grids.</noscript>
+<div id="app"></div>
+<script type="application/json" id="atlas-data">{data}</script>
+<script>{js}</script>
+</body>
+</html>
+"""
+
+
+def embed_json(obj: Any) -> str:
+    """JSON that can sit inside a ``<script>`` element without ending or commenting it.
+
+    Every ``<``, ``>`` and ``&`` is written as a ``\\u`` escape, so no ``</script``, ``<!--``
+    or ``-->`` can appear in the text; the JSON still parses to the same strings.
+    """
+    # ensure_ascii also keeps the page pure ASCII, whatever the locale's file encoding.
+    text = json.dumps(obj, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    for raw, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026")):
+        text = text.replace(raw, escaped)
+    return text
+
+
+def _thousandths(values: pd.Series) -> list[int]:
+    return [-1 if math.isnan(v) else round(v * 1000) for v in values.astype(float)]
+
+
+def _head_index(df: pd.DataFrame, n_heads: int) -> pd.Series:
+    return df["layer"].astype(int) * n_heads + df["head"].astype(int)
+
+
+def _in_range(df: pd.DataFrame, results: MapResults) -> pd.DataFrame:
+    ok = df["layer"].between(0, results.n_layers - 1) & df["head"].between(0, results.n_heads - 1)
+    return df[ok]
+
+
+def _salient_by_head(results: MapResults) -> dict[str, list[Any]]:
+    """Per head index: [token, sigma or None, mappings, matched relations] of its top tokens."""
+    table = results.salient()
+    if table is None or table.empty:
+        return {}
+    table = _in_range(table, results)
+    sort_by = [c for c in ("layer", "head", "rank") if c in table.columns]
+    table = table.sort_values(sort_by, kind="stable")
+    table = table[table.groupby(["layer", "head"]).cumcount() < MAX_SALIENT_TOKENS]
+    n = len(table)
+    index = _head_index(table, results.n_heads).tolist()
+    tokens = table["token"].astype(str).tolist() if "token" in table else [""] * n
+    sigmas = table["sigma"].astype(float).tolist() if "sigma" in table else [math.nan] * n
+    mappings = table["mappings"].tolist() if "mappings" in table else [None] * n
+    matched = table["matched_relations"].tolist() if "matched_relations" in table else [None] * n
+    out: dict[str, list[Any]] = {}
+    for i, token, sigma, mapped, rels in zip(index, tokens, sigmas, mappings, matched):
+        out.setdefault(str(i), []).append(
+            [
+                token,
+                None if math.isnan(sigma) else round(sigma, 3),
+                [str(m) for m in _as_list(mapped)[:MAX_MAPPINGS]],
+                [str(m) for m in _as_list(rels)],
+            ]
+        )
+    return out
+
+
+def _as_list(value: Any) -> list[Any]:
+    # Parquet list cells come back as numpy arrays; missing ones as None or NaN.
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return []
+    if isinstance(value, str):
+        return [value]
+    return list(value)
+
+
+def _descriptions_by_head(results: MapResults) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for entry in results.descriptions():
+        try:
+            layer, head = int(entry["layer"]), int(entry["head"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if not (0 <= layer < results.n_layers and 0 <= head < results.n_heads):
+            continue
+        status = str(entry.get("status", "ok"))
+        text = str(entry.get("description") or "") if status == "ok" else ""
+        out[str(layer * results.n_heads + head)] = [status, text, str(entry.get("pattern") or "")]
+    return out
+
+
+def atlas_data(results: MapResults) -> dict[str, Any]:
+    """The compact JSON-ready description of one model that the page draws."""
+    n_layers, n_heads = results.n_layers, results.n_heads
+    n_cells = n_layers * n_heads
+    cats_table = _in_range(results.categories, results)
+    labels = label_order(set(cats_table["label"].dropna().astype(str)))
+    colors = label_colors(labels)
+    label_index = {label: i for i, label in enumerate(labels)}
+
+    present = set(results.scores["category"].dropna().astype(str))
+    present |= {c for s in cats_table["categories"].fillna("") for c in str(s).split(",") if c}
+    categories = [c for c in CATEGORIES if c in present] + sorted(present - set(CATEGORIES))
+    cat_bit = {c: 1 << i for i, c in enumerate(categories)}
+
+    label = np.full(n_cells, -1, dtype=int)
+    cats = np.zeros(n_cells, dtype=int)
+    idx = _head_index(cats_table, n_heads).to_numpy()
+    label[idx] = cats_table["label"].map(label_index).fillna(-1).to_numpy(dtype=int)
+    cats[idx] = [
+        sum(cat_bit[c] for c in set(str(s).split(",")) if c in cat_bit)
+        for s in cats_table["categories"].fillna("")
+    ]
+
+    relations = relation_names(results)
+    scores = _in_range(results.scores, results)
+    rel_category = scores.drop_duplicates("relation").set_index("relation")["category"]
+    score_rows: list[list[int]] = []
+    supp_rows: list[list[int]] = []
+    for relation in relations:
+        rows = scores[scores["relation"] == relation]
+        ridx = _head_index(rows, n_heads).to_numpy()
+        for column, sink in (("score", score_rows), ("suppression_score", supp_rows)):
+            values = np.full(n_cells, -1, dtype=int)
+            values[ridx] = _thousandths(rows[column])
+            sink.append(values.tolist())
+
+    return {
+        "name": str(results.manifest.get("model", {}).get("name", "")),
+        "display_name": results.display_name,
+        "n_layers": n_layers,
+        "n_heads": n_heads,
+        "labels": labels,
+        "label_colors": [colors[label] for label in labels],
+        "categories": categories,
+        "category_colors": [label_colors([*labels, c])[c] for c in categories],
+        "relations": relations,
+        "relation_categories": [str(rel_category.get(r, "")) for r in relations],
+        "label": label.tolist(),
+        "cats": cats.tolist(),
+        "score": score_rows,
+        "supp": supp_rows,
+        "salient": _salient_by_head(results),
+        "descriptions": _descriptions_by_head(results),
+        "skipped": [
+            [str(r.get("name")), str(r.get("skipped"))]
+            for r in results.manifest.get("relations", [])
+            if r.get("skipped")
+        ],
+    }
+
+
+def _score_scale() -> list[str]:
+    cmap = score_colormap()
+    stops = []
+    for x in np.linspace(0, 1, _SCALE_STOPS):
+        r, g, b, _ = cmap(float(x))
+        stops.append(f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}")
+    return stops
+
+
+def _asset(name: str) -> str:
+    return resources.files("headatlas.report").joinpath("assets", name).read_text("utf-8")
+
+
+def _csp_hash(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+def render_atlas_html(results: Sequence[MapResults]) -> str:
+    """The atlas page for 1 to 6 models as one self-contained, pure-ASCII HTML string."""
+    if not results:
+        raise OutputFormatError("no results folder given: pass at least one")
+    if len(results) > MAX_MODELS:
+        from headatlas.report.errors import TooManyModelsError
+
+        raise TooManyModelsError(
+            f"{len(results)} results folders given, the atlas holds at most {MAX_MODELS}: "
+            "write several atlases"
+        )
+    css, js = _asset("atlas.css"), _asset("atlas.js")
+    data = {"models": [atlas_data(r) for r in results], "score_scale": _score_scale()}
+    csp = "; ".join(
+        [
+            "default-src 'none'",
+            f"script-src {_csp_hash(js)}",
+            f"style-src {_csp_hash(css)}",
+            "img-src data:",
+            "base-uri 'none'",
+            "form-action 'none'",
+        ]
+    )
+    title = "headatlas — " + ", ".join(r.display_name for r in results)
+    return _PAGE.format(
+        csp=html.escape(csp, quote=True),
+        title=html.escape(title).encode("ascii", "xmlcharrefreplace").decode("ascii"),
+        css=css,
+        data=embed_json(data),
+        js=js,
+    )
+
+
+def write_atlas_html(results: Sequence[MapResults], out: Path) -> Path:
+    """Write the atlas page of ``results`` to ``out`` (must end in .html or .htm)."""
+    out = Path(out)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise OutputFormatError(f"cannot write {out}: the atlas is an HTML page, use a .html name")
+    write_text_atomic(render_atlas_html(results), out)
+    return out
