@@ -1,0 +1,27 @@
+"""Relations as (source, target) word pairs: 20 built-ins, user files, tokenisation."""
+
+from headatlas.relations.builtin import BUILTIN_BY_CATEGORY, BUILTIN_NAMES, builtin_relations
+from headatlas.relations.files import load_relation_file
+from headatlas.relations.model import BUILTIN_CATEGORIES, CUSTOM, Relation
+from headatlas.relations.resolve import resolve_relations
+from headatlas.relations.tokenization import (
+    SupportsEncode,
+    TokenizedRelation,
+    require_usable,
+    tokenize_relation,
+)
+
+__all__ = [
+    "BUILTIN_BY_CATEGORY",
+    "BUILTIN_CATEGORIES",
+    "BUILTIN_NAMES",
+    "CUSTOM",
+    "Relation",
+    "SupportsEncode",
+    "TokenizedRelation",
+    "builtin_relations",
+    "load_relation_file",
+    "require_usable",
+    "resolve_relations",
+    "tokenize_relation",
+]
