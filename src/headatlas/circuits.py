@@ -149,7 +149,9 @@ class ModelCircuits:
             )
         return name
 
-    def tensor(self, module: str, kind: str = "weight", required: bool = True) -> torch.Tensor | None:
+    def tensor(
+        self, module: str, kind: str = "weight", required: bool = True
+    ) -> torch.Tensor | None:
         """Read ``module.kind`` as float32 (None when optional and absent)."""
         name = self._name(module, kind, required)
         return None if name is None else self.source.read(name).float()
@@ -209,16 +211,27 @@ class ModelCircuits:
     def W_U(self) -> torch.Tensor:
         """Unembedding [d, V] (the transpose of the output head, or of W_E when tied)."""
         if self._W_U is None:
-            name = self._name(self.spec.unembed, "weight", required=not self.cfg.tied)
+            module, name = self._unembed_name()
+            if name is None and not self.cfg.tied:
+                self._name(module, "weight", required=True)  # raises, naming the tensor
             w = self.W_E if name is None else self.source.read(name).float()
             if w.shape[1] != self.cfg.d_model:
                 self._check(self.spec.unembed, w, (self.cfg.vocab_size, self.cfg.d_model))
             self._W_U = w.T
         return self._W_U
 
+    def _unembed_name(self) -> tuple[str, str | None]:
+        """The output head's module path and stored weight name (None when absent: tied)."""
+        for module in (self.spec.unembed, *self.spec.unembed_aliases):
+            name = self._name(module, "weight", required=False)
+            if name is not None:
+                return module, name
+        return self.spec.unembed, None
+
     def unembed_bias(self) -> torch.Tensor | None:
         """Output-head bias [V] (Phi), or None."""
-        return self.tensor(self.spec.unembed, "bias", required=False)
+        module, _ = self._unembed_name()
+        return self.tensor(module, "bias", required=False)
 
     def final_norm(self) -> Norm:
         """The norm before the unembedding."""

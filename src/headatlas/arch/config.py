@@ -74,6 +74,7 @@ def resolve_config(spec: ArchSpec, config: dict[str, Any]) -> ArchConfig:
             "the first must be a multiple of the second"
         )
     act = next((config[k] for k in spec.mlp.act_keys if config.get(k)), spec.mlp.default_act)
+    act = dict(spec.mlp.act_renames).get(act, act)
     tied = config.get("tie_word_embeddings")
     parallel = spec.parallel_default
     if spec.parallel_residual_key and config.get(spec.parallel_residual_key) is not None:

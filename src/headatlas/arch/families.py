@@ -30,7 +30,8 @@ GPT_NEOX = ArchSpec(
     family="gpt_neox",
     model_types=("gpt_neox",),
     embed="gpt_neox.embed_in",
-    unembed="embed_out",
+    unembed="lm_head",
+    unembed_aliases=("embed_out",),  # transformers < 5 and the Pythia checkpoints
     final_norm="gpt_neox.final_layer_norm",
     layers="gpt_neox.layers",
     attn="attention",
@@ -109,6 +110,8 @@ GEMMA = ArchSpec(
         gate="mlp.gate_proj",
         act_keys=("hidden_activation", "hidden_act"),
         default_act="gelu_pytorch_tanh",
+        # Gemma 1 configs say "gelu" but mean the tanh approximation (GemmaConfig rewrites it).
+        act_renames=(("gelu", "gelu_pytorch_tanh"),),
     ),
     norm=NormSpec("rmsnorm", plus_one=True),
     embed_scale_sqrt_d=True,
@@ -139,7 +142,13 @@ GEMMA2 = ArchSpec(
     k_proj="k_proj",
     v_proj="v_proj",
     o_proj="o_proj",
-    mlp=GEMMA.mlp,
+    mlp=MLPSpec(
+        up="mlp.up_proj",
+        down="mlp.down_proj",
+        gate="mlp.gate_proj",
+        act_keys=("hidden_activation", "hidden_act"),  # Gemma2MLP reads hidden_activation
+        default_act="gelu_pytorch_tanh",
+    ),
     norm=NormSpec("rmsnorm", plus_one=True),
     embed_scale_sqrt_d=True,
     tied_default=True,

@@ -12,7 +12,7 @@ def needed_modules(spec: ArchSpec, config: dict[str, Any]) -> list[str]:
     """Module paths whose weight (and bias) the circuits read: embeddings, unembedding, final
     norm, block 0's MLP and norms, and every layer's norms, value and output projections."""
     cfg = resolve_config(spec, config)
-    mods = [spec.embed, spec.unembed, spec.final_norm]
+    mods = [spec.embed, spec.unembed, *spec.unembed_aliases, spec.final_norm]
     mlp = spec.mlp
     mods += [spec.layer_path(0, m) for m in (mlp.up, mlp.down, mlp.gate, spec.mlp_norm) if m]
     if spec.mlp_out_norm:

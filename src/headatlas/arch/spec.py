@@ -39,6 +39,8 @@ class MLPSpec:
     act_keys: tuple[str, ...] = ("hidden_act",)
     """Config keys tried in order for the activation name (an ``ACT2FN`` key)."""
     default_act: str = "gelu_new"
+    act_renames: tuple[tuple[str, str], ...] = ()
+    """(config value, activation meant) pairs for legacy names the family's HF code rewrites."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,8 @@ class ArchSpec:
     eps_keys: tuple[str, ...] = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon")
     softcap_key: str | None = None
     """Config key of the final logit soft-cap (monotone: top-k unchanged)."""
+    unembed_aliases: tuple[str, ...] = ()
+    """Other module names the output head has had (older checkpoints), tried after ``unembed``."""
     notes: tuple[str, ...] = field(default_factory=tuple)
     """Assumptions stated for users (shown by ``headatlas info``)."""
 

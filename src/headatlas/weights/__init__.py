@@ -4,7 +4,7 @@ and the packaged real models. :func:`open_source` picks the right one."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from headatlas.errors import WeightSourceError
 from headatlas.weights.base import WeightSource
@@ -14,7 +14,7 @@ from headatlas.weights.inmemory import InMemorySource
 from headatlas.weights.packaged import PACKAGED_DISPLAY, PACKAGED_NAMES, packaged_path
 from headatlas.weights.safetensors_dir import SafetensorsDirSource
 
-ModelSpec = str | Path | WeightSource | Any
+ModelSpec: TypeAlias = str | Path | WeightSource | Any
 """A packaged name, a path (folder or .gguf), a hub id, a WeightSource, or a torch model."""
 
 

@@ -6,6 +6,7 @@ conversions llama.cpp applies: Q/K rows permuted for rotary (llama), Gemma norm 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import mmap
 from pathlib import Path
@@ -68,7 +69,9 @@ class GGUFSource(WeightSource):
             )
         self._tensors = {t.name: t for t in self._reader.tensors}
         arch_enum = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == self.arch)
-        self._name_map = gguf.get_tensor_name_map(arch_enum, int(self._field(f"{self.arch}.block_count")))
+        self._name_map = gguf.get_tensor_name_map(
+            arch_enum, int(self._field(f"{self.arch}.block_count"))
+        )
 
     def _field(self, key: str, default: Any = None) -> Any:
         field = self._reader.fields.get(key)
@@ -159,10 +162,8 @@ class GGUFSource(WeightSource):
             return
         start = int(t.data_offset)
         lo = start - start % mmap.PAGESIZE
-        try:
+        with contextlib.suppress(OSError, ValueError):
             mm.madvise(mmap.MADV_DONTNEED, lo, start + int(t.n_bytes) - lo)
-        except (OSError, ValueError):
-            pass
 
     def tokenizer(self) -> Any:
         """The tokenizer stored in the GGUF metadata, built by ``transformers``."""

@@ -47,7 +47,9 @@ def download_needed(
             RepositoryNotFoundError,
         )
     except ImportError as exc:  # pragma: no cover - a declared dependency
-        raise WeightSourceError("hub ids need huggingface_hub: pip install huggingface_hub") from exc
+        raise WeightSourceError(
+            "hub ids need huggingface_hub: pip install huggingface_hub"
+        ) from exc
     try:
         config_path = Path(hf_hub_download(repo_id, "config.json", revision=revision))
         config = json.loads(config_path.read_text())
@@ -62,7 +64,8 @@ def download_needed(
             shards = {
                 file
                 for key, file in weight_map.items()
-                if key in wanted or any(key.endswith("." + w) or w.endswith("." + key) for w in wanted)
+                if key in wanted
+                or any(key.endswith("." + w) or w.endswith("." + key) for w in wanted)
             }
             patterns.extend(sorted(shards or set(weight_map.values())))
         except (EntryNotFoundError, LocalEntryNotFoundError):

@@ -82,7 +82,9 @@ class SafetensorsFile:
         info = self.header[name]
         dtype = _DTYPES.get(info["dtype"])
         if dtype is None:
-            raise WeightSourceError(f"{self.path}: tensor {name} has unsupported dtype {info['dtype']}")
+            raise WeightSourceError(
+                f"{self.path}: tensor {name} has unsupported dtype {info['dtype']}"
+            )
         start, end = info["data_offsets"]
         mm = self._map()
         offset = self.data_start + start
@@ -125,7 +127,9 @@ class SafetensorsDirSource(WeightSource):
                     self._where[key] = shard.name
             index = self.path / "model.safetensors.index.json"
             if index.is_file():
-                missing = set(json.loads(index.read_text())["weight_map"].values()) - set(self._files)
+                missing = set(json.loads(index.read_text())["weight_map"].values()) - set(
+                    self._files
+                )
                 if missing:
                     raise WeightSourceError(
                         f"{self.path}: shards listed in model.safetensors.index.json are missing: "
@@ -186,7 +190,11 @@ class SafetensorsDirSource(WeightSource):
 
     def describe(self) -> dict[str, Any]:
         """Manifest entry."""
-        return {"kind": "safetensors", "path": str(self.path.resolve()), "files": sorted(self._files)}
+        return {
+            "kind": "safetensors",
+            "path": str(self.path.resolve()),
+            "files": sorted(self._files),
+        }
 
     def display_name(self) -> str:
         """Folder name."""
