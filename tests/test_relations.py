@@ -177,6 +177,14 @@ def test_too_few_pairs_gives_a_reason_without_digits_blame(gpt2_tokenizer):
     assert not tokenized.usable
 
 
+def test_digit_remark_only_when_numbers_are_split(gpt2_tokenizer, smollm2_tokenizer):
+    years = _relation((("1999", "2000"), ("2004", "2005")))
+    assert "digits" in tokenize_relation(years, smollm2_tokenizer).skip_reason
+    assert "digits" not in tokenize_relation(years, gpt2_tokenizer).skip_reason
+    empty = _relation(())
+    assert "digits" not in tokenize_relation(empty, gpt2_tokenizer).skip_reason
+
+
 def test_require_usable_names_the_user_file(tmp_path, gpt2_tokenizer):
     path = tmp_path / "long_words.json"
     path.write_text(json.dumps([["antidisestablishmentarianism", "floccinaucinihilipilification"]]))

@@ -91,8 +91,9 @@ def tokenize_relation(
     reason = None
     if len(kept) < min_pairs:
         # A tokenizer that splits numbers into digits can never give a single-token year.
-        splits_digits = n_digit_sources * 2 >= n_raw and n_digit_split * 2 >= n_digit_sources
-        why = " (it splits numbers into digits)" if splits_digits else ""
+        mostly_numbers = n_digit_sources * 2 >= n_raw
+        numbers_split = n_digit_split > 0 and n_digit_split * 2 >= n_digit_sources
+        why = " (it splits numbers into digits)" if mostly_numbers and numbers_split else ""
         hint = "use" if first_token else "try first_token mode or"
         reason = (
             f"{relation.name}: only {len(kept)} of {n_raw} pairs are single tokens for this "
