@@ -242,7 +242,7 @@ def render_atlas_html(results: Sequence[MapResults]) -> str:
     )
     title = "headatlas — " + ", ".join(r.display_name for r in results)
     return _PAGE.format(
-        csp=html.escape(csp, quote=True),
+        csp=html.escape(csp, quote=False),  # single quotes stay: the attribute is double-quoted
         title=html.escape(title).encode("ascii", "xmlcharrefreplace").decode("ascii"),
         css=css,
         data=embed_json(data),

@@ -127,8 +127,7 @@ def plot_category_series(results: MapResults, out: Path | None = None) -> Figure
     axes[0].set_title(ALL_CATEGORIES_TITLE, fontsize=11)
     for ax, category in zip(axes[1:], categories):
         color = colors.get(category) or label_colors([*labels, category])[category]
-        cmap = ListedColormap([colors[UNCLASSIFIED], color])
-        cmap.set_bad(MISSING_COLOR)
+        cmap = ListedColormap([colors[UNCLASSIFIED], color]).with_extremes(bad=MISSING_COLOR)
         draw_head_grid(
             ax,
             category_grid(results, category),

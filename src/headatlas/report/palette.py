@@ -53,14 +53,11 @@ def label_colors(labels: Iterable[str]) -> dict[str, str]:
 def label_colormap(labels: list[str]) -> ListedColormap:
     """A colour map where integer ``i`` is the colour of ``labels[i]``; NaN draws as missing."""
     cmap = ListedColormap(list(label_colors(labels).values()), name="headatlas-labels")
-    cmap.set_bad(MISSING_COLOR)
-    return cmap
+    return cmap.with_extremes(bad=MISSING_COLOR)
 
 
 def score_colormap() -> Colormap:
     """The 0–1 score colour map, with missing values drawn white."""
     from matplotlib import colormaps
 
-    cmap = colormaps[SCORE_CMAP].copy()
-    cmap.set_bad(MISSING_COLOR)
-    return cmap
+    return colormaps[SCORE_CMAP].with_extremes(bad=MISSING_COLOR)

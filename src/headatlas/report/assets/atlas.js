@@ -14,7 +14,7 @@
     return node;
   }
   function clamp(x, lo, hi) { return Math.max(lo, Math.min(hi, x)); }
-  function fmt(v) { return v < 0 ? "\u2013" : (v / 1000).toFixed(2); }
+  function fmt(v) { return v < 0 ? "\u2013" : (v / 1000).toFixed(3); }
 
   /* 1001-entry lookup table of the 0..1 score colour scale (thousandths -> css colour). */
   var SCALE = (function (stops) {

@@ -1,0 +1,327 @@
+"""The interactive HTML atlas: offline, interactive, and inert to hostile strings.
+
+Browser tests drive a real headless Chromium through Playwright; when it cannot be launched
+they skip with the reason printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from report_fixtures import make_results
+
+from headatlas.cli import report_cmd
+from headatlas.report.atlas_html import atlas_data, embed_json, render_atlas_html
+from headatlas.report.errors import OutputFormatError, TooManyModelsError
+from headatlas.store import MapResults, load_results
+
+EVIL_RELATION = "<img src=x onerror=alert(1)>"
+EVIL_TOKEN = "<script>alert(1)</script>"
+BREAKOUT = "</script><!--<script>alert(2)</script>"
+CATEGORIES = ("Algorithmic", "Knowledge", "Linguistic", "Translation")
+RELATIONS = tuple(
+    (EVIL_RELATION if i == 3 else BREAKOUT if i == 7 else f"relation {i:02d}", CATEGORIES[i % 4])
+    for i in range(20)
+)
+CHROMIUM = "/usr/bin/chromium"
+
+
+# ---------------------------------------------------------------------------- without a browser
+
+
+def test_embed_json_cannot_end_the_script_element() -> None:
+    obj = {"a": [BREAKOUT, EVIL_TOKEN, "-->", "&amp;", "\u2028", "caf\u00e9"]}
+    text = embed_json(obj)
+    assert json.loads(text) == obj
+    for bad in ("</", "<!--", "-->", "<script", "<"):
+        assert bad not in text
+    assert text.isascii()
+
+
+def test_atlas_data_is_compact_and_indexed_by_layer_times_heads(tmp_path: Path) -> None:
+    results = load_results(make_results(tmp_path, 3, 4, seed=1))
+    data = atlas_data(results)
+    n = 3 * 4
+    assert len(data["label"]) == n and len(data["cats"]) == n
+    assert len(data["score"]) == len(data["relations"]) == len(data["supp"])
+    row = results.scores.iloc[5]
+    r = data["relations"].index(row["relation"])
+    i = int(row["layer"]) * 4 + int(row["head"])
+    assert data["score"][r][i] == round(row["score"] * 1000)
+    assert data["supp"][r][i] == round(row["suppression_score"] * 1000)
+    labels = results.categories.set_index(["layer", "head"])["label"]
+    assert data["labels"][data["label"][2 * 4 + 3]] == labels[(2, 3)]
+    assert data["salient"] == {} and data["descriptions"] == {}
+
+
+def test_page_is_self_contained_ascii_with_a_strict_csp(tmp_path: Path) -> None:
+    d = make_results(tmp_path, 4, 4, relations=RELATIONS, salient=True, tokens=(EVIL_TOKEN,))
+    page = render_atlas_html([load_results(d)])
+    assert page.isascii()
+    assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:|//)", page)
+    assert "@import" not in page and "url(" not in page
+    assert page.count("</script>") == 2  # ours: the data block and the code block
+    assert page.count("<script") == 2
+    assert "default-src 'none'" in page and "unsafe-inline" not in page
+
+
+def test_too_many_models_and_bad_extension(tmp_path: Path) -> None:
+    results = load_results(make_results(tmp_path, 2, 4))
+    with pytest.raises(TooManyModelsError):
+        render_atlas_html([results] * 7)
+    parser = argparse.ArgumentParser()
+    report_cmd.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["report", str(results.directory), "--out", str(tmp_path / "a.txt")])
+    with pytest.raises(OutputFormatError, match="html"):
+        args.func(args)
+
+
+def test_cli_writes_default_atlas(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = make_results(tmp_path, 2, 4)
+    parser = argparse.ArgumentParser()
+    report_cmd.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["report", str(d)])
+    assert args.func(args) == 0
+    assert (d / "atlas.html").is_file()
+    assert str(d / "atlas.html") in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------- in Chromium
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        reason = f"playwright is not installed ({exc})"
+        print(reason)
+        pytest.skip(reason)
+    manager = sync_playwright().start()
+    try:
+        chromium = manager.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-background-networking"]
+        )
+    except Exception as exc:  # pragma: no cover - depends on the environment
+        manager.stop()
+        reason = f"Chromium could not be launched from {CHROMIUM}: {exc}".splitlines()[0]
+        print(reason)
+        pytest.skip(reason)
+    yield chromium
+    chromium.close()
+    manager.stop()
+
+
+@pytest.fixture(scope="module")
+def atlas(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[MapResults]]:
+    """An atlas of an 80 × 64 model with 20 relations (hostile names included) and a toy one."""
+    root = tmp_path_factory.mktemp("atlas")
+    big = make_results(
+        root, 80, 64, relations=RELATIONS, name="org/Big", seed=3, salient=True,
+        descriptions=True, tokens=(EVIL_TOKEN, " Paris", BREAKOUT),
+    )  # fmt: skip
+    small = make_results(root, 2, 4, name="tiny", seed=1)
+    results = [load_results(big), load_results(small)]
+    out = root / "atlas.html"
+    out.write_text(render_atlas_html(results))
+    return out, results
+
+
+class Page:
+    """An opened atlas with the requests it made and the dialogs it raised."""
+
+    def __init__(self, browser: Any, path: Path) -> None:
+        self.page = browser.new_page(viewport={"width": 1500, "height": 1000})
+        self.requests: list[str] = []
+        self.dialogs: list[str] = []
+        self.errors: list[str] = []
+        self.page.on("request", lambda r: self.requests.append(r.url))
+        self.page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.url = path.resolve().as_uri()
+        start = time.perf_counter()
+        self.page.goto(self.url)
+        self.page.wait_for_selector("body[data-ready='1']")
+        self.load_s = time.perf_counter() - start
+
+    def cell(self, model: int, layer: int, head: int, n_heads: int) -> Any:
+        return self.page.locator(f"#model-{model} .cell[data-i='{layer * n_heads + head}']")
+
+    def background(self, locator: Any) -> str:
+        return str(locator.evaluate("e => getComputedStyle(e).backgroundColor"))
+
+
+@pytest.fixture
+def page(browser: Any, atlas: tuple[Path, list[MapResults]]) -> Iterator[Page]:
+    opened = Page(browser, atlas[0])
+    yield opened
+    assert opened.errors == [], opened.errors
+    assert opened.dialogs == [], f"a dialog opened: {opened.dialogs}"
+    opened.page.close()
+
+
+def _fmt(x: float) -> str:
+    """How the page writes a score: stored in thousandths, shown with three decimals."""
+    return f"{round(x * 1000) / 1000:.3f}"
+
+
+def _head_scores(results: MapResults, layer: int, head: int) -> Any:
+    s = results.scores
+    return s[(s["layer"] == layer) & (s["head"] == head)].sort_values("score", ascending=False)
+
+
+@pytest.mark.browser
+def test_loads_from_file_without_network(page: Page, atlas: tuple[Path, list[MapResults]]) -> None:
+    size_mb = atlas[0].stat().st_size / 1e6
+    print(f"atlas of 5,120 heads x 20 relations: {size_mb:.1f} MB, loaded in {page.load_s:.2f} s")
+    assert page.requests, "no request recorded at all"
+    for url in page.requests:
+        assert url == page.url or url.startswith("data:"), url
+    assert page.page.locator("#model-0 .cell").count() == 80 * 64
+    assert page.page.locator("#model-1 .cell").count() == 2 * 4
+    assert page.load_s < 30  # loose: timings are printed above, not asserted tightly
+
+
+@pytest.mark.browser
+def test_hover_shows_label_and_top_scores(page: Page, atlas: tuple[Path, list[MapResults]]) -> None:
+    results = atlas[1][0]
+    layer, head = 10, 5
+    page.cell(0, layer, head, 64).hover()
+    tooltip = page.page.locator("#tooltip")
+    tooltip.wait_for(state="visible")
+    text = tooltip.inner_text()
+    label = results.categories.set_index(["layer", "head"])["label"][(layer, head)]
+    assert f"L{layer} H{head}" in text and label in text
+    top = _head_scores(results, layer, head).iloc[0]
+    first_row = tooltip.locator("tbody tr").first
+    assert first_row.locator("td.rel").inner_text() == top["relation"]
+    assert first_row.locator("td.score").inner_text() == _fmt(top["score"])
+    assert first_row.locator("td.supp").inner_text() == _fmt(top["suppression_score"])
+    page.page.mouse.move(1490, 990)
+    assert not tooltip.is_visible()
+
+
+@pytest.mark.browser
+def test_click_pins_every_score_and_salient_operations(
+    page: Page, atlas: tuple[Path, list[MapResults]]
+) -> None:
+    results = atlas[1][0]
+    layer, head = 33, 17
+    page.cell(0, layer, head, 64).click()
+    side = page.page.locator("#model-0 aside.side")
+    rows = side.locator("table.scores tbody tr")
+    assert rows.count() == len(RELATIONS)
+    shown = {
+        rows.nth(k).locator("td.rel").inner_text(): (
+            rows.nth(k).locator("td.score").inner_text(),
+            rows.nth(k).locator("td.supp").inner_text(),
+        )
+        for k in range(rows.count())
+    }
+    for r in _head_scores(results, layer, head).itertuples():
+        assert shown[r.relation] == (_fmt(r.score), _fmt(r.suppression_score))
+    assert "Salient operations" in side.inner_text()
+    assert side.locator("ul.ops li").count() == 3
+    assert "Description" in side.inner_text()
+    # Still pinned after the mouse leaves; a second click unpins.
+    page.page.mouse.move(1490, 990)
+    assert rows.count() == len(RELATIONS)
+    page.cell(0, layer, head, 64).click()
+    assert side.locator("table.scores").count() == 0
+
+
+@pytest.mark.browser
+def test_relation_select_recolours_grid_and_suppression_toggle(
+    page: Page, atlas: tuple[Path, list[MapResults]]
+) -> None:
+    results = atlas[1][0]
+    data = atlas_data(results)
+    r = data["relations"].index("relation 01")
+    scores, supp = data["score"][r], data["supp"][r]
+    i = next(k for k in range(80 * 64) if abs(scores[k] - supp[k]) > 300)
+    cell = page.page.locator(f"#model-0 .cell[data-i='{i}']")
+    scale = page.page.locator("#model-0 .scale")
+    before = page.background(cell)
+    assert not scale.is_visible()
+    page.page.select_option("#model-0 .colour-by", str(r))
+    after = page.background(cell)
+    assert after != before
+    assert scale.is_visible() and "relation 01" in scale.inner_text()
+    page.page.locator("#model-0 .supp-toggle").check()
+    assert page.background(cell) != after
+    assert "Suppression" in scale.inner_text()
+    page.page.select_option("#model-0 .colour-by", "-1")
+    assert page.background(cell) == before
+
+
+@pytest.mark.browser
+def test_category_filters_dim_other_heads(page: Page, atlas: tuple[Path, list[MapResults]]) -> None:
+    cats = atlas[1][0].categories
+    data = atlas_data(atlas[1][0])
+    unclassified = cats[cats["label"] == "Unclassified"].iloc[0]
+    classified = cats[cats["label"] != "Unclassified"].iloc[0]
+    u = page.cell(0, int(unclassified["layer"]), int(unclassified["head"]), 64)
+    c = page.cell(0, int(classified["layer"]), int(classified["head"]), 64)
+    opacity = "e => getComputedStyle(e).opacity"
+    assert u.evaluate(opacity) == "1"
+    page.page.locator("#model-0 input.label-filter[value='Unclassified']").uncheck()
+    assert float(u.evaluate(opacity)) < 0.5 and c.evaluate(opacity) == "1"
+    shown = page.page.locator("#model-0 .shown").inner_text()
+    assert shown.startswith(f"{(cats['label'] != 'Unclassified').sum()} of 5120")
+    page.page.locator("#model-0 input.label-filter[value='Unclassified']").check()
+    # "Implements Translation": heads without a translation relation dim.
+    k = data["categories"].index("Translation")
+    page.page.select_option("#model-0 .impl-filter", str(k))
+    dimmed = page.page.evaluate(
+        "() => Array.from(document.querySelectorAll('#model-0 .cell.dim')).map(e => +e.dataset.i)"
+    )
+    expected = [i for i in range(80 * 64) if not data["cats"][i] & (1 << k)]
+    assert sorted(dimmed) == expected
+
+
+@pytest.mark.browser
+def test_hostile_strings_render_as_text(page: Page, atlas: tuple[Path, list[MapResults]]) -> None:
+    p = page.page
+    options = p.locator("#model-0 .colour-by option").all_inner_texts()
+    assert EVIL_RELATION in options and BREAKOUT in options
+    # Pin a head whose salient tokens and mappings carry the payloads.
+    p.locator("#model-0 .cell[data-i='0']").click()
+    side_text = p.locator("#model-0 aside.side").inner_text()
+    assert EVIL_TOKEN in side_text and EVIL_RELATION in side_text
+    assert BREAKOUT in side_text and "<b>x</b>" in side_text
+    p.locator("#model-0 .cell[data-i='1']").hover()
+    p.wait_for_timeout(100)
+    assert p.evaluate("document.querySelectorAll('img, b, iframe, object, embed').length") == 0
+    assert p.evaluate("document.scripts.length") == 2
+    live = p.content()
+    assert "<img src" not in live and "<b>x</b>" not in live
+    assert page.dialogs == []
+
+
+@pytest.mark.browser
+def test_csp_blocks_scripts_injected_after_load(page: Page) -> None:
+    # Defence in depth: only the page's own script (allowed by hash) may run.
+    ran = page.page.evaluate(
+        """() => { const s = document.createElement('script');
+                   s.textContent = 'window.__injected = 1'; document.body.appendChild(s);
+                   return window.__injected === 1; }"""
+    )
+    assert ran is False
+
+
+@pytest.mark.browser
+def test_tabs_switch_models(page: Page) -> None:
+    p = page.page
+    assert p.locator("#model-0").is_visible() and not p.locator("#model-1").is_visible()
+    p.get_by_role("tab", name="tiny").click()
+    assert p.locator("#model-1").is_visible() and not p.locator("#model-0").is_visible()
+    p.locator("#model-1 .cell[data-i='3']").click()
+    assert "L0 H3" in p.locator("#model-1 aside.side").inner_text()
+    assert "Salient" not in p.locator("#model-1 aside.side").inner_text()
