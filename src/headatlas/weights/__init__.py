@@ -45,6 +45,11 @@ def open_source(
         return GGUFSource(path)
     if path.is_dir():
         return SafetensorsDirSource(path, allow_pickle=allow_pickle)
+    if looks_like_path(spec):
+        raise WeightSourceError(
+            f"model path {path} does not exist: check the spelling, or pass a packaged name "
+            f"({', '.join(PACKAGED_NAMES)}) or a hub id (org/name)"
+        )
     if looks_like_hub_id(spec):
         from headatlas.arch import spec_for
         from headatlas.arch.config import text_config
@@ -55,8 +60,19 @@ def open_source(
 
         return HubSource(spec, needed, revision=revision)
     raise WeightSourceError(
-        f"model '{spec}' not found: not a packaged model ({', '.join(PACKAGED_NAMES)}), "
+        f"unknown model '{spec}': not a packaged model ({', '.join(PACKAGED_NAMES)}), "
         "not an existing folder or .gguf file, and not a hub id (org/name)"
+    )
+
+
+def looks_like_path(spec: str) -> bool:
+    """Whether a string can only mean a filesystem path (absolute, relative with ./ or ../,
+    home-relative, or with more than one separator)."""
+    return (
+        spec.startswith(("/", "./", "../", "~", "\\"))
+        or spec.count("/") > 1
+        or "\\" in spec
+        or (len(spec) > 1 and spec[1] == ":")  # Windows drive
     )
 
 

@@ -38,9 +38,21 @@ _CONV1D_SUFFIXES = ("attn_qkv.weight", "attn_output.weight", "ffn_up.weight", "f
 
 
 def unpermute_qk(w: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Undo llama.cpp's rotary permutation of Q/K rows: per head, (d/2, 2) -> (2, d/2)."""
+    """Undo llama.cpp's rotary permutation of Q/K rows: per head, (d/2, 2) -> (2, d/2).
+
+    llama.cpp wrote ``w.reshape(n_heads, 2, rows // n_heads // 2, *rest).swapaxes(1, 2)``.
+    """
     rows = w.shape[0]
     return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def interleave_neox_qkv(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Undo llama.cpp's GPT-NeoX qkv reordering: rows q | k | v -> per head (q, k, v).
+
+    llama.cpp wrote ``cat(w.reshape(n_heads, 3, d_head, *rest)[:, j] for j in 0, 1, 2)``.
+    """
+    rows = w.shape[0]
+    return w.reshape(3, n_heads, rows // 3 // n_heads, *w.shape[1:]).swapaxes(0, 1).reshape(w.shape)
 
 
 class GGUFSource(WeightSource):
@@ -80,6 +92,11 @@ class GGUFSource(WeightSource):
         value = field.contents()
         return value
 
+    def _float(self, key: str) -> float | None:
+        """A float32 metadata value as the decimal it was written from (1e-06, not 9.99e-07)."""
+        value = self._field(key)
+        return None if value is None else float(str(np.float32(value)))
+
     def config(self) -> dict[str, Any]:
         """A Hugging Face style config built from the GGUF metadata."""
         a = self.arch
@@ -100,18 +117,18 @@ class GGUFSource(WeightSource):
             "max_position_embeddings": int(self._field(f"{a}.context_length", 2048)),
             "tie_word_embeddings": "output.weight" not in self._tensors,
         }
-        eps = self._field(f"{a}.attention.layer_norm_rms_epsilon")
+        eps = self._float(f"{a}.attention.layer_norm_rms_epsilon")
         if eps is not None:
             cfg["rms_norm_eps"] = float(eps)
-        eps = self._field(f"{a}.attention.layer_norm_epsilon")
+        eps = self._float(f"{a}.attention.layer_norm_epsilon")
         if eps is not None:
             cfg["layer_norm_eps"] = cfg["layer_norm_epsilon"] = float(eps)
-        theta = self._field(f"{a}.rope.freq_base")
+        theta = self._float(f"{a}.rope.freq_base")
         if theta is not None:
             cfg["rope_theta"] = float(theta)
         if a == "gptneox":
             cfg["use_parallel_residual"] = bool(self._field(f"{a}.use_parallel_residual", True))
-        softcap = self._field(f"{a}.final_logit_softcapping")
+        softcap = self._float(f"{a}.final_logit_softcapping")
         if softcap is not None:
             cfg["final_logit_softcapping"] = float(softcap)
         return cfg
@@ -151,6 +168,10 @@ class GGUFSource(WeightSource):
             tensor = unpermute_qk(tensor, heads)
         if self.arch in _NORM_PLUS_ONE and name.endswith("norm.weight"):
             tensor = tensor - 1.0
+        if self.arch == "gptneox" and ".attn_qkv." in name:
+            tensor = interleave_neox_qkv(
+                tensor, int(self._field(f"{self.arch}.attention.head_count"))
+            )
         if self.arch in _CONV1D and name.endswith(_CONV1D_SUFFIXES):
             tensor = tensor.T.contiguous()
         return tensor

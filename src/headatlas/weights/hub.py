@@ -5,6 +5,7 @@ the tensors a pass needs, then read them as a local folder. Honours ``HF_HUB_OFF
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,31 @@ def looks_like_hub_id(spec: str) -> bool:
     return len(parts) == 2 and all(parts) and not Path(spec).exists()
 
 
+def hub_cache_dir(cache_dir: str | Path | None = None) -> str | None:
+    """The hub cache folder: ``cache_dir`` if given, else ``HF_HUB_CACHE``, else
+    ``$HF_HOME/hub``, read now (``huggingface_hub`` reads them once, at import)."""
+    if cache_dir is not None:
+        return str(cache_dir)
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.environ["HF_HOME"], "hub")
+    return None
+
+
+def hub_offline() -> bool:
+    """Whether downloads are off (``HF_HUB_OFFLINE`` set now or when the hub library loaded)."""
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
+    return env in {"1", "ON", "YES", "TRUE"} or bool(constants.HF_HUB_OFFLINE)
+
+
 def download_needed(
     repo_id: str,
     needed: Callable[[dict[str, Any]], Iterable[str]],
     revision: str | None = None,
+    cache_dir: str | Path | None = None,
 ) -> Path:
     """Fetch config, tokenizer and the shards holding ``needed(config)`` tensors; return the
     snapshot folder.
@@ -50,14 +72,17 @@ def download_needed(
         raise WeightSourceError(
             "hub ids need huggingface_hub: pip install huggingface_hub"
         ) from exc
+    where: dict[str, Any] = {
+        "revision": revision,
+        "cache_dir": hub_cache_dir(cache_dir),
+        "local_files_only": hub_offline(),
+    }
     try:
-        config_path = Path(hf_hub_download(repo_id, "config.json", revision=revision))
+        config_path = Path(hf_hub_download(repo_id, "config.json", **where))
         config = json.loads(config_path.read_text())
         patterns = ["config.json", *TOKENIZER_FILES]
         try:
-            index_path = Path(
-                hf_hub_download(repo_id, "model.safetensors.index.json", revision=revision)
-            )
+            index_path = Path(hf_hub_download(repo_id, "model.safetensors.index.json", **where))
             weight_map: dict[str, str] = json.loads(index_path.read_text())["weight_map"]
             patterns.append("model.safetensors.index.json")
             wanted = set(needed(config))
@@ -70,7 +95,7 @@ def download_needed(
             patterns.extend(sorted(shards or set(weight_map.values())))
         except (EntryNotFoundError, LocalEntryNotFoundError):
             patterns.append("model.safetensors")
-        folder = snapshot_download(repo_id, revision=revision, allow_patterns=patterns)
+        folder = snapshot_download(repo_id, allow_patterns=patterns, **where)
     except LocalEntryNotFoundError as exc:
         raise WeightSourceError(
             f"hub model '{repo_id}' is not in the local cache and downloads are off "
@@ -93,10 +118,12 @@ class HubSource(SafetensorsDirSource):
         repo_id: str,
         needed: Callable[[dict[str, Any]], Iterable[str]],
         revision: str | None = None,
+        cache_dir: str | Path | None = None,
     ):
-        folder = download_needed(repo_id, needed, revision)
+        folder = download_needed(repo_id, needed, revision, cache_dir)
         self.repo_id = repo_id
-        super().__init__(folder)
+        # Only the shards holding needed tensors were fetched: the index lists more.
+        super().__init__(folder, require_all_shards=False)
         self.name = repo_id
 
     def describe(self) -> dict[str, Any]:

@@ -101,7 +101,11 @@ class SafetensorsFile:
 class SafetensorsDirSource(WeightSource):
     """A local Hugging Face model folder."""
 
-    def __init__(self, path: str | Path, allow_pickle: bool = False):
+    def __init__(
+        self, path: str | Path, allow_pickle: bool = False, require_all_shards: bool = True
+    ):
+        """Open a folder. ``require_all_shards=False`` accepts a folder holding only some of
+        the shards its index lists (a hub download of just the shards a pass needs)."""
         self.path = Path(path)
         self.name = str(path)
         if not self.path.exists():
@@ -112,29 +116,37 @@ class SafetensorsDirSource(WeightSource):
             )
         if not (self.path / "config.json").is_file():
             raise WeightSourceError(
-                f"{self.path} has no config.json: pass a Hugging Face model folder"
+                f"{self.path} has no config.json: pass a Hugging Face model folder "
+                "(save_pretrained writes one)"
             )
         self._files: dict[str, SafetensorsFile] = {}
         self._where: dict[str, str] = {}
         self._pickle: dict[str, str] = {}
         self._pickle_cache: tuple[str, dict[str, torch.Tensor]] | None = None
         shards = sorted(self.path.glob("*.safetensors"))
+        index = self.path / "model.safetensors.index.json"
+        if index.is_file():
+            # The index names the shards; other .safetensors files in the folder (Mistral's
+            # consolidated.safetensors, adapters) hold the same weights under other names.
+            try:
+                listed = set(json.loads(index.read_text())["weight_map"].values())
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise WeightSourceError(
+                    f"{index} is not a valid safetensors index ({exc}): re-download it"
+                ) from exc
+            missing = listed - {p.name for p in shards}
+            if missing and (require_all_shards or missing == listed):
+                raise WeightSourceError(
+                    f"{self.path}: shards listed in model.safetensors.index.json are missing: "
+                    f"{', '.join(sorted(missing))}; download them"
+                )
+            shards = [p for p in shards if p.name in listed]
         if shards:
             for shard in shards:
                 f = SafetensorsFile(shard)
                 self._files[shard.name] = f
                 for key in f.header:
                     self._where[key] = shard.name
-            index = self.path / "model.safetensors.index.json"
-            if index.is_file():
-                missing = set(json.loads(index.read_text())["weight_map"].values()) - set(
-                    self._files
-                )
-                if missing:
-                    raise WeightSourceError(
-                        f"{self.path}: shards listed in model.safetensors.index.json are missing: "
-                        f"{', '.join(sorted(missing))}; download them"
-                    )
             return
         bins = sorted(self.path.glob("*.bin"))
         if not bins:
@@ -155,7 +167,15 @@ class SafetensorsDirSource(WeightSource):
 
     def config(self) -> dict[str, Any]:
         """config.json as a dict."""
-        data: dict[str, Any] = json.loads((self.path / "config.json").read_text())
+        path = self.path / "config.json"
+        try:
+            data = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise WeightSourceError(
+                f"{path} is not valid JSON ({exc}): re-download it or re-save the model"
+            ) from exc
+        if not isinstance(data, dict):
+            raise WeightSourceError(f"{path} is not a JSON object: re-download it")
         return data
 
     def keys(self) -> list[str]:
