@@ -50,7 +50,7 @@ def label_colors(labels: Iterable[str]) -> dict[str, str]:
     return colors
 
 
-def label_colormap(labels: list[str]) -> ListedColormap:
+def label_colormap(labels: list[str]) -> Colormap:
     """A colour map where integer ``i`` is the colour of ``labels[i]``; NaN draws as missing."""
     cmap = ListedColormap(list(label_colors(labels).values()), name="headatlas-labels")
     return cmap.with_extremes(bad=MISSING_COLOR)

@@ -31,8 +31,8 @@
   })(DATA.score_scale);
   var MISSING = "#ffffff";
 
-  function tickStep(n, px) {
-    var maxTicks = Math.max(2, Math.floor(px / 40));
+  function tickStep(n, px, spacing) {
+    var maxTicks = Math.max(2, Math.floor(px / spacing));
     for (var i = 0; i < TICK_STEPS.length; i++) if (n / TICK_STEPS[i] <= maxTicks) return TICK_STEPS[i];
     return Math.ceil(n / maxTicks);
   }
@@ -141,7 +141,7 @@
     var body = el("div", "body");
     var plot = el("div", "plot");
     var L = m.n_layers, H = m.n_heads;
-    var cw = clamp(Math.floor(960 / L) - 1, 5, 36), ch = clamp(Math.floor(600 / H) - 1, 5, 30);
+    var cw = clamp(Math.floor(960 / L) - 1, 5, 48), ch = clamp(Math.floor(600 / H) - 1, 5, 40);
     var yticks = el("div", "yticks");
     var wrap = el("div", "grid-wrap");
     var grid = el("div", "grid");
@@ -165,7 +165,7 @@
     wrap.appendChild(grid);
     var gridH = H * (ch + 1) + 1, gridW = L * (cw + 1) + 1;
     yticks.style.height = gridH + "px";
-    var ys = tickStep(H, gridH);
+    var ys = tickStep(H, gridH, 22);
     for (var h = 0; h < H; h += ys) {
       var t = el("span", null, h);
       t.style.top = (1 + (H - 1 - h) * (ch + 1) + ch / 2) + "px";
@@ -173,7 +173,7 @@
     }
     var xticks = el("div", "xticks");
     xticks.style.width = gridW + "px";
-    var xs = tickStep(L, gridW);
+    var xs = tickStep(L, gridW, 36);
     for (var l = 0; l < L; l += xs) {
       var tx = el("span", null, l);
       tx.style.left = (1 + l * (cw + 1) + cw / 2) + "px";
