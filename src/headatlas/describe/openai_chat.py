@@ -192,7 +192,9 @@ def _completion_text(body: bytes) -> str:
     try:
         content = reply["choices"][0]["message"]["content"]
     except (KeyError, IndexError, TypeError) as exc:
-        raise MalformedResponse("the server's reply has no choices[0].message.content", text) from exc
+        raise MalformedResponse(
+            "the server's reply has no choices[0].message.content", text
+        ) from exc
     if not isinstance(content, str):
         raise MalformedResponse("the server's choices[0].message.content is not text", text)
     return content

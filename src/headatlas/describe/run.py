@@ -185,7 +185,7 @@ def describe_heads(
     try:
         if workers == 1 or len(todo) <= 1:
             for key, ops in todo:
-                finish(describe_head(*key, ops, backend))
+                finish(describe_head(key[0], key[1], ops, backend))
         else:
             _run_pool(todo, backend, workers, finish)
     finally:
@@ -210,7 +210,7 @@ def _run_pool(
     """
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="headatlas-describe")
     pending: set[Future[dict[str, Any]]] = {
-        pool.submit(describe_head, *key, ops, backend) for key, ops in todo
+        pool.submit(describe_head, key[0], key[1], ops, backend) for key, ops in todo
     }
     error: BaseException | None = None
     try:

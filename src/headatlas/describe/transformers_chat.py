@@ -60,7 +60,7 @@ class TransformersChatBackend:
             source = self.name
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
+            model: Any = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
         except (OSError, ValueError) as exc:
             raise WeightSourceError(
                 f"cannot load chat model {self.name!r} ({exc}): pass 'smollm2', a .gguf file, "
