@@ -238,3 +238,22 @@ def test_unknown_model_type_lists_supported(tmp_path: Path) -> None:
     assert "'mamba'" in str(err.value)
     for t in SUPPORTED_MODEL_TYPES:
         assert t in str(err.value)
+
+
+def test_multimodal_gemma3_checkpoint_reads_its_text_model(tmp_path: Path) -> None:
+    """Gemma 3 multimodal checkpoints nest the text config and prefix the text weights."""
+    from safetensors.torch import load_file, save_file
+
+    model = tiny_model("gemma3")
+    folder = save_tiny(model, tmp_path / "g3")
+    shard = folder / "model.safetensors"
+    state = load_file(shard)
+    renamed = {
+        (k if k.startswith("lm_head") else "model.language_model." + k[len("model.") :]): v
+        for k, v in state.items()
+    }
+    save_file(renamed, shard)
+    text = json.loads((folder / "config.json").read_text())
+    wrapped = {"model_type": "gemma3", "text_config": text, "tie_word_embeddings": True}
+    (folder / "config.json").write_text(json.dumps(wrapped))
+    _same_circuits(ModelCircuits.load(model), ModelCircuits.load(folder))

@@ -372,6 +372,17 @@ def test_truncated_safetensors(tmp_path: Path) -> None:
     _one_line(err.value, str(shard), "not a valid safetensors file")
 
 
+def test_safetensors_header_shape_disagrees_with_bytes(tmp_path: Path) -> None:
+    import struct
+
+    path = tmp_path / "bad.safetensors"
+    header = json.dumps({"w": {"dtype": "F32", "shape": [3, 3], "data_offsets": [0, 16]}})
+    path.write_bytes(struct.pack("<Q", len(header)) + header.encode() + bytes(16))
+    with pytest.raises(WeightSourceError) as err:
+        SafetensorsFile(path).read("w")
+    _one_line(err.value, str(path), "tensor w", "re-download")
+
+
 def test_garbage_gguf(tmp_path: Path) -> None:
     bad = tmp_path / "garbage.gguf"
     bad.write_bytes(bytes(range(256)) * 64)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import mmap
 import os
 import struct
@@ -89,6 +90,11 @@ class SafetensorsFile:
         mm = self._map()
         offset = self.data_start + start
         count = (end - start) // torch.empty((), dtype=dtype).element_size()
+        if count != math.prod(info["shape"]):
+            raise WeightSourceError(
+                f"{self.path}: tensor {name} has shape {info['shape']} but {end - start} bytes "
+                f"of {info['dtype']}; the file is corrupt, re-download it"
+            )
         if count == 0:
             return torch.empty(info["shape"], dtype=dtype)
         tensor = torch.frombuffer(mm, dtype=dtype, count=count, offset=offset).clone()
