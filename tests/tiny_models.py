@@ -48,6 +48,7 @@ def gpt2_tokenizer() -> Any:
 def token_batches(vocab_size: int) -> list[torch.Tensor]:
     """A few real token sequences ([1, T] each); ids folded into small vocabularies."""
     tok = gpt2_tokenizer()
+    assert len(tok) == GPT2_VOCAB, "the GPT-2 tokenizer files did not load"
     return [torch.tensor([tok.encode(s)]) % vocab_size for s in SENTENCES]
 
 
