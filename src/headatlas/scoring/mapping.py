@@ -1,0 +1,279 @@
+"""``map_heads``: score every head of a model on every relation, label heads by category, and
+store the result. Layers are streamed; each finished layer is saved at once so an interrupted
+run resumes where it stopped, and a finished map with the same inputs is reused."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from headatlas.circuits import ModelCircuits
+from headatlas.relations import (
+    Relation,
+    TokenizedRelation,
+    require_usable,
+    resolve_relations,
+    tokenize_relation,
+)
+from headatlas.scoring.categories import categorize_heads
+from headatlas.scoring.options import MapOptions
+from headatlas.scoring.plan import RelationPairs, ScoringPlan, folded_unembedding, source_embeddings
+from headatlas.scoring.ranks import PairLayout
+from headatlas.scoring.relation_scores import layer_ranks, layer_scores
+from headatlas.store import (
+    CATEGORIES,
+    MANIFEST,
+    SCORES,
+    MapResults,
+    model_slug,
+    read_manifest,
+    write_json_atomic,
+    write_parquet_atomic,
+)
+from headatlas.weights import ModelSpec
+
+PARTIAL = "partial"
+SCORE_COLUMNS = [
+    "model",
+    "layer",
+    "head",
+    "relation",
+    "category",
+    "k",
+    "n_pairs",
+    "score",
+    "suppression_score",
+]
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> the first CUDA GPU when present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """float32 / float64 / bfloat16 by name."""
+    table = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+    if name not in table:
+        from headatlas.errors import HeadAtlasError
+
+        raise HeadAtlasError(f"dtype '{name}' is not supported: use one of {', '.join(table)}")
+    return table[name]
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that shape results."""
+    import importlib.metadata as md
+
+    versions = {"python": platform.python_version()}
+    for pkg in ("headatlas", "torch", "transformers", "gguf", "safetensors", "numpy", "pandas"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = "not installed"
+    return versions
+
+
+def tokenize_all(
+    relations: Sequence[Relation],
+    tokenizer: Any,
+    options: MapOptions,
+    files: Sequence[str | Path] = (),
+) -> list[TokenizedRelation]:
+    """Tokenise every relation; user files with no surviving pair are an error."""
+    file_by_name = {Path(f).stem: f for f in files}
+    out = []
+    for rel in relations:
+        tok = tokenize_relation(
+            rel,
+            tokenizer,
+            leading_space=options.leading_space,
+            first_token=options.first_token,
+            min_pairs=options.min_pairs,
+        )
+        if rel.provenance.startswith("user file"):
+            require_usable(tok, file_by_name.get(rel.name))
+        out.append(tok)
+    return out
+
+
+def _cache_key(summary: dict[str, Any], options: MapOptions, plan: ScoringPlan) -> str:
+    h = hashlib.sha256()
+    h.update(str(summary["fingerprint"]).encode())
+    h.update(options.scoring_key().encode())
+    h.update(options.dtype.encode())
+    for r in plan.relations:
+        h.update(json.dumps([r.name, r.category, r.k, r.source_ids, r.target_ids]).encode())
+    return h.hexdigest()[:16]
+
+
+def map_heads(
+    model: ModelSpec | ModelCircuits = "smollm2",
+    relations: Sequence[str] | None = None,
+    relation_files: Sequence[str | Path] = (),
+    options: MapOptions | None = None,
+    out: str | Path | None = None,
+    progress: bool = True,
+    log: Any = None,
+) -> MapResults:
+    """Score every attention head on every relation and label heads by category.
+
+    ``model``: a packaged name (``smollm2``, ``gemma3-270m``), a folder, a ``.gguf`` file, a hub
+    id, a ``transformers`` model or an open :class:`ModelCircuits`. ``relations``: built-in
+    names or categories (all built-ins when None); ``relation_files``: user relation files.
+    With ``out``, results go to ``out/<model-slug>/`` (reused when the inputs match, resumed
+    layer by layer after an interruption). Returns the scores and categories as DataFrames.
+    """
+    options = options or MapOptions()
+    say = log or (lambda msg: print(msg, file=sys.stderr))
+    t_start = time.perf_counter()
+    circuits = model if isinstance(model, ModelCircuits) else ModelCircuits.load(model)
+    summary = circuits.summary()
+    t_load = time.perf_counter()
+
+    rels = resolve_relations(relations, relation_files)
+    tokenized = tokenize_all(rels, circuits.tokenizer, options, relation_files)
+    relations_info: list[dict[str, Any]] = []
+    usable: list[RelationPairs] = []
+    V = circuits.cfg.vocab_size
+    for tok in tokenized:
+        rel = tok.relation
+        k = options.k_for(rel.name, rel.copying, V)
+        info = {
+            "name": rel.name,
+            "category": rel.category,
+            "n_raw": tok.n_raw,
+            "n_pairs": len(tok.source_ids),
+            "k": k,
+            "provenance": rel.provenance,
+            "skipped": tok.skip_reason,
+        }
+        relations_info.append(info)
+        if tok.skip_reason:
+            say(f"skipping relation {tok.skip_reason}")
+            continue
+        usable.append(RelationPairs(rel.name, rel.category, k, tok.source_ids, tok.target_ids))
+    if not usable:
+        from headatlas.errors import HeadAtlasError
+
+        raise HeadAtlasError(
+            "no relation has enough single-token pairs for this tokenizer: pass --first-token, "
+            "lower --min-pairs, or give relations with single-token words"
+        )
+    plan = ScoringPlan.build(usable)
+    key = _cache_key(summary, options, plan)
+    directory = Path(out) / model_slug(str(summary["name"])) if out is not None else None
+
+    if directory is not None and (directory / MANIFEST).is_file():
+        try:
+            old = read_manifest(directory)
+        except Exception:
+            old = {}
+        if old.get("cache_key") == key and (directory / SCORES).is_file():
+            say(f"reusing the finished map in {directory} (same model, options and relations)")
+            from headatlas.store import load_results
+
+            return load_results(directory)
+
+    device = resolve_device(options.device)
+    dtype = resolve_dtype(options.dtype)
+    X0, Xe = source_embeddings(circuits, plan.source_ids, options)
+    W_Uf = folded_unembedding(circuits, options).to(device=device, dtype=dtype).contiguous()
+    offset = None
+    if options.unembed_bias:
+        b = circuits.unembed_bias()
+        offset = None if b is None else b.to(device=device, dtype=dtype)
+    layout = PairLayout(plan.pair_rows, plan.pair_targets, len(plan.source_ids), W_Uf.shape[1])
+    layout.to(device)
+    t_prep = time.perf_counter()
+
+    partial = directory / PARTIAL / key if directory is not None else None
+    frames: list[pd.DataFrame] = []
+    layers = range(circuits.cfg.n_layers)
+    bar = _progress(layers, progress, summary["display_name"])
+    layer_seconds: list[float] = []
+    for i in bar:
+        path = partial / f"layer_{i:04d}.parquet" if partial is not None else None
+        if path is not None and path.is_file():
+            frames.append(pd.read_parquet(path))
+            continue
+        t0 = time.perf_counter()
+        layer = circuits.layer(i)
+        X = (X0 if i == 0 else Xe).to(device=device, dtype=dtype)
+        with torch.no_grad():
+            up, down = layer_ranks(layer, X, W_Uf, layout, options, offset)
+        score, sup = layer_scores(plan, up, down)
+        frame = _layer_frame(summary["name"], i, plan, score, sup)
+        if path is not None:
+            write_parquet_atomic(frame, path)
+        frames.append(frame)
+        layer_seconds.append(time.perf_counter() - t0)
+    t_scores = time.perf_counter()
+
+    scores = pd.concat(frames, ignore_index=True)[SCORE_COLUMNS]
+    categories = categorize_heads(scores, options.threshold, options.use_suppression)
+    manifest = {
+        "model": summary,
+        "options": options.as_dict(),
+        "cache_key": key,
+        "relations": relations_info,
+        "versions": package_versions(),
+        "device": str(device),
+        "timings": {
+            "load_s": round(t_load - t_start, 3),
+            "prepare_s": round(t_prep - t_load, 3),
+            "scores_s": round(t_scores - t_prep, 3),
+            "layers_computed": len(layer_seconds),
+            "total_s": round(time.perf_counter() - t_start, 3),
+        },
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if directory is not None:
+        write_parquet_atomic(scores, directory / SCORES)
+        write_parquet_atomic(categories, directory / CATEGORIES)
+        write_json_atomic(manifest, directory / MANIFEST)
+        shutil.rmtree(directory / PARTIAL, ignore_errors=True)
+    return MapResults(directory or Path("."), manifest, scores, categories)
+
+
+def _layer_frame(
+    model: str, layer: int, plan: ScoringPlan, score: torch.Tensor, sup: torch.Tensor
+) -> pd.DataFrame:
+    H, R = score.shape
+    rows = []
+    for h in range(H):
+        for r, rel in enumerate(plan.relations):
+            rows.append(
+                (
+                    model,
+                    layer,
+                    h,
+                    rel.name,
+                    rel.category,
+                    rel.k,
+                    len(rel.source_ids),
+                    float(score[h, r]),
+                    float(sup[h, r]),
+                )
+            )
+    return pd.DataFrame(rows, columns=SCORE_COLUMNS)
+
+
+def _progress(it: range, enabled: bool, name: str) -> Any:
+    if enabled and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        return tqdm(it, desc=f"mapping {name}", unit="layer")
+    return it

@@ -1,0 +1,77 @@
+"""Every method switch of the map, explicit and recorded in the manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from headatlas.scoring.categories import DEFAULT_THRESHOLD
+
+LARGE_VOCAB = 100_000
+
+
+@dataclass(frozen=True)
+class MapOptions:
+    """How relation scores are computed. Defaults follow the MAPS paper."""
+
+    k: int | None = None
+    """Top-k for every relation; None: 1 for copying relations, else 10 (3 and 25 when the
+    vocabulary exceeds 100k tokens)."""
+    k_per_relation: Mapping[str, int] = field(default_factory=dict)
+    """Per-relation overrides of k (win over ``k``)."""
+    effective_embedding: bool = True
+    """Feed layers >= 1 with MLP0(norm2_0(W_E)) instead of raw token embeddings."""
+    effective_embedding_layer0: bool = False
+    """Also use the effective embedding for layer 0."""
+    pre_norm: bool = True
+    """Apply each layer's pre-attention norm to the source embedding before W_V."""
+    final_norm: bool = True
+    """Read out through the final norm: its gain (and LayerNorm's centering) folded into W_U.
+    The norm's 1/scale factor is a positive per-row scalar and does not change top-k."""
+    value_bias: bool = True
+    """Add b_V (a head's own value bias) to its value vectors."""
+    output_bias: bool = False
+    """Add the layer's shared b_O to every head's output (off: b_O belongs to no head)."""
+    unembed_bias: bool = False
+    """Add the output head's bias (Phi) to the logits."""
+    leading_space: bool = True
+    """Prefix relation words with a space before tokenising."""
+    first_token: bool = False
+    """Use the first token of multi-token targets instead of dropping the pair."""
+    min_pairs: int = 30
+    """Relations with fewer single-token pairs are skipped with a printed reason."""
+    threshold: float = DEFAULT_THRESHOLD
+    """A head implements a relation when its score is at least this."""
+    use_suppression: bool = False
+    """Let suppression scores count towards categories too."""
+    dtype: str = "float32"
+    """Compute dtype: float32, float64 or bfloat16."""
+    device: str = "auto"
+    """'auto' (a CUDA GPU when present, else CPU), 'cpu', 'cuda', 'cuda:1'..."""
+
+    def k_for(self, relation: str, copying: bool, vocab_size: int) -> int:
+        """The k used for one relation."""
+        if relation in self.k_per_relation:
+            return int(self.k_per_relation[relation])
+        if self.k is not None:
+            return int(self.k)
+        large = vocab_size > LARGE_VOCAB
+        if copying:
+            return 3 if large else 1
+        return 25 if large else 10
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict for the manifest."""
+        d = asdict(self)
+        d["k_per_relation"] = dict(self.k_per_relation)
+        return d
+
+    def scoring_key(self) -> str:
+        """Hash of the switches that change scores (not device, dtype-insensitive parts kept)."""
+        d = self.as_dict()
+        for name in ("threshold", "use_suppression", "device"):
+            d.pop(name)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,72 @@
+"""Relation and suppression scores of every head of one layer, factored and batched over all
+relations' pairs."""
+
+from __future__ import annotations
+
+import torch
+
+from headatlas.circuits import LayerOV
+from headatlas.scoring.options import MapOptions
+from headatlas.scoring.plan import ScoringPlan
+from headatlas.scoring.ranks import PairLayout, pair_ranks
+
+# Heads whose W_O·W_U block is formed in one matmul; bounded so B stays under ~512 MB.
+_B_BYTES = 512 * 2**20
+
+
+def value_vectors(layer: LayerOV, X: torch.Tensor, options: MapOptions) -> torch.Tensor:
+    """z for every KV group: norm(X) @ W_V + b_V, [n_kv, n, d_head]."""
+    u = layer.attn_norm(X) if options.pre_norm else X
+    Z = torch.einsum("nd,gde->gne", u, layer.W_V.to(u.dtype))
+    if options.value_bias and layer.b_V is not None:
+        Z = Z + layer.b_V.to(u.dtype)[:, None, :]
+    return Z
+
+
+def layer_ranks(
+    layer: LayerOV,
+    X: torch.Tensor,
+    W_Uf: torch.Tensor,
+    layout: PairLayout,
+    options: MapOptions,
+    logit_offset: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Relation and suppression ranks [n_heads, n_pairs] for every head of a layer.
+
+    ``X`` [n_sources, d] are the layer's source embeddings, ``W_Uf`` [d, V] the folded
+    unembedding, ``logit_offset`` [V] a constant added to every row (unembedding bias).
+    """
+    dtype, device = W_Uf.dtype, W_Uf.device
+    d = W_Uf.shape[0]
+    Zg = value_vectors(layer, X.to(dtype), options)
+    gain = layer.out_gain(d).to(device=device, dtype=dtype)
+    W_O = layer.W_O.to(device=device, dtype=dtype) * gain  # [H, dh, d]
+    offset = logit_offset
+    if options.output_bias and layer.b_O is not None:
+        bo = (layer.b_O.to(device=device, dtype=dtype) * gain) @ W_Uf
+        offset = bo if offset is None else offset + bo
+    H, dh = W_O.shape[0], W_O.shape[1]
+    per_chunk = max(1, _B_BYTES // (dh * W_Uf.shape[1] * W_Uf.element_size()))
+    ups, downs = [], []
+    for h0 in range(0, H, per_chunk):
+        h1 = min(H, h0 + per_chunk)
+        B_all = (W_O[h0:h1].reshape(-1, d) @ W_Uf).reshape(h1 - h0, dh, -1)  # [h, dh, V]
+        for h in range(h0, h1):
+            Z = Zg[layer.kv_group(h)]
+            B = B_all[h - h0]
+            if offset is not None:
+                Z = torch.cat([Z, torch.ones(Z.shape[0], 1, dtype=dtype, device=device)], 1)
+                B = torch.cat([B, offset[None].to(dtype)], 0)
+            up, down = pair_ranks(Z.contiguous(), B, layout)
+            ups.append(up)
+            downs.append(down)
+        del B_all
+    return torch.stack(ups), torch.stack(downs)
+
+
+def layer_scores(
+    plan: ScoringPlan, up: torch.Tensor, down: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores [n_heads, n_relations] from ranks: share of pairs ranked within top-k."""
+    k = plan.pair_k.to(up.device)
+    return plan.relation_means((up < k).cpu()), plan.relation_means((down < k).cpu())
