@@ -1,0 +1,504 @@
+"""Salient operations: the tokens a head amplifies most, and what it maps each of them to.
+
+For a head with OV factors W_V [d, dh], W_O [dh, d] (Gemma's post-attention gain folded into
+W_O), a token's salience is
+
+    σ(t) = ‖x̃_t W_V W_O‖ / ‖x̃_t‖
+
+with x̃ the source embedding the map uses (token embedding for layer 0, effective embedding
+MLP0(norm(x)) for layers ≥ 1, per :class:`MapOptions`); x̃ passes the layer's pre-attention
+norm before W_V when ``pre_norm``, and the value bias is added when ``value_bias``. The top
+tokens by σ are the head's salient tokens; each one's mappings are the top tokens of
+x̃_t W_V W_O W_U (the folded unembedding, as in the map).
+
+Fast path. Norms are taken in the d_head space: with G = W_O W_Oᵀ = RᵀR (R from a QR of
+W_Oᵀ), ‖z W_O‖² = z G zᵀ = ‖z Rᵀ‖², so a token costs O(dh²) per head once z = u W_V is known,
+and z is computed once per KV group and shared by the group's query heads. The norm's
+per-token factor is computed once for the whole vocabulary (its gain and bias fold into W_V),
+and the effective embedding of the vocabulary is computed once per run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from headatlas.circuits import LayerOV, ModelCircuits, Norm
+from headatlas.errors import HeadAtlasError
+from headatlas.relations import resolve_relations
+from headatlas.scoring.mapping import resolve_device, resolve_dtype
+from headatlas.scoring.options import MapOptions
+from headatlas.scoring.plan import folded_unembedding
+from headatlas.scoring.salient_match import match_head, relation_matchers
+from headatlas.store import (
+    MANIFEST,
+    SALIENT,
+    model_slug,
+    read_manifest,
+    write_json_atomic,
+    write_parquet_atomic,
+)
+from headatlas.weights import ModelSpec
+
+SALIENT_COLUMNS = [
+    "layer",
+    "head",
+    "rank",
+    "token_id",
+    "token",
+    "sigma",
+    "mappings",
+    "mapping_ids",
+    "matched_relations",
+    "token_relations",
+]
+"""Columns of salient.parquet. ``matched_relations`` (str, "name:share,...", best first) is
+the head's summary, repeated on each of its rows; ``token_relations`` (list[str]) the
+relations this row's mappings hit."""
+
+PARTIAL = "salient_partial"
+_ROWS_PER_CHUNK = 8192
+_UNUSED = re.compile(
+    r"^(<unused\d*>|\[unused\d*\]|<0x[0-9a-f]{2}>|<extra_id_\d+>|<\|reserved[\w]*\|>)$",
+    re.IGNORECASE,
+)
+
+
+class SalientInputError(HeadAtlasError):
+    """Bad arguments to the salient-operations pass (layer or head out of range...)."""
+
+
+# ---- vocabulary ---------------------------------------------------------------------------
+
+
+@dataclass
+class Vocabulary:
+    """Decoded strings of a model's vocabulary ids and which ids are left out of rankings."""
+
+    strings: list[str]
+    excluded: torch.Tensor  # [V] bool
+    reasons: dict[str, int] = field(default_factory=dict)
+    """How many ids each reason dropped (an id counts under its first reason)."""
+
+    def summary(self, examples: int = 40) -> dict[str, Any]:
+        """What the manifest records: counts per reason and the first excluded tokens."""
+        ids = self.excluded.nonzero().flatten().tolist()
+        return {
+            "n_excluded": len(ids),
+            "reasons": dict(self.reasons),
+            "examples": [self.strings[i] for i in ids[:examples]],
+        }
+
+
+def vocabulary(tokenizer: Any, n: int, exclude_special: bool = True) -> Vocabulary:
+    """Token strings of ids 0..n-1 and, with ``exclude_special``, the ids to leave out.
+
+    Left out: special ids (``all_special_ids``), added tokens, ids past the tokenizer's end,
+    byte-fallback and unused slots (``<0x0A>``, ``<unused12>``, ``[UNUSED]``...), and tokens
+    that decode to nothing or to whitespace only.
+    """
+    size = len(tokenizer)
+    known = list(range(min(n, size)))
+    strings = list(tokenizer.batch_decode([[i] for i in known])) + [""] * (n - len(known))
+    excluded = torch.zeros(n, dtype=torch.bool)
+    if not exclude_special:
+        return Vocabulary(strings, excluded)
+    raw = tokenizer.convert_ids_to_tokens(known)
+    special = {int(i) for i in getattr(tokenizer, "all_special_ids", [])}
+    added = {int(i) for i in getattr(tokenizer, "get_added_vocab", dict)().values()}
+    reasons: dict[str, int] = {}
+    for i in range(n):
+        if i >= size:
+            why = "past the tokenizer's vocabulary"
+        elif i in special:
+            why = "special"
+        elif i in added:
+            why = "added"
+        elif raw[i] is None or _UNUSED.match(str(raw[i])):
+            why = "unused or byte fallback"
+        elif not strings[i].strip():
+            why = "empty or whitespace"
+        else:
+            continue
+        excluded[i] = True
+        reasons[why] = reasons.get(why, 0) + 1
+    return Vocabulary(strings, excluded, reasons)
+
+
+# ---- the fast pass ------------------------------------------------------------------------
+
+
+@dataclass
+class _Inputs:
+    """A source embedding of the whole vocabulary, as the layers consume it."""
+
+    normed: torch.Tensor  # [V, d]: norm(x̃) without gain/bias when pre_norm, else x̃
+    norms: torch.Tensor  # [V]: ‖x̃‖
+
+
+class SalientPass:
+    """Salient operations of any head of one model, sharing vocabulary-wide work across
+    heads and layers. Build once, then call :meth:`layer`."""
+
+    def __init__(
+        self,
+        circuits: ModelCircuits,
+        options: MapOptions | None = None,
+        exclude_special: bool = True,
+    ):
+        self.circuits = circuits
+        self.options = options or MapOptions()
+        self.device = resolve_device(self.options.device)
+        self.dtype = resolve_dtype(self.options.dtype)
+        self.n_vocab = circuits.W_E.shape[0]
+        W_Uf = folded_unembedding(circuits, self.options)
+        self.W_Uf = W_Uf.to(device=self.device, dtype=self.dtype).contiguous()  # [d, V']
+        self.logit_offset: torch.Tensor | None = None
+        if self.options.unembed_bias:
+            b = circuits.unembed_bias()
+            if b is not None:
+                self.logit_offset = b.to(device=self.device, dtype=self.dtype)
+        n_targets = self.W_Uf.shape[1]
+        self.vocab = vocabulary(circuits.tokenizer, max(self.n_vocab, n_targets), exclude_special)
+        self.source_excluded = self.vocab.excluded[: self.n_vocab].to(self.device)
+        self.target_excluded = self.vocab.excluded[:n_targets].to(self.device)
+        self._inputs: dict[tuple[bool, str, float], _Inputs] = {}
+        self.prepare_s = 0.0
+
+    # -- inputs shared by every layer -------------------------------------------------------
+    def _uses_effective(self, layer: int) -> bool:
+        o = self.options
+        return o.effective_embedding_layer0 if layer == 0 else o.effective_embedding
+
+    def inputs(self, layer: LayerOV) -> _Inputs:
+        """The vocabulary's source embedding for a layer, normalised (computed once)."""
+        norm = layer.attn_norm
+        key = (
+            self._uses_effective(layer.layer),
+            norm.kind if self.options.pre_norm else "none",
+            norm.eps,
+        )
+        if key not in self._inputs:
+            t0 = time.perf_counter()
+            self._inputs[key] = self._build_inputs(key[0], key[1], norm.eps)
+            self.prepare_s += time.perf_counter() - t0
+        return self._inputs[key]
+
+    def _build_inputs(self, effective: bool, kind: str, eps: float) -> _Inputs:
+        c = self.circuits
+        work = torch.float64 if self.dtype == torch.float64 else torch.float32
+        normed, norms = [], []
+        with torch.no_grad():
+            for start in range(0, self.n_vocab, _ROWS_PER_CHUNK):
+                ids = torch.arange(start, min(self.n_vocab, start + _ROWS_PER_CHUNK))
+                x = c.embed(ids).to(work)
+                if effective:
+                    x = c.effective_embedding(x)
+                norms.append(x.norm(dim=-1))
+                if kind != "none":  # the norm without its gain and bias (folded into W_V)
+                    x = Norm(kind, None, None, eps)(x)
+                normed.append(x)
+        return _Inputs(
+            torch.cat(normed).to(device=self.device, dtype=self.dtype),
+            torch.cat(norms).to(device=self.device, dtype=self.dtype),
+        )
+
+    # -- one layer ----------------------------------------------------------------------------
+    def value_map(self, layer: LayerOV) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(W [n_kv, d, dh], c [n_kv, dh]) with z = normed · W + c for every KV group: the
+        pre-attention norm's gain and bias, and b_V, folded in."""
+        W_V = layer.W_V.to(device=self.device, dtype=self.dtype)
+        c: torch.Tensor | None = None
+        if self.options.pre_norm:
+            n = layer.attn_norm
+            if n.gain is not None:
+                W_V = W_V * n.gain.to(W_V)[None, :, None]
+            if n.bias is not None:
+                c = torch.einsum("d,gde->ge", n.bias.to(W_V), layer.W_V.to(W_V))
+        if self.options.value_bias and layer.b_V is not None:
+            b = layer.b_V.to(W_V)
+            c = b if c is None else c + b
+        return W_V, c
+
+    def output_map(self, layer: LayerOV) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(W_O [H, dh, d] with the post-attention gain, b_O·gain [d] or None)."""
+        d = layer.W_O.shape[2]
+        gain = layer.out_gain(d).to(device=self.device, dtype=self.dtype)
+        W_O = layer.W_O.to(device=self.device, dtype=self.dtype) * gain
+        b_O = None
+        if self.options.output_bias and layer.b_O is not None:
+            b_O = layer.b_O.to(device=self.device, dtype=self.dtype) * gain
+        return W_O, b_O
+
+    def sigma(self, layer: LayerOV, heads: Sequence[int]) -> torch.Tensor:
+        """σ [len(heads), V] of the given heads (unmasked)."""
+        inp = self.inputs(layer)
+        W_V, c = self.value_map(layer)
+        W_O, b_O = self.output_map(layer)
+        groups = sorted({layer.kv_group(h) for h in heads})
+        # ‖z W_O + b‖² = ‖z Rᵀ + Qᵀb‖² + ‖b - QQᵀb‖² with W_Oᵀ = QR (Q [d, dh], R [dh, dh])
+        Q, R = torch.linalg.qr(W_O[list(heads)].transpose(1, 2))  # [h, d, dh], [h, dh, dh]
+        RT = R.transpose(1, 2)
+        shift = perp = None
+        if b_O is not None:
+            shift = torch.einsum("hde,d->he", Q, b_O)  # [h, dh]
+            perp = (b_O.pow(2).sum() - shift.pow(2).sum(-1)).clamp_min(0)  # [h]
+        W_cat = W_V[groups].permute(1, 0, 2).reshape(W_V.shape[1], -1)  # [d, g·dh]
+        dh = W_V.shape[2]
+        out = torch.empty(len(heads), self.n_vocab, device=self.device, dtype=self.dtype)
+        for start in range(0, self.n_vocab, _ROWS_PER_CHUNK):
+            stop = min(self.n_vocab, start + _ROWS_PER_CHUNK)
+            Z = inp.normed[start:stop] @ W_cat  # [n, g·dh]
+            for gi, g in enumerate(groups):
+                Zg = Z[:, gi * dh : (gi + 1) * dh]
+                if c is not None:
+                    Zg = Zg + c[g]
+                mine = [i for i, h in enumerate(heads) if layer.kv_group(h) == g]
+                Y = Zg @ torch.cat([RT[i] for i in mine], dim=1)  # [n, len(mine)·dh]
+                Y = Y.view(stop - start, len(mine), dh)
+                if shift is not None:
+                    Y = Y + shift[mine]
+                sq = Y.pow(2).sum(-1)  # [n, len(mine)]
+                if perp is not None:
+                    sq = sq + perp[mine]
+                out[mine, start:stop] = sq.T
+        norms = inp.norms
+        return torch.where(norms > 0, out.sqrt() / norms.clamp_min(1e-30), torch.zeros_like(out))
+
+    def layer(
+        self, layer: LayerOV, heads: Sequence[int] | None = None, tokens: int = 15, mappings: int = 5
+    ) -> list[dict[str, Any]]:
+        """Rows (layer, head, rank, token_id, token, sigma, mappings, mapping_ids) of the
+        given heads (default: all) of one layer."""
+        heads = list(range(layer.n_heads)) if heads is None else list(heads)
+        with torch.no_grad():
+            sig = self.sigma(layer, heads)
+            ranked = sig.masked_fill(self.source_excluded, float("-inf"))
+            top_sigma, top_ids = ranked.topk(tokens, dim=1)  # [h, T]
+            inp = self.inputs(layer)
+            W_V, c = self.value_map(layer)
+            W_O, b_O = self.output_map(layer)
+            ys = []
+            for i, h in enumerate(heads):
+                g = layer.kv_group(h)
+                z = inp.normed[top_ids[i]] @ W_V[g]
+                if c is not None:
+                    z = z + c[g]
+                y = z @ W_O[h]
+                ys.append(y if b_O is None else y + b_O)
+            logits = torch.cat(ys) @ self.W_Uf  # [h·T, V']
+            if self.logit_offset is not None:
+                logits = logits + self.logit_offset
+            logits.masked_fill_(self.target_excluded, float("-inf"))
+            map_ids = logits.topk(mappings, dim=1).indices.view(len(heads), tokens, mappings)
+        strings = self.vocab.strings
+        rows = []
+        for i, h in enumerate(heads):
+            for r in range(tokens):
+                t = int(top_ids[i, r])
+                targets = [int(m) for m in map_ids[i, r]]
+                rows.append(
+                    {
+                        "layer": layer.layer,
+                        "head": h,
+                        "rank": r,
+                        "token_id": t,
+                        "token": strings[t],
+                        "sigma": float(top_sigma[i, r]),
+                        "mappings": [strings[m] for m in targets],
+                        "mapping_ids": targets,
+                    }
+                )
+        return rows
+
+
+# ---- public API ---------------------------------------------------------------------------
+
+
+def _check_counts(tokens: int, mappings: int, vocab: Vocabulary) -> None:
+    available = int((~vocab.excluded).sum())
+    if not 1 <= tokens <= available:
+        raise SalientInputError(f"tokens must be between 1 and {available}, got {tokens}")
+    if not 1 <= mappings <= available:
+        raise SalientInputError(f"mappings must be between 1 and {available}, got {mappings}")
+
+
+def _circuits(model: ModelSpec | ModelCircuits) -> ModelCircuits:
+    return model if isinstance(model, ModelCircuits) else ModelCircuits.load(model)
+
+
+def salient_operations(
+    model_or_circuits: ModelSpec | ModelCircuits,
+    layer: int,
+    head: int,
+    tokens: int = 15,
+    mappings: int = 5,
+    options: MapOptions | None = None,
+    exclude_special: bool = True,
+    relations: Sequence[str] | None = None,
+    relation_files: Sequence[str | Path] = (),
+) -> pd.DataFrame:
+    """One head's top ``tokens`` salient tokens, most salient first, with their top
+    ``mappings`` targets.
+
+    Columns: rank, token_id, token, sigma, mappings (list[str]), mapping_ids (list[int]),
+    token_relations (relations each row's mappings hit). ``df.attrs`` holds
+    ``matched_relations`` (the head's summary, "name:share,..."), ``excluded`` (what
+    ``exclude_special`` left out) and ``options``.
+    """
+    circuits = _circuits(model_or_circuits)
+    cfg = circuits.cfg
+    if not 0 <= layer < cfg.n_layers:
+        raise SalientInputError(
+            f"layer {layer} is out of range: the model has layers 0..{cfg.n_layers - 1}"
+        )
+    if not 0 <= head < cfg.n_heads:
+        raise SalientInputError(
+            f"head {head} is out of range: the model has heads 0..{cfg.n_heads - 1} per layer"
+        )
+    sp = SalientPass(circuits, options, exclude_special)
+    _check_counts(tokens, mappings, sp.vocab)
+    rows = sp.layer(circuits.layer(layer), [head], tokens, mappings)
+    matchers = relation_matchers(resolve_relations(relations, relation_files))
+    summary, per_token = match_head(
+        matchers, [r["token"] for r in rows], [r["mappings"] for r in rows]
+    )
+    df = pd.DataFrame(rows).drop(columns=["layer", "head"])
+    df["token_relations"] = per_token
+    df.attrs.update(
+        matched_relations=summary,
+        excluded=sp.vocab.summary(),
+        options=sp.options.as_dict(),
+        layer=layer,
+        head=head,
+    )
+    return df
+
+
+def _run_key(
+    summary: dict[str, Any], options: MapOptions, params: dict[str, Any], relations: list[str]
+) -> str:
+    h = hashlib.sha256()
+    h.update(str(summary["fingerprint"]).encode())
+    h.update(options.scoring_key().encode())
+    h.update(options.dtype.encode())
+    h.update(json.dumps([params, relations], sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def all_salient_operations(
+    model: ModelSpec | ModelCircuits = "smollm2",
+    tokens: int = 15,
+    mappings: int = 5,
+    options: MapOptions | None = None,
+    exclude_special: bool = True,
+    relations: Sequence[str] | None = None,
+    relation_files: Sequence[str | Path] = (),
+    layers: Iterable[int] | None = None,
+    out: str | Path | None = None,
+    progress: bool = True,
+    log: Callable[[str], Any] | None = None,
+) -> pd.DataFrame:
+    """Salient operations of every head (of ``layers``, default all), with relation matches.
+
+    With ``out``, the table goes to ``out/<model-slug>/salient.parquet`` beside the map, and
+    the manifest there gains a "salient" section (options, excluded tokens, timings); a
+    minimal manifest is created when the map has not been run. Finished layers are kept in
+    ``salient_partial/`` so an interrupted run resumes. Columns: :data:`SALIENT_COLUMNS`.
+    """
+    say = log or (lambda msg: print(msg, file=sys.stderr))
+    t_start = time.perf_counter()
+    circuits = _circuits(model)
+    summary = circuits.summary()
+    n_layers = circuits.cfg.n_layers
+    which = list(range(n_layers)) if layers is None else sorted(set(layers))
+    bad = [i for i in which if not 0 <= i < n_layers]
+    if bad:
+        raise SalientInputError(
+            f"layer {bad[0]} is out of range: the model has layers 0..{n_layers - 1}"
+        )
+    rels = resolve_relations(relations, relation_files)
+    matchers = relation_matchers(rels)
+    sp = SalientPass(circuits, options, exclude_special)
+    _check_counts(tokens, mappings, sp.vocab)
+    params = {"tokens": tokens, "mappings": mappings, "exclude_special": exclude_special}
+    key = _run_key(summary, sp.options, params, [r.name for r in rels])
+    directory = Path(out) / model_slug(str(summary["name"])) if out is not None else None
+    partial = directory / PARTIAL / key if directory is not None else None
+    t_prep = time.perf_counter()
+
+    frames = []
+    computed = 0
+    for i in _progress(which, progress, str(summary["display_name"])):
+        path = partial / f"layer_{i:04d}.parquet" if partial is not None else None
+        if path is not None and path.is_file():
+            frames.append(pd.read_parquet(path))
+            continue
+        rows = sp.layer(circuits.layer(i), None, tokens, mappings)
+        frame = pd.DataFrame(rows)
+        head_summary: list[str] = []
+        token_rels: list[list[str]] = []
+        for _, group in frame.groupby("head", sort=True):
+            s, per_token = match_head(matchers, group["token"].tolist(), group["mappings"].tolist())
+            head_summary += [s] * len(group)
+            token_rels += per_token
+        frame["matched_relations"] = head_summary
+        frame["token_relations"] = token_rels
+        frame = frame[SALIENT_COLUMNS]
+        if path is not None:
+            write_parquet_atomic(frame, path)
+        frames.append(frame)
+        computed += 1
+    table = pd.concat(frames, ignore_index=True)[SALIENT_COLUMNS]
+    t_end = time.perf_counter()
+    section = {
+        "tokens": tokens,
+        "mappings": mappings,
+        "exclude_special": exclude_special,
+        "options": sp.options.as_dict(),
+        "relations": [r.name for r in rels],
+        "layers": which,
+        "excluded": sp.vocab.summary(),
+        "timings": {
+            "load_s": round(t_prep - t_start, 3),
+            "embeddings_s": round(sp.prepare_s, 3),
+            "layers_s": round(t_end - t_prep - sp.prepare_s, 3),
+            "layers_computed": computed,
+            "total_s": round(t_end - t_start, 3),
+        },
+        "run_key": key,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    table.attrs["salient"] = section
+    if directory is not None:
+        write_parquet_atomic(table, directory / SALIENT)
+        manifest: dict[str, Any] = {"model": summary, "options": sp.options.as_dict()}
+        if (directory / MANIFEST).is_file():
+            try:
+                manifest = read_manifest(directory)
+            except HeadAtlasError:
+                say(f"{directory / MANIFEST} is unreadable; writing a fresh one")
+        manifest["salient"] = section
+        write_json_atomic(manifest, directory / MANIFEST)
+        import shutil
+
+        shutil.rmtree(directory / PARTIAL, ignore_errors=True)
+    return table
+
+
+def _progress(it: list[int], enabled: bool, name: str) -> Any:
+    if enabled and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        return tqdm(it, desc=f"salient operations of {name}", unit="layer")
+    return it
