@@ -1,11 +1,113 @@
-"""`headatlas validate` (placeholder until implemented)."""
+"""`headatlas validate`: check the static map against inference (dynamic scores, ablation)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import Any
+
+from headatlas.scoring.options import MapOptions
+from headatlas.validate.options import EXPERIMENTS, ValidationOptions
+from headatlas.validate.prompts import DEFAULT_TEMPLATES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register `headatlas validate`."""
-    p = sub.add_parser("validate", help="(not yet implemented)")
-    p.set_defaults(func=lambda args: print("not yet implemented") or 1)
+    p = sub.add_parser(
+        "validate",
+        help="check the static map at inference: dynamic-score correlation and head ablation",
+        description=(
+            "Run the model with forward hooks and compare with the static map (computed first, "
+            "or reused from OUT): correlative (static vs dynamic scores, with and without "
+            "context), multi-token (the same for multi-token sources) and causal (accuracy after "
+            "ablating each relation's top heads vs random heads and control relations). "
+            "Results go to OUT/<model-slug>/validation/."
+        ),
+    )
+    p.add_argument("model", metavar="MODEL", help="packaged name, .gguf, folder or hub id")
+    p.add_argument(
+        "--relations",
+        nargs="+",
+        metavar="NAME",
+        help="built-in relations or categories (default: all)",
+    )
+    p.add_argument("--relation-file", action="append", default=[], metavar="FILE",
+                   help="a user relation file (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--experiment",
+        action="append",
+        choices=EXPERIMENTS,
+        help="experiment to run (repeatable; default: all three)",
+    )
+    p.add_argument("--out", default="headatlas-out", help="results root (default: headatlas-out)")
+    p.add_argument(
+        "--templates",
+        nargs="+",
+        metavar="TEMPLATE",
+        help="context templates with a <X> slot (default: the four of MAPS: "
+        + "; ".join(f"'{t}'" for t in DEFAULT_TEMPLATES)
+        + ")",
+    )
+    p.add_argument(
+        "--max-prompts", type=int, help="pairs per relation, a seeded sample (default: all)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of samples and random heads (default: 0)"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=32, help="prompts per forward pass (default: 32)"
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        nargs="+",
+        help="causal: numbers of heads ablated (default: 1 2 4 ... m)",
+    )
+    p.add_argument("--max-heads", type=int, help="causal: m (default: 30/50/100/150/250 by size)")
+    p.add_argument(
+        "--random-draws", type=int, default=5, help="causal: random head sets (default: 5)"
+    )
+    p.add_argument("--causal-templates", type=int,
+                   help="causal: use the first N few-shot templates per relation (default: all)")  # fmt: skip
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the experiments and print the tables."""
+    from headatlas.validate.run import validate
+
+    options = ValidationOptions(
+        templates=tuple(args.templates) if args.templates else DEFAULT_TEMPLATES,
+        max_prompts=args.max_prompts,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        steps=tuple(args.steps) if args.steps else None,
+        max_heads=args.max_heads,
+        random_draws=args.random_draws,
+        causal_templates=args.causal_templates,
+    )
+    experiments = args.experiment or list(EXPERIMENTS)
+    res = validate(
+        args.model,
+        relations=args.relations,
+        relation_files=args.relation_file,
+        experiments=experiments,
+        out=args.out,
+        map_options=MapOptions(),
+        options=options,
+    )
+    _print(res)
+    print(f"results in {res.directory}", file=sys.stderr)
+    return 0
+
+
+def _print(res: Any) -> None:
+    from headatlas.validate.causal import causal_markdown
+    from headatlas.validate.dynamic import correlation_markdown
+
+    if res.correlative is not None:
+        print(correlation_markdown(res.correlative, "static vs dynamic scores"))
+    if res.multi_token is not None and len(res.multi_token):
+        print(correlation_markdown(res.multi_token, "multi-token sources"))
+    if res.causal is not None:
+        print(causal_markdown(res.causal, "ablating relation heads"))

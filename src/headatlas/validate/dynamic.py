@@ -1,0 +1,327 @@
+"""Dynamic relation scores at inference, and their correlation with the static (weights-only)
+scores (MAPS §5, correlative experiment).
+
+For a relation and a context template, each source fills the template's ``<X>`` slot and the
+model runs once. At the last position every head's output ``z_h · W_O^h`` is read out exactly as
+the static map reads the OV circuit: through Gemma 2/3's post-attention gain and the folded
+unembedding (final-norm gain, LayerNorm centring), with the map's bias switches and k.
+
+- *with context*: z_h is what the head really computed (attention over the whole prompt);
+- *without context*: z_h := the head's value vector at the source position, i.e. the head as
+  if it attended to the source token only. It comes from the same pass (hooked values), so no
+  second run is needed; unlike the static map its input is the real residual stream at the
+  source, not the (effective) token embedding.
+
+The dynamic score is the share of prompts whose target ranks in the top k (suppression: in the
+top k of the negated logits), with the map's tie rule.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from headatlas.circuits import ModelCircuits
+from headatlas.scoring.options import MapOptions
+from headatlas.scoring.plan import folded_unembedding
+from headatlas.scoring.ranks import count_ge
+from headatlas.validate.hooks import AttentionHooks
+from headatlas.validate.prompts import batches, build_prompts, pad_id
+
+
+class HeadReadout:
+    """Per-head outputs read through the unembedding the way the static map reads them."""
+
+    def __init__(
+        self, circuits: ModelCircuits, options: MapOptions, dtype: torch.dtype = torch.float32
+    ):
+        self.options = options
+        self.dtype = dtype
+        self.W_Uf = folded_unembedding(circuits, options).to(dtype).contiguous()  # [d, V]
+        d = self.W_Uf.shape[0]
+        self.W_O: list[torch.Tensor] = []  # per layer [H, dh, d], post-attention gain applied
+        self.b_V: list[torch.Tensor | None] = []
+        self.offset: list[torch.Tensor | None] = []  # per layer logit offset [V]
+        self.kv_group: list[torch.Tensor] = []
+        unembed_bias = circuits.unembed_bias() if options.unembed_bias else None
+        for layer in circuits.layers():
+            gain = layer.out_gain(d).to(dtype)
+            self.W_O.append(layer.W_O.to(dtype) * gain)
+            self.kv_group.append(torch.arange(layer.n_heads) // layer.group_size)
+            self.b_V.append(layer.b_V)
+            offset = None if unembed_bias is None else unembed_bias.to(dtype)
+            if options.output_bias and layer.b_O is not None:
+                bo = (layer.b_O.to(dtype) * gain) @ self.W_Uf
+                offset = bo if offset is None else offset + bo
+            self.offset.append(offset)
+
+    def head_outputs(self, layer: int, z: torch.Tensor) -> torch.Tensor:
+        """z [B, H, dh] -> each head's output as the residual stream sees it, [B, H, d]."""
+        return torch.einsum("bhe,hed->bhd", z.to(self.dtype), self.W_O[layer])
+
+    def logits(self, layer: int, z: torch.Tensor) -> torch.Tensor:
+        """Per-head logits [B, H, V] of z [B, H, dh]."""
+        y = self.head_outputs(layer, z) @ self.W_Uf
+        offset = self.offset[layer]
+        return y if offset is None else y + offset
+
+    def ranks(
+        self, layer: int, z: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(up, down) ranks [B, H] of each row's target: up = #others >= target,
+        down = #others < target (the map's tie rule)."""
+        logits = self.logits(layer, z)
+        B, H, V = logits.shape
+        flat = logits.reshape(B * H, V)
+        t = flat.gather(1, targets.repeat_interleave(H)[:, None])[:, 0]
+        ge = count_ge(flat, t).reshape(B, H)
+        return ge - 1, V - ge
+
+    def source_values(self, layer: int, values: torch.Tensor) -> torch.Tensor:
+        """The without-context z: each head's KV-group value at the source, [B, H, dh]
+        (b_V removed when the map leaves value biases out)."""
+        b_V = self.b_V[layer]
+        if not self.options.value_bias and b_V is not None:
+            values = values - b_V.to(values.dtype)
+        return values[:, self.kv_group[layer]]
+
+
+@dataclass
+class DynamicScores:
+    """One relation under one template: scores [n_layers, n_heads] per variant."""
+
+    relation: str
+    template: str
+    n_prompts: int
+    with_context: np.ndarray
+    without_context: np.ndarray
+    with_context_suppression: np.ndarray
+    without_context_suppression: np.ndarray
+
+
+def dynamic_scores(
+    hooks: AttentionHooks,
+    readout: HeadReadout,
+    tokenizer: Any,
+    relation: str,
+    template: str,
+    sources: Sequence[Sequence[int]],
+    targets: Sequence[int],
+    k: int,
+    batch_size: int = 32,
+    tick: Callable[[int], None] | None = None,
+) -> DynamicScores:
+    """Dynamic scores of every head for one relation and template (one pass per batch)."""
+    L, H = hooks.cfg.n_layers, hooks.cfg.n_heads
+    hits = {name: torch.zeros(L, H, dtype=torch.float64) for name in _VARIANTS}
+    prompts = build_prompts(tokenizer, template, sources, targets)
+    for batch in batches(prompts, batch_size, pad_id(tokenizer)):
+        run = hooks.run(batch.input_ids, batch.attention_mask, batch.read_pos, batch.source_pos)
+        for layer in range(L):
+            for ctx, z in (
+                ("with_context", run.z[layer]),
+                ("without_context", readout.source_values(layer, run.values[layer])),
+            ):
+                up, down = readout.ranks(layer, z, batch.targets)
+                hits[ctx][layer] += (up < k).sum(0).double()
+                hits[f"{ctx}_suppression"][layer] += (down < k).sum(0).double()
+        if tick is not None:
+            tick(len(batch.targets))
+    n = max(1, len(prompts))
+    scores = {name: (h / n).numpy() for name, h in hits.items()}
+    return DynamicScores(relation, template, len(prompts), **scores)
+
+
+_VARIANTS = (
+    "with_context",
+    "without_context",
+    "with_context_suppression",
+    "without_context_suppression",
+)
+
+
+def sample_pairs(
+    sources: Sequence[Sequence[int]], targets: Sequence[int], limit: int | None, seed: int
+) -> tuple[list[list[int]], list[int]]:
+    """At most ``limit`` (source, target) pairs, a seeded sample in the original order."""
+    idx = list(range(len(targets)))
+    if limit is not None and len(idx) > limit:
+        idx = sorted(random.Random(seed).sample(idx, limit))
+    return [list(sources[i]) for i in idx], [int(targets[i]) for i in idx]
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Pearson r and two-sided p; NaN when either side is constant."""
+    from scipy.stats import pearsonr
+
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan"), float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = pearsonr(x, y)
+    return float(res.statistic), float(res.pvalue)
+
+
+CORRELATION_COLUMNS = [
+    "relation",
+    "category",
+    "score",
+    "r_without_context",
+    "p_without_context",
+    "r_with_context",
+    "p_with_context",
+    "max_static_score",
+    "max_dynamic_without_context",
+    "max_dynamic_with_context",
+    "n_heads",
+    "n_templates",
+    "n_prompts",
+    "k",
+]
+
+
+def correlate(
+    relation: str,
+    category: str,
+    k: int,
+    static: np.ndarray,
+    static_suppression: np.ndarray,
+    per_template: Sequence[DynamicScores],
+) -> tuple[list[dict[str, Any]], pd.DataFrame]:
+    """Pearson r between static and dynamic scores over all heads x templates.
+
+    Returns the table rows (one for relation scores, one for suppression scores) and the
+    per-head long table (layer, head, template, static and dynamic scores).
+    """
+    rows = []
+    for kind, stat, suffix in (
+        ("relation", static, ""),
+        ("suppression", static_suppression, "_suppression"),
+    ):
+        x = np.concatenate([stat.ravel() for _ in per_template])
+        row: dict[str, Any] = {"relation": relation, "category": category, "score": kind}
+        for ctx in ("without_context", "with_context"):
+            y = np.concatenate([getattr(d, ctx + suffix).ravel() for d in per_template])
+            row[f"r_{ctx}"], row[f"p_{ctx}"] = _pearson(x, y)
+            row[f"max_dynamic_{ctx}"] = float(y.max()) if len(y) else float("nan")
+        row.update(
+            max_static_score=float(stat.max()),
+            n_heads=int(stat.size),
+            n_templates=len(per_template),
+            n_prompts=int(sum(d.n_prompts for d in per_template)),
+            k=k,
+        )
+        rows.append(row)
+    L, H = static.shape
+    layer, head = np.divmod(np.arange(L * H), H)
+    frames = [
+        pd.DataFrame(
+            {
+                "relation": relation,
+                "template": d.template,
+                "layer": layer,
+                "head": head,
+                "static_score": static.ravel(),
+                "dynamic_with_context": d.with_context.ravel(),
+                "dynamic_without_context": d.without_context.ravel(),
+                "static_suppression_score": static_suppression.ravel(),
+                "dynamic_suppression_with_context": d.with_context_suppression.ravel(),
+                "dynamic_suppression_without_context": d.without_context_suppression.ravel(),
+            }
+        )
+        for d in per_template
+    ]
+    heads = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return [{c: r[c] for c in CORRELATION_COLUMNS} for r in rows], heads
+
+
+def static_matrix(scores: pd.DataFrame, relation: str, n_layers: int, n_heads: int) -> tuple[
+    np.ndarray, np.ndarray
+]:  # fmt: skip
+    """A relation's static (score, suppression_score) as [n_layers, n_heads] arrays."""
+    sub = scores[scores["relation"] == relation]
+    out = np.zeros((2, n_layers, n_heads))
+    layers, heads = sub["layer"].to_numpy(int), sub["head"].to_numpy(int)
+    out[0, layers, heads] = sub["score"].to_numpy(float)
+    out[1, layers, heads] = sub["suppression_score"].to_numpy(float)
+    return out[0], out[1]
+
+
+def correlation_markdown(table: pd.DataFrame, title: str) -> str:
+    """The correlation table as Markdown (relation scores first, then suppression)."""
+    lines = [
+        f"# {title}",
+        "",
+        "Pearson r between static (weights-only) and dynamic (inference) scores over all "
+        "heads x templates; p two-sided.",
+        "",
+        "| relation | category | score | r without context | p | r with context | p "
+        "| max static | max dyn. w/o ctx | max dyn. w/ ctx | prompts |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in table.sort_values(["score", "relation"]).itertuples():
+        lines.append(
+            f"| {row.relation} | {row.category} | {row.score} | {_f(row.r_without_context)} | "
+            f"{_p(row.p_without_context)} | {_f(row.r_with_context)} | {_p(row.p_with_context)} "
+            f"| {row.max_static_score:.2f} | {row.max_dynamic_without_context:.2f} | "
+            f"{row.max_dynamic_with_context:.2f} | {row.n_prompts} |"
+        )
+    for kind in ("relation", "suppression"):
+        sub = table[table["score"] == kind]
+        if len(sub):
+            lines.append("")
+            lines.append(
+                f"Mean r ({kind} scores, {len(sub)} relations): without context "
+                f"{_f(sub['r_without_context'].mean())}, with context "
+                f"{_f(sub['r_with_context'].mean())}."
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _f(x: float) -> str:
+    return "n/a" if x != x else f"{x:.2f}"
+
+
+def _p(x: float) -> str:
+    return "n/a" if x != x else f"{x:.1e}"
+
+
+def scatter_plot(heads: pd.DataFrame, path: Any, title: str) -> None:
+    """Static vs dynamic relation scores, one point per head x template x relation; one panel
+    without and one with context."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), sharex=True, sharey=True)
+    relations = sorted(heads["relation"].unique()) if len(heads) else []
+    cmap = plt.get_cmap("tab20")
+    for ax, col, name in zip(
+        axes,
+        ("dynamic_without_context", "dynamic_with_context"),
+        ("without context", "with context"),
+        strict=True,
+    ):
+        for i, rel in enumerate(relations):
+            sub = heads[heads["relation"] == rel]
+            ax.scatter(sub["static_score"], sub[col], s=6, alpha=0.5, color=cmap(i % 20), label=rel)
+        ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--")
+        ax.set_title(f"dynamic score {name}")
+        ax.set_xlabel("static score (weights only)")
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+    axes[0].set_ylabel("dynamic score (inference)")
+    if relations:
+        axes[1].legend(fontsize=6, markerscale=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,71 @@
+"""Every switch of the validation experiments, recorded in ``validation/summary.json``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from headatlas.validate.prompts import DEFAULT_TEMPLATES
+
+EXPERIMENTS = ("correlative", "causal", "multi-token")
+
+# (total heads up to, ablation size m): MAPS ablates more heads in larger models.
+_M_BY_SIZE = ((300, 30), (600, 50), (1200, 100), (2500, 150))
+_M_LARGEST = 250
+
+
+@dataclass(frozen=True)
+class ValidationOptions:
+    """How the inference-time checks run. Readout switches (k, norms, biases) are the map's
+    :class:`~headatlas.scoring.options.MapOptions`, so static and dynamic scores agree."""
+
+    templates: tuple[str, ...] = DEFAULT_TEMPLATES
+    """Context templates of the correlative experiments, each with one ``<X>`` slot."""
+    max_prompts: int | None = None
+    """At most this many pairs per relation (a seeded sample); None: every pair."""
+    seed: int = 0
+    """Seed of the pair sample and of the random heads."""
+    batch_size: int = 32
+    """Prompts per forward pass."""
+    min_multi_token: int = 10
+    """Multi-token experiment: relations with fewer multi-token-source pairs are skipped."""
+    max_heads: int | None = None
+    """Causal: the most heads ablated (m); None: 30/50/100/150/250 by the model's head count.
+    m is also capped by the number of heads with a positive static score."""
+    steps: tuple[int, ...] | None = None
+    """Causal: numbers of ablated heads on the curve; None: 1, 2, 4, 8, ... and m."""
+    random_draws: int = 5
+    """Causal: random head sets per relation."""
+    causal_templates: int | None = None
+    """Causal: use only the first N of a relation's few-shot templates; None: all."""
+    control_max_overlap: float = 0.15
+    """Causal: a control relation shares fewer than this share of the top-m heads."""
+    control_max_acc_gap: float = 0.2
+    """Causal: a control relation's base accuracy is within this of the relation's."""
+    max_controls: int = 3
+    """Causal: at most this many control relations per relation (closest base accuracy)."""
+
+    def m_for(self, total_heads: int) -> int:
+        """The ablation size cap for a model with ``total_heads`` heads."""
+        if self.max_heads is not None:
+            return int(self.max_heads)
+        for limit, m in _M_BY_SIZE:
+            if total_heads <= limit:
+                return m
+        return _M_LARGEST
+
+    def steps_for(self, m: int) -> list[int]:
+        """The curve's x values for ablation size m (always ending at m)."""
+        if self.steps is not None:
+            chosen = sorted({s for s in self.steps if 0 < s <= m} | {m})
+        else:
+            chosen, s = [], 1
+            while s < m:
+                chosen.append(s)
+                s *= 2
+            chosen.append(m)
+        return [0, *chosen]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict for the summary."""
+        return asdict(self)

@@ -1,0 +1,393 @@
+"""``validate``: run the inference-time experiments on a model and store them beside its map.
+
+Layout of ``OUT/<model-slug>/validation/``::
+
+    correlative.csv / .md / .png   static vs dynamic Pearson r per relation (+ scatter plot)
+    correlative_heads.csv          per head x template x relation: static and dynamic scores
+    multi_token.csv / .md          the same for sources of two or more tokens
+    causal.csv / .md               accuracy after ablating relation / random heads, controls
+    causal_curves.csv / .png       accuracy curves as heads are ablated in steps
+    summary.json                   options, per-relation results (for the HTML atlas), timings
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from headatlas.circuits import ModelCircuits
+from headatlas.errors import ValidationInputError
+from headatlas.relations import Relation, resolve_relations, tokenize_relation
+from headatlas.scoring.mapping import map_heads
+from headatlas.scoring.options import MapOptions
+from headatlas.store import MapResults, write_json_atomic, write_text_atomic
+from headatlas.validate import causal as causal_mod
+from headatlas.validate.dynamic import (
+    CORRELATION_COLUMNS,
+    DynamicScores,
+    HeadReadout,
+    correlate,
+    correlation_markdown,
+    dynamic_scores,
+    sample_pairs,
+    scatter_plot,
+    static_matrix,
+)
+from headatlas.validate.hooks import AttentionHooks, eval_mode
+from headatlas.validate.options import EXPERIMENTS, ValidationOptions
+from headatlas.validate.prompts import check_template
+from headatlas.weights import ModelSpec
+
+VALIDATION = "validation"
+
+
+@dataclass
+class ValidationResults:
+    """Tables of the experiments that ran (None for those that did not)."""
+
+    directory: Path | None
+    correlative: pd.DataFrame | None = None
+    correlative_heads: pd.DataFrame | None = None
+    multi_token: pd.DataFrame | None = None
+    causal: pd.DataFrame | None = None
+    causal_curves: pd.DataFrame | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
+    """"experiment: relation" -> why it was skipped."""
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def load_hf_model(model: ModelSpec) -> torch.nn.Module:
+    """The ``transformers`` model (float32, eval) for a packaged name, .gguf, folder or hub id."""
+    if isinstance(model, torch.nn.Module):
+        return model
+    from transformers import AutoModelForCausalLM
+
+    from headatlas.weights.packaged import PACKAGED_NAMES, packaged_path
+
+    spec = str(model)
+    kwargs: dict[str, Any] = {}
+    if spec in PACKAGED_NAMES:
+        path = packaged_path(spec)
+        source, kwargs["gguf_file"] = str(path.parent), path.name
+    elif spec.endswith(".gguf"):
+        path = Path(spec).expanduser()
+        source, kwargs["gguf_file"] = str(path.parent), path.name
+    else:
+        source = spec
+    try:
+        hf: torch.nn.Module = AutoModelForCausalLM.from_pretrained(
+            source, dtype=torch.float32, **kwargs
+        )
+    except (OSError, ValueError) as exc:
+        raise ValidationInputError(
+            f"cannot load {spec!r} with transformers for inference ({exc}); validation needs a "
+            "model transformers can run: a packaged name, a .gguf, a folder or a cached hub id"
+        ) from exc
+    return hf.eval()
+
+
+def validate(
+    model: ModelSpec | ModelCircuits = "smollm2",
+    relations: Sequence[str] | None = None,
+    relation_files: Sequence[str | Path] = (),
+    experiments: Sequence[str] = EXPERIMENTS,
+    out: str | Path | None = None,
+    map_options: MapOptions | None = None,
+    options: ValidationOptions | None = None,
+    hf_model: torch.nn.Module | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> ValidationResults:
+    """Run the validation experiments and (with ``out``) store them in
+    ``out/<model-slug>/validation/``.
+
+    The static map comes from :func:`map_heads` with the same ``out`` (a finished map with the
+    same inputs is reused). ``hf_model`` is the ``transformers`` model to run; by default it is
+    loaded from ``model`` (or taken from it, when ``model`` is a torch module or a
+    :class:`ModelCircuits` over one).
+    """
+    map_options = map_options or MapOptions()
+    options = options or ValidationOptions()
+    say = log or (lambda msg: print(msg, file=sys.stderr))
+    unknown = [e for e in experiments if e not in EXPERIMENTS]
+    if unknown:
+        raise ValidationInputError(
+            f"unknown experiment '{unknown[0]}': choose from {', '.join(EXPERIMENTS)}"
+        )
+    for t in options.templates:
+        check_template(t)
+    if options.batch_size < 1 or (options.max_prompts is not None and options.max_prompts < 1):
+        raise ValidationInputError("batch size and max prompts must be at least 1")
+    t0 = time.perf_counter()
+    circuits = model if isinstance(model, ModelCircuits) else ModelCircuits.load(model)
+    if hf_model is None:
+        held = getattr(circuits.source, "model", None)
+        named = circuits.source.name if isinstance(model, ModelCircuits) else model
+        hf_model = load_hf_model(held if isinstance(held, torch.nn.Module) else named)
+    rels = resolve_relations(relations, relation_files)
+    if "causal" in experiments:
+        for rel in rels:
+            if not rel.prompt_templates:
+                causal_mod.relation_prompts(rel, circuits.tokenizer, options)  # raises
+    results_map = map_heads(
+        circuits, relations, relation_files, map_options, out=out, progress=progress, log=say
+    )
+    directory = results_map.directory / VALIDATION if out is not None else None
+    res = ValidationResults(directory)
+    hooks = AttentionHooks(hf_model, circuits.spec, circuits.cfg)
+    timings: dict[str, float] = {"load_and_map_s": round(time.perf_counter() - t0, 2)}
+    with eval_mode(hf_model):
+        if "correlative" in experiments or "multi-token" in experiments:
+            readout = HeadReadout(circuits, map_options)
+            for exp in ("correlative", "multi-token"):
+                if exp in experiments:
+                    t1 = time.perf_counter()
+                    _run_correlative(
+                        exp, circuits, hooks, readout, rels, results_map, map_options, options,
+                        res, progress, say,
+                    )  # fmt: skip
+                    timings[f"{exp}_s"] = round(time.perf_counter() - t1, 2)
+        if "causal" in experiments:
+            t1 = time.perf_counter()
+            _run_causal(
+                circuits, hooks, rels, results_map, map_options, options, res, progress, say
+            )
+            timings["causal_s"] = round(time.perf_counter() - t1, 2)
+    res.summary = _summary(results_map, res, map_options, options, experiments, timings)
+    if directory is not None:
+        _write(res, results_map.display_name)
+    return res
+
+
+def _pairs_for(
+    exp: str, rel: Relation, tokenizer: Any, map_options: MapOptions, options: ValidationOptions
+) -> tuple[list[list[int]], list[int], str | None]:
+    """(sources as id lists, targets, skip reason) for one relation and experiment."""
+    if exp == "correlative":
+        tok = tokenize_relation(
+            rel, tokenizer, leading_space=map_options.leading_space,
+            first_token=map_options.first_token, min_pairs=map_options.min_pairs,
+        )  # fmt: skip
+        if tok.skip_reason:
+            return [], [], tok.skip_reason
+        return [[s] for s in tok.source_ids], list(tok.target_ids), None
+    prefix = " " if map_options.leading_space else ""
+    sources, targets, seen = [], [], set()
+    for s, t in rel.pairs:
+        s_ids = tokenizer.encode(prefix + s, add_special_tokens=False)
+        t_ids = tokenizer.encode(prefix + t, add_special_tokens=False)
+        key = (tuple(s_ids), tuple(t_ids))
+        if len(s_ids) >= 2 and len(t_ids) == 1 and key not in seen:
+            seen.add(key)
+            sources.append(list(s_ids))
+            targets.append(t_ids[0])
+    if len(sources) < options.min_multi_token:
+        return (
+            [],
+            [],
+            (
+                f"{rel.name}: only {len(sources)} pairs have a multi-token source and a single-token "
+                f"target; need {options.min_multi_token}"
+            ),
+        )
+    return sources, targets, None
+
+
+def _run_correlative(
+    exp: str,
+    circuits: ModelCircuits,
+    hooks: AttentionHooks,
+    readout: HeadReadout,
+    rels: Sequence[Relation],
+    results_map: MapResults,
+    map_options: MapOptions,
+    options: ValidationOptions,
+    res: ValidationResults,
+    progress: bool,
+    say: Callable[[str], None],
+) -> None:
+    L, H = circuits.cfg.n_layers, circuits.cfg.n_heads
+    mapped = set(results_map.scores["relation"].unique())
+    jobs = []
+    for rel in rels:
+        if rel.name not in mapped:
+            res.skipped[f"{exp}: {rel.name}"] = "not in the static map"
+            continue
+        sources, targets, why = _pairs_for(exp, rel, circuits.tokenizer, map_options, options)
+        if why:
+            res.skipped[f"{exp}: {rel.name}"] = why
+            say(f"{exp}: skipping {why}")
+            continue
+        sources, targets = sample_pairs(sources, targets, options.max_prompts, options.seed)
+        jobs.append((rel, sources, targets))
+    total = sum(len(t) for _, _, t in jobs) * len(options.templates)
+    bar = _bar(total, progress, f"{exp} ({len(jobs)} relations)")
+    rows: list[dict[str, Any]] = []
+    frames = []
+    for rel, sources, targets in jobs:
+        k = int(results_map.scores.loc[results_map.scores["relation"] == rel.name, "k"].iloc[0])
+        per_template: list[DynamicScores] = [
+            dynamic_scores(
+                hooks,
+                readout,
+                circuits.tokenizer,
+                rel.name,
+                t,
+                sources,
+                targets,
+                k,
+                options.batch_size,
+                bar.update if bar is not None else None,
+            )
+            for t in options.templates
+        ]
+        static, static_sup = static_matrix(results_map.scores, rel.name, L, H)
+        rel_rows, heads = correlate(rel.name, rel.category, k, static, static_sup, per_template)
+        rows += rel_rows
+        frames.append(heads)
+    if bar is not None:
+        bar.close()
+    table = pd.DataFrame(rows, columns=CORRELATION_COLUMNS)
+    if exp == "correlative":
+        res.correlative = table
+        res.correlative_heads = pd.concat(frames, ignore_index=True) if frames else None
+    else:
+        res.multi_token = table
+
+
+def _run_causal(
+    circuits: ModelCircuits,
+    hooks: AttentionHooks,
+    rels: Sequence[Relation],
+    results_map: MapResults,
+    map_options: MapOptions,
+    options: ValidationOptions,
+    res: ValidationResults,
+    progress: bool,
+    say: Callable[[str], None],
+) -> None:
+    total_heads = circuits.cfg.n_layers * circuits.cfg.n_heads
+    m = options.m_for(total_heads)
+    bar = _bar(causal_mod.planned_passes(len(rels), options, m), progress, "causal")
+    found = causal_mod.causal_experiment(
+        hooks, circuits.tokenizer, rels, results_map.scores, options,
+        leading_space=map_options.leading_space, say=say,
+        tick=bar.update if bar is not None else None,
+    )  # fmt: skip
+    if bar is not None:
+        bar.close()
+    for r in found:
+        if r.skipped:
+            res.skipped[f"causal: {r.relation}"] = r.skipped
+    res.causal = causal_mod.summary_table(found)
+    res.causal_curves = causal_mod.curves_table(found)
+
+
+def _bar(total: int, enabled: bool, desc: str) -> Any:
+    if enabled and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc)
+    return None
+
+
+def _clean(x: Any) -> Any:
+    """JSON-safe scalar (NaN -> None)."""
+    if isinstance(x, (float, np.floating)):
+        return None if x != x else round(float(x), 4)
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def _summary(
+    results_map: MapResults,
+    res: ValidationResults,
+    map_options: MapOptions,
+    options: ValidationOptions,
+    experiments: Sequence[str],
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """What the HTML atlas shows per relation, plus the options and means."""
+    per_relation: dict[str, dict[str, Any]] = {}
+    for exp, table in (("correlative", res.correlative), ("multi_token", res.multi_token)):
+        if table is None:
+            continue
+        for row in table.to_dict("records"):
+            entry = per_relation.setdefault(row["relation"], {"category": row["category"]})
+            entry.setdefault(exp, {})[row["score"]] = {
+                k: _clean(row[k])
+                for k in ("r_without_context", "p_without_context", "r_with_context",
+                          "p_with_context", "max_static_score", "n_prompts")
+            }  # fmt: skip
+    if res.causal is not None:
+        for row in res.causal.to_dict("records"):
+            entry = per_relation.setdefault(row["relation"], {"category": row["category"]})
+            entry["causal"] = {k: _clean(v) for k, v in row.items() if k not in ("relation",)}
+    means: dict[str, Any] = {}
+    for exp, table in (("correlative", res.correlative), ("multi_token", res.multi_token)):
+        if table is not None and len(table):
+            for kind in ("relation", "suppression"):
+                sub = table[table["score"] == kind]
+                means[f"{exp}_{kind}_mean_r_without_context"] = _clean(
+                    sub["r_without_context"].mean()
+                )
+                means[f"{exp}_{kind}_mean_r_with_context"] = _clean(sub["r_with_context"].mean())
+    if res.causal is not None:
+        done = res.causal[res.causal["skipped"] == ""]
+        for col in ("drop_relation_heads", "drop_random_mean", "control_drop_mean"):
+            means[f"causal_mean_{col}"] = _clean(done[col].mean()) if len(done) else None
+    return {
+        "model": results_map.manifest.get("model", {}).get("name"),
+        "experiments": list(experiments),
+        "options": options.as_dict(),
+        "map_options": map_options.as_dict(),
+        "means": means,
+        "relations": per_relation,
+        "skipped": res.skipped,
+        "timings": timings,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _write(res: ValidationResults, name: str) -> None:
+    d = res.directory
+    assert d is not None
+    d.mkdir(parents=True, exist_ok=True)
+    if res.correlative is not None:
+        _csv(res.correlative, d / "correlative.csv")
+        write_text_atomic(
+            correlation_markdown(res.correlative, f"{name}: static vs dynamic scores"),
+            d / "correlative.md",
+        )
+        if res.correlative_heads is not None:
+            _csv(res.correlative_heads, d / "correlative_heads.csv")
+            scatter_plot(res.correlative_heads, d / "correlative.png", name)
+    if res.multi_token is not None:
+        _csv(res.multi_token, d / "multi_token.csv")
+        write_text_atomic(
+            correlation_markdown(res.multi_token, f"{name}: multi-token sources"),
+            d / "multi_token.md",
+        )
+    if res.causal is not None:
+        _csv(res.causal, d / "causal.csv")
+        write_text_atomic(
+            causal_mod.causal_markdown(res.causal, f"{name}: ablating relation heads"),
+            d / "causal.md",
+        )
+    if res.causal_curves is not None:
+        _csv(res.causal_curves, d / "causal_curves.csv")
+        causal_mod.curves_plot(res.causal_curves, d / "causal.png", name)
+    write_json_atomic(res.summary, d / "summary.json")
+
+
+def _csv(df: pd.DataFrame, path: Path) -> None:
+    write_text_atomic(df.to_csv(index=False), path)
