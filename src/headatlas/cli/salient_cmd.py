@@ -1,11 +1,156 @@
-"""`headatlas salient` (placeholder until implemented)."""
+"""`headatlas salient`: the tokens a head amplifies most and what it maps them to."""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
+
+import pandas as pd
+
+from headatlas.circuits import ModelCircuits
+from headatlas.errors import HeadAtlasError
+from headatlas.scoring.options import MapOptions
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register `headatlas salient`."""
-    p = sub.add_parser("salient", help="(not yet implemented)")
-    p.set_defaults(func=lambda args: print("not yet implemented") or 1)
+    p = sub.add_parser(
+        "salient",
+        help="salient operations: the tokens a head amplifies most and their top mappings",
+        description=(
+            "Rank every vocabulary token by how much a head amplifies it, "
+            "sigma = |x W_V W_O| / |x|, and show the top tokens with the tokens the head maps "
+            "them to. One head with --layer/--head (printed), or every head with --all --out "
+            "(stored as OUT/<model-slug>/salient.parquet beside the map)."
+        ),
+    )
+    p.add_argument("model", metavar="MODEL", help="packaged name, folder, .gguf file or hub id")
+    p.add_argument("--layer", type=int, help="layer of the head to show")
+    p.add_argument("--head", type=int, help="head to show (with --layer)")
+    p.add_argument("--all", action="store_true", help="every head of every layer (needs --out)")
+    p.add_argument(
+        "--layers", type=int, nargs="+", metavar="L", help="with --all: only these layers"
+    )
+    p.add_argument("--out", help="results folder (with --all); the table goes to OUT/<model-slug>/")
+    p.add_argument("--tokens", type=int, default=15, help="salient tokens per head (default: 15)")
+    p.add_argument(
+        "--mappings", type=int, default=5, help="target tokens per salient token (default: 5)"
+    )
+    p.add_argument(
+        "--no-exclude-special",
+        action="store_true",
+        help="keep special, added, unused, byte-fallback and whitespace-only tokens",
+    )
+    p.add_argument(
+        "--relations",
+        nargs="*",
+        metavar="NAME",
+        help="relations matched against the mappings: names or categories (default: all built-ins)",
+    )
+    p.add_argument(
+        "--relation-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a user relation file to match too (repeatable)",
+    )
+    p.add_argument("--allow-pickle", action="store_true", help="load pickle *.bin weights")
+    g = p.add_argument_group("method switches (as for `headatlas map`)")
+    g.add_argument(
+        "--no-effective-embedding",
+        action="store_true",
+        help="feed layers >= 1 raw token embeddings instead of MLP0(norm(W_E))",
+    )
+    g.add_argument(
+        "--effective-embedding-layer0",
+        action="store_true",
+        help="use the effective embedding for layer 0 too",
+    )
+    g.add_argument(
+        "--no-pre-norm", action="store_true", help="skip the pre-attention norm before W_V"
+    )
+    g.add_argument(
+        "--no-final-norm", action="store_true", help="do not fold the final norm into W_U"
+    )
+    g.add_argument("--no-value-bias", action="store_true", help="leave out b_V")
+    g.add_argument("--dtype", default="float32", help="float32, float64 or bfloat16")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1...")
+    p.set_defaults(func=run)
+
+
+def options_from(args: argparse.Namespace) -> MapOptions:
+    """The MapOptions the command line asks for."""
+    return MapOptions(
+        effective_embedding=not args.no_effective_embedding,
+        effective_embedding_layer0=args.effective_embedding_layer0,
+        pre_norm=not args.no_pre_norm,
+        final_norm=not args.no_final_norm,
+        value_bias=not args.no_value_bias,
+        dtype=args.dtype,
+        device=args.device,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print one head's salient operations, or store every head's."""
+    from headatlas.scoring.salient import all_salient_operations, salient_operations
+
+    if args.all:
+        if args.out is None:
+            raise HeadAtlasError("--all needs --out DIR: the folder that holds the results")
+        if args.layer is not None or args.head is not None:
+            raise HeadAtlasError("--all covers every head: drop --layer/--head, or drop --all")
+    elif args.layers is not None:
+        raise HeadAtlasError(
+            "--layers selects layers for --all; for one head use --layer L --head H"
+        )
+    elif args.layer is None or args.head is None:
+        raise HeadAtlasError(
+            "name a head with --layer L --head H, or pass --all --out DIR for every head"
+        )
+    options = options_from(args)
+    circuits = ModelCircuits.load(args.model, allow_pickle=args.allow_pickle)
+    common: dict[str, Any] = {
+        "tokens": args.tokens,
+        "mappings": args.mappings,
+        "options": options,
+        "exclude_special": not args.no_exclude_special,
+        "relations": args.relations,
+        "relation_files": args.relation_file,
+    }
+    if args.all:
+        table = all_salient_operations(circuits, layers=args.layers, out=args.out, **common)
+        from headatlas.store import model_slug
+
+        where = f"{args.out}/{model_slug(str(circuits.summary()['name']))}/salient.parquet"
+        heads = table[["layer", "head"]].drop_duplicates()
+        print(f"stored salient operations of {len(heads)} heads in {where}")
+        return 0
+    layer: int | None = args.layer
+    head: int | None = args.head
+    assert layer is not None and head is not None  # checked above
+    df = salient_operations(circuits, layer, head, **common)
+    print(format_table(df, layer, head))
+    return 0
+
+
+def shown(token: str) -> str:
+    """A token string safe to print: quoted, control and invisible characters escaped."""
+    return repr(token)
+
+
+def format_table(df: pd.DataFrame, layer: int, head: int) -> str:
+    """Token → mappings, σ, one line per salient token."""
+    lines = [f"layer {layer} head {head}: salient tokens (sigma = |x W_V W_O| / |x|)"]
+    tokens = [shown(t) for t in df["token"]]
+    width = min(24, max((len(t) for t in tokens), default=0))
+    for token, sigma, mapped in zip(tokens, df["sigma"], df["mappings"]):
+        targets = ", ".join(shown(m) for m in mapped)
+        lines.append(f"  {token:<{width}} → {targets}   σ {sigma:.3f}")
+    excluded = df.attrs.get("excluded", {})
+    if excluded.get("n_excluded"):
+        reasons = ", ".join(f"{n} {why}" for why, n in excluded["reasons"].items())
+        lines.append(f"excluded {excluded['n_excluded']} tokens ({reasons})")
+    matched = df.attrs.get("matched_relations")
+    lines.append(f"matched relations: {matched or 'none'}")
+    return "\n".join(lines)

@@ -245,38 +245,60 @@ class SalientPass:
         inp = self.inputs(layer)
         W_V, c = self.value_map(layer)
         W_O, b_O = self.output_map(layer)
+        heads = list(heads)
         groups = sorted({layer.kv_group(h) for h in heads})
-        # ‖z W_O + b‖² = ‖z Rᵀ + Qᵀb‖² + ‖b - QQᵀb‖² with W_Oᵀ = QR (Q [d, dh], R [dh, dh])
-        Q, R = torch.linalg.qr(W_O[list(heads)].transpose(1, 2))  # [h, d, dh], [h, dh, dh]
-        RT = R.transpose(1, 2)
+        members = [[i for i, h in enumerate(heads) if layer.kv_group(h) == g] for g in groups]
+        width = max(len(m) for m in members)
+        # G = W_O W_Oᵀ = E Λ Eᵀ (eigh, float64): ‖z W_O‖² = z G zᵀ = ‖z L‖², L = E Λ^½ [dh, dh].
+        # With a bias: z W_O + b = (z L + s) Pᵀ + b⊥, P = W_Oᵀ E Λ^-½, s = Pᵀb, so
+        # ‖z W_O + b‖² = ‖z L + s‖² + ‖b‖² - ‖s‖².
+        W64 = W_O[heads].double()
+        lam, E = torch.linalg.eigh(W64 @ W64.transpose(1, 2))  # [h, dh], [h, dh, dh]
+        lam = lam.clamp_min(0)
+        L = (E * lam.sqrt()[:, None, :]).to(self.dtype)
+        dh = L.shape[-1]
+        # per group, its heads' L side by side (zero-padded when a group has fewer heads)
+        RT = torch.zeros(len(groups), dh, width, dh, device=self.device, dtype=self.dtype)
+        for gi, mine in enumerate(members):
+            RT[gi, :, : len(mine)] = L[mine].permute(1, 0, 2)
+        RT = RT.reshape(len(groups), dh, width * dh)
         shift = perp = None
         if b_O is not None:
-            shift = torch.einsum("hde,d->he", Q, b_O)  # [h, dh]
-            perp = (b_O.pow(2).sum() - shift.pow(2).sum(-1)).clamp_min(0)  # [h]
+            shift = torch.zeros(len(groups), 1, width, dh, device=self.device, dtype=self.dtype)
+            perp = torch.zeros(len(groups), width, 1, device=self.device, dtype=self.dtype)
+            proj = torch.einsum("hed,d,hej->hj", W64, b_O.double(), E)  # Eᵀ W_O b  [h, dh]
+            keep = lam > lam.amax(-1, keepdim=True) * 1e-12
+            s = torch.where(keep, proj / lam.clamp_min(1e-300).sqrt(), torch.zeros_like(proj))
+            rest = (b_O.double().pow(2).sum() - s.pow(2).sum(-1)).clamp_min(0)  # [h]
+            for gi, mine in enumerate(members):
+                shift[gi, 0, : len(mine)] = s[mine].to(self.dtype)
+                perp[gi, : len(mine), 0] = rest[mine].to(self.dtype)
         W_cat = W_V[groups].permute(1, 0, 2).reshape(W_V.shape[1], -1)  # [d, g·dh]
-        dh = W_V.shape[2]
-        out = torch.empty(len(heads), self.n_vocab, device=self.device, dtype=self.dtype)
+        c_cat = None if c is None else c[groups].reshape(1, -1)
+        sq = torch.empty(len(groups), width, self.n_vocab, device=self.device, dtype=self.dtype)
         for start in range(0, self.n_vocab, _ROWS_PER_CHUNK):
             stop = min(self.n_vocab, start + _ROWS_PER_CHUNK)
             Z = inp.normed[start:stop] @ W_cat  # [n, g·dh]
-            for gi, g in enumerate(groups):
-                Zg = Z[:, gi * dh : (gi + 1) * dh]
-                if c is not None:
-                    Zg = Zg + c[g]
-                mine = [i for i, h in enumerate(heads) if layer.kv_group(h) == g]
-                Y = Zg @ torch.cat([RT[i] for i in mine], dim=1)  # [n, len(mine)·dh]
-                Y = Y.view(stop - start, len(mine), dh)
-                if shift is not None:
-                    Y = Y + shift[mine]
-                sq = Y.pow(2).sum(-1)  # [n, len(mine)]
-                if perp is not None:
-                    sq = sq + perp[mine]
-                out[mine, start:stop] = sq.T
+            if c_cat is not None:
+                Z += c_cat
+            Zg = Z.view(stop - start, len(groups), dh).transpose(0, 1)  # [g, n, dh]
+            Y = torch.bmm(Zg, RT).view(len(groups), stop - start, width, dh)
+            if shift is not None:
+                Y += shift
+            part = Y.square_().sum(-1).transpose(1, 2)  # [g, width, n]
+            sq[:, :, start:stop] = part if perp is None else part + perp
+        out = torch.empty(len(heads), self.n_vocab, device=self.device, dtype=self.dtype)
+        for gi, mine in enumerate(members):
+            out[mine] = sq[gi, : len(mine)]
         norms = inp.norms
         return torch.where(norms > 0, out.sqrt() / norms.clamp_min(1e-30), torch.zeros_like(out))
 
     def layer(
-        self, layer: LayerOV, heads: Sequence[int] | None = None, tokens: int = 15, mappings: int = 5
+        self,
+        layer: LayerOV,
+        heads: Sequence[int] | None = None,
+        tokens: int = 15,
+        mappings: int = 5,
     ) -> list[dict[str, Any]]:
         """Rows (layer, head, rank, token_id, token, sigma, mappings, mapping_ids) of the
         given heads (default: all) of one layer."""
@@ -320,6 +342,50 @@ class SalientPass:
                     }
                 )
         return rows
+
+
+# ---- the plain computation (reference) ----------------------------------------------------
+
+
+def plain_salient(
+    layer: LayerOV,
+    head: int,
+    X: torch.Tensor,
+    W_Uf: torch.Tensor,
+    options: MapOptions,
+    excluded: torch.Tensor | None = None,
+    tokens: int = 15,
+    mappings: int = 5,
+    logit_offset: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The plain per-head computation the fast pass is tested and timed against: form the
+    head's output Y = (norm(X) W_V + b_V) W_O [V, d] for the source embeddings ``X`` [V, d],
+    take row norms, then the top rows' logits through ``W_Uf``. Slow by design.
+
+    Returns (σ [V], top token ids [tokens], mapping ids [tokens, mappings]); ``excluded``
+    [V'] masks ids out of both rankings.
+    """
+    dtype = W_Uf.dtype
+    X = X.to(dtype)
+    u = layer.attn_norm(X) if options.pre_norm else X
+    z = u @ layer.head_W_V(head).to(dtype)
+    b_V = layer.head_b_V(head)
+    if options.value_bias and b_V is not None:
+        z = z + b_V.to(dtype)
+    gain = layer.out_gain(X.shape[1]).to(dtype)
+    Y = z @ (layer.W_O[head].to(dtype) * gain)
+    if options.output_bias and layer.b_O is not None:
+        Y = Y + layer.b_O.to(dtype) * gain
+    norms = X.norm(dim=-1)
+    sigma = torch.where(norms > 0, Y.norm(dim=-1) / norms.clamp_min(1e-30), 0.0)
+    ranked = sigma if excluded is None else sigma.masked_fill(excluded[: len(sigma)], -torch.inf)
+    top = ranked.topk(tokens).indices
+    logits = Y[top] @ W_Uf
+    if logit_offset is not None:
+        logits = logits + logit_offset
+    if excluded is not None:
+        logits = logits.masked_fill(excluded[: logits.shape[1]], -torch.inf)
+    return sigma, top, logits.topk(mappings, dim=1).indices
 
 
 # ---- public API ---------------------------------------------------------------------------

@@ -30,13 +30,17 @@ def _is_word(key: str) -> bool:
     return len(key) >= 2 and key.isalpha()
 
 
+def _identity(key: str) -> str:
+    return key
+
+
 def _is_year(key: str) -> bool:
     return len(key) == 4 and key.isascii() and key.isdigit()
 
 
 # name -> (applies to a token key, the token's transformed key)
 _TRANSFORMS: dict[str, tuple[Callable[[str], bool], Callable[[str], str]]] = {
-    "copying": (lambda k: bool(k), lambda k: k),
+    "copying": (bool, _identity),
     "word_first_letter": (_is_word, lambda k: k[0]),
     "word_last_letter": (_is_word, lambda k: k[-1]),
     "year_following": (_is_year, lambda k: str(int(k) + 1)),
@@ -75,7 +79,7 @@ def relation_matchers(relations: Sequence[Relation]) -> list[RelationMatcher]:
         transform = _TRANSFORMS.get(rel.name)
         if transform is None and rel.copying:
             # applies on the relation's sources only; the target of a copy is the token itself
-            transform = (lambda k, s=frozenset(targets): k in s, lambda k: k)
+            transform = (frozenset(targets).__contains__, _identity)
         frozen = {k: frozenset(v) for k, v in targets.items()}
         out.append(RelationMatcher(rel.name, frozen, transform))
     return out
