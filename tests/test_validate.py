@@ -29,7 +29,7 @@ from headatlas.errors import ValidationInputError
 from headatlas.scoring.options import MapOptions
 from headatlas.scoring.reference import reference_ranks
 from headatlas.validate import AttentionHooks, ValidationOptions, validate
-from headatlas.validate.dynamic import HeadReadout, dynamic_scores
+from headatlas.validate.dynamic import DynamicJob, HeadReadout, dynamic_scores
 from headatlas.validate.options import EXPERIMENTS
 from headatlas.validate.prompts import build_prompts
 
@@ -165,7 +165,8 @@ def test_dynamic_score_without_context_equals_reference_hits() -> None:
     targets = [(7 * i) % mc.cfg.vocab_size for i in range(len(sources))]
     k, template = 40, "The story of <X> contains"
     readout = HeadReadout(mc, MapOptions(), dtype=torch.float64)
-    scores = dynamic_scores(hooks, readout, tok, "r", template, sources, targets, k, batch_size=4)
+    job = DynamicJob("r", template, sources, targets, k)
+    (scores,) = dynamic_scores(hooks, readout, tok, [job], batch_size=4, budget_bytes=1)
     prompts = build_prompts(tok, template, sources, targets)
     assert all(p.ids[p.source_pos] == s[0] for p, s in zip(prompts, sources, strict=True))
     expected = np.zeros((mc.cfg.n_layers, mc.cfg.n_heads))
@@ -238,6 +239,25 @@ def test_main_cli_reports_bad_experiment(capsys: pytest.CaptureFixture[str]) -> 
         main(["validate", "smollm2", "--experiment", "nope"])
     assert "invalid choice" in capsys.readouterr().err
     assert EXPERIMENTS == ("correlative", "causal", "multi-token")
+
+
+@pytest.mark.parametrize("name", ["llama-gqa", "gpt2", "phi", "gemma2"])
+def test_cached_prefix_ablation_equals_whole_pass(name: str) -> None:
+    """The causal experiment's shortcut: the prefix cache plus the last token, with heads
+    zeroed, gives the logits of a whole hooked pass (sliding-window models opt out)."""
+    model = tiny_model(name)
+    mc = ModelCircuits.load(model)
+    hooks = AttentionHooks(model, mc.spec, mc.cfg)
+    if not hooks.supports_prefix_cache:
+        assert name == "gemma2"
+        return
+    b = _batch(mc.cfg.vocab_size)
+    prefix = hooks.prefix(b["input_ids"], b["attention_mask"], b["read_pos"])
+    for zero in ({}, {1: [0, 2]}, {0: [1], 1: [3]}):
+        whole = hooks.run(b["input_ids"], b["attention_mask"], b["read_pos"], capture=False,
+                          zero=zero).logits  # fmt: skip
+        _close(hooks.run_last(prefix, zero), whole, f"{name} {zero}: cached last token")
+        _close(hooks.run_last(prefix, zero), whole, f"{name} {zero}: the cache is reused intact")
 
 
 def test_steps_and_m() -> None:

@@ -20,7 +20,7 @@ import pandas as pd
 
 from headatlas.errors import ValidationInputError
 from headatlas.relations import Relation
-from headatlas.validate.hooks import AttentionHooks
+from headatlas.validate.hooks import AttentionHooks, Prefix
 from headatlas.validate.options import ValidationOptions
 from headatlas.validate.prompts import Prompt, batches, pad_id, text_prompts
 
@@ -58,23 +58,44 @@ def relation_prompts(
     return [p for t in templates for p in text_prompts(tokenizer, t, words, targets)]
 
 
-def accuracy(
-    hooks: AttentionHooks,
-    prompts: Sequence[Prompt],
-    ablate: Sequence[Head] = (),
-    batch_size: int = 32,
-    pad: int = 0,
-) -> float:
-    """Share of prompts whose greedy next token is the target, with ``ablate`` heads' z zeroed
-    at the last position."""
-    zero: dict[int, list[int]] = {}
-    for layer, head in ablate:
-        zero.setdefault(layer, []).append(head)
-    correct = 0
-    for b in batches(prompts, batch_size, pad):
-        run = hooks.run(b.input_ids, b.attention_mask, b.read_pos, capture=False, zero=zero)
-        correct += int((run.logits.argmax(-1) == b.targets).sum())
-    return correct / max(1, len(prompts))
+class PromptSet:
+    """A relation's prompts in batches; accuracy under any ablation.
+
+    Ablation edits only the last position, so (when the model allows it) every token before it
+    runs once and its key/value cache is reused: each ablation then costs one token per prompt.
+    Sliding-window models (Gemma 2/3, Mistral with a window) run whole prompts every time.
+    """
+
+    def __init__(self, hooks: AttentionHooks, prompts: Sequence[Prompt], batch_size: int, pad: int):
+        self.hooks = hooks
+        self.n = len(prompts)
+        self.batches = list(batches(prompts, batch_size, pad))
+        self._prefixes: list[Prefix] | None = None
+
+    def accuracy(self, ablate: Sequence[Head] = ()) -> float:
+        """Share of prompts whose greedy next token is the target, with ``ablate`` heads' z
+        zeroed at the last position."""
+        zero: dict[int, list[int]] = {}
+        for layer, head in ablate:
+            zero.setdefault(layer, []).append(head)
+        if self.hooks.supports_prefix_cache and self._prefixes is None:
+            self._prefixes = [
+                self.hooks.prefix(b.input_ids, b.attention_mask, b.read_pos) for b in self.batches
+            ]
+        correct = 0
+        for i, b in enumerate(self.batches):
+            if self._prefixes is not None:
+                logits = self.hooks.run_last(self._prefixes[i], zero)
+            else:
+                run = self.hooks.run(b.input_ids, b.attention_mask, b.read_pos, capture=False,
+                                     zero=zero)  # fmt: skip
+                logits = run.logits
+            correct += int((logits.argmax(-1) == b.targets).sum())
+        return correct / max(1, self.n)
+
+    def release(self) -> None:
+        """Drop the cached prefixes (they are rebuilt when needed)."""
+        self._prefixes = None
 
 
 def top_heads(scores: pd.DataFrame, relation: str, m: int) -> list[Head]:
@@ -121,12 +142,13 @@ def causal_experiment(
     bs = options.batch_size
     mapped = set(scores["relation"].unique())
 
-    prompts: dict[str, list[Prompt]] = {}
+    sets: dict[str, PromptSet] = {}
     results: dict[str, CausalResult] = {}
     for rel in relations:
-        ps = relation_prompts(rel, tokenizer, options, leading_space)
-        prompts[rel.name] = ps
-        res = CausalResult(rel.name, rel.category, len(ps), accuracy(hooks, ps, (), bs, pad))
+        ps = PromptSet(hooks, relation_prompts(rel, tokenizer, options, leading_space), bs, pad)
+        sets[rel.name] = ps
+        res = CausalResult(rel.name, rel.category, ps.n, ps.accuracy())
+        ps.release()
         if tick is not None:
             tick(1)
         if rel.name not in mapped:
@@ -145,7 +167,7 @@ def causal_experiment(
         res.steps = options.steps_for(m)
         curve = [res.base_accuracy]
         for s in res.steps[1:]:
-            curve.append(accuracy(hooks, prompts[name], res.heads[:s], bs, pad))
+            curve.append(sets[name].accuracy(res.heads[:s]))
             if tick is not None:
                 tick(1)
         res.relation_curve = curve
@@ -155,12 +177,14 @@ def causal_experiment(
             draw = rng.sample(others, min(m, len(others)))
             rc = [res.base_accuracy]
             for s in res.steps[1:]:
-                rc.append(accuracy(hooks, prompts[name], draw[:s], bs, pad))
+                rc.append(sets[name].accuracy(draw[:s]))
                 if tick is not None:
                     tick(1)
             res.random_curves.append(rc)
+        sets[name].release()
         for control in _controls(name, results, options):
-            after = accuracy(hooks, prompts[control], res.heads, bs, pad)
+            after = sets[control].accuracy(res.heads)
+            sets[control].release()
             res.controls[control] = (results[control].base_accuracy, after)
             if tick is not None:
                 tick(1)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import random
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,10 @@ from headatlas.scoring.plan import folded_unembedding
 from headatlas.scoring.ranks import count_ge
 from headatlas.validate.hooks import AttentionHooks
 from headatlas.validate.prompts import batches, build_prompts, pad_id
+
+_BLOCK_BYTES = 512 * 2**20  # one layer's per-head read-out matrices, at most
+_CAPTURE_BYTES = 1 * 2**30  # activations captured before reading them out
+_ROWS = 64  # prompts per read-out product ([h, rows, V] logits)
 
 
 class HeadReadout:
@@ -66,8 +70,35 @@ class HeadReadout:
         """z [B, H, dh] -> each head's output as the residual stream sees it, [B, H, d]."""
         return torch.einsum("bhe,hed->bhd", z.to(self.dtype), self.W_O[layer])
 
+    def blocks(self, layer: int) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """(h0, h1, W_O^h·gain·W_Uf for heads h0..h1-1 [h, dh, V]): the per-head read-out
+        matrices, formed once per layer and reused by every prompt (dh instead of d
+        multiply-adds per logit), in chunks of at most ~512 MB."""
+        W_O = self.W_O[layer]
+        H, dh, d = W_O.shape
+        V = self.W_Uf.shape[1]
+        per = max(1, _BLOCK_BYTES // (dh * V * self.W_Uf.element_size()))
+        for h0 in range(0, H, per):
+            h1 = min(H, h0 + per)
+            yield h0, h1, (W_O[h0:h1].reshape(-1, d) @ self.W_Uf).reshape(h1 - h0, dh, V)
+
+    def block_ranks(
+        self, layer: int, block: torch.Tensor, z: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(up, down) ranks [B, h] of each row's target for z [B, h, dh] against a block from
+        :meth:`blocks`: up = #others >= target, down = #others < target (the map's tie rule)."""
+        logits = torch.bmm(z.to(self.dtype).transpose(0, 1), block)  # [h, B, V]
+        offset = self.offset[layer]
+        if offset is not None:
+            logits = logits + offset
+        h, B, V = logits.shape
+        flat = logits.reshape(h * B, V)
+        t = flat.gather(1, targets.repeat(h)[:, None])[:, 0]
+        ge = count_ge(flat, t).reshape(h, B).T
+        return ge - 1, V - ge
+
     def logits(self, layer: int, z: torch.Tensor) -> torch.Tensor:
-        """Per-head logits [B, H, V] of z [B, H, dh]."""
+        """Per-head logits [B, H, V] of z [B, H, dh] (the direct product, for checks)."""
         y = self.head_outputs(layer, z) @ self.W_Uf
         offset = self.offset[layer]
         return y if offset is None else y + offset
@@ -75,14 +106,13 @@ class HeadReadout:
     def ranks(
         self, layer: int, z: torch.Tensor, targets: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(up, down) ranks [B, H] of each row's target: up = #others >= target,
-        down = #others < target (the map's tie rule)."""
-        logits = self.logits(layer, z)
-        B, H, V = logits.shape
-        flat = logits.reshape(B * H, V)
-        t = flat.gather(1, targets.repeat_interleave(H)[:, None])[:, 0]
-        ge = count_ge(flat, t).reshape(B, H)
-        return ge - 1, V - ge
+        """(up, down) ranks [B, H] of each row's target for every head of a layer."""
+        ups, downs = [], []
+        for h0, h1, block in self.blocks(layer):
+            up, down = self.block_ranks(layer, block, z[:, h0:h1], targets)
+            ups.append(up)
+            downs.append(down)
+        return torch.cat(ups, 1), torch.cat(downs, 1)
 
     def source_values(self, layer: int, values: torch.Tensor) -> torch.Tensor:
         """The without-context z: each head's KV-group value at the source, [B, H, dh]
@@ -106,37 +136,89 @@ class DynamicScores:
     without_context_suppression: np.ndarray
 
 
+@dataclass
+class DynamicJob:
+    """One relation under one template: the pairs to prompt with and the map's k."""
+
+    relation: str
+    template: str
+    sources: list[list[int]]
+    targets: list[int]
+    k: int
+
+
 def dynamic_scores(
     hooks: AttentionHooks,
     readout: HeadReadout,
     tokenizer: Any,
-    relation: str,
-    template: str,
-    sources: Sequence[Sequence[int]],
-    targets: Sequence[int],
-    k: int,
+    jobs: Sequence[DynamicJob],
     batch_size: int = 32,
     tick: Callable[[int], None] | None = None,
-) -> DynamicScores:
-    """Dynamic scores of every head for one relation and template (one pass per batch)."""
+    budget_bytes: int = _CAPTURE_BYTES,
+) -> list[DynamicScores]:
+    """Dynamic scores of every head for each job.
+
+    Jobs are taken in groups whose captured activations fit ``budget_bytes``: every prompt of
+    a group runs once (z at the last position, values at the source, all layers), then each
+    layer's read-out blocks are formed once and applied to the whole group.
+    """
+    c = hooks.cfg
+    per_prompt = c.n_layers * (c.n_heads + c.n_kv_heads) * c.d_head * 4
+    out: list[DynamicScores] = []
+    group: list[DynamicJob] = []
+    for job in jobs:
+        group.append(job)
+        if sum(len(j.targets) for j in group) * per_prompt >= budget_bytes:
+            out += _score_group(hooks, readout, tokenizer, group, batch_size, tick)
+            group = []
+    if group:
+        out += _score_group(hooks, readout, tokenizer, group, batch_size, tick)
+    return out
+
+
+def _score_group(
+    hooks: AttentionHooks,
+    readout: HeadReadout,
+    tokenizer: Any,
+    jobs: Sequence[DynamicJob],
+    batch_size: int,
+    tick: Callable[[int], None] | None,
+) -> list[DynamicScores]:
     L, H = hooks.cfg.n_layers, hooks.cfg.n_heads
-    hits = {name: torch.zeros(L, H, dtype=torch.float64) for name in _VARIANTS}
-    prompts = build_prompts(tokenizer, template, sources, targets)
-    for batch in batches(prompts, batch_size, pad_id(tokenizer)):
-        run = hooks.run(batch.input_ids, batch.attention_mask, batch.read_pos, batch.source_pos)
-        for layer in range(L):
-            for ctx, z in (
-                ("with_context", run.z[layer]),
-                ("without_context", readout.source_values(layer, run.values[layer])),
-            ):
-                up, down = readout.ranks(layer, z, batch.targets)
-                hits[ctx][layer] += (up < k).sum(0).double()
-                hits[f"{ctx}_suppression"][layer] += (down < k).sum(0).double()
-        if tick is not None:
-            tick(len(batch.targets))
-    n = max(1, len(prompts))
-    scores = {name: (h / n).numpy() for name, h in hits.items()}
-    return DynamicScores(relation, template, len(prompts), **scores)
+    captured = []  # per job: z [L, n, H, dh], values [L, n, n_kv, dh], targets [n]
+    for job in jobs:
+        prompts = build_prompts(tokenizer, job.template, job.sources, job.targets)
+        zs, vs = [], []
+        for batch in batches(prompts, batch_size, pad_id(tokenizer)):
+            run = hooks.run(batch.input_ids, batch.attention_mask, batch.read_pos, batch.source_pos)
+            zs.append(torch.stack(run.z))
+            vs.append(torch.stack(run.values))
+            if tick is not None:
+                tick(len(batch.targets))
+        captured.append((torch.cat(zs, 1), torch.cat(vs, 1), torch.tensor(job.targets)))
+    hits = [{name: torch.zeros(L, H, dtype=torch.float64) for name in _VARIANTS} for _ in jobs]
+    for layer in range(L):
+        for h0, h1, block in readout.blocks(layer):
+            for job, (z, v, targets), acc in zip(jobs, captured, hits, strict=True):
+                for ctx, zc in (
+                    ("with_context", z[layer]),
+                    ("without_context", readout.source_values(layer, v[layer])),
+                ):
+                    for r0 in range(0, len(targets), _ROWS):
+                        up, down = readout.block_ranks(
+                            layer, block, zc[r0 : r0 + _ROWS, h0:h1], targets[r0 : r0 + _ROWS]
+                        )
+                        acc[ctx][layer, h0:h1] += (up < job.k).sum(0).double()
+                        acc[f"{ctx}_suppression"][layer, h0:h1] += (down < job.k).sum(0).double()
+    return [
+        DynamicScores(
+            job.relation,
+            job.template,
+            len(job.targets),
+            **{name: (h / max(1, len(job.targets))).numpy() for name, h in acc.items()},
+        )
+        for job, acc in zip(jobs, hits, strict=True)
+    ]
 
 
 _VARIANTS = (

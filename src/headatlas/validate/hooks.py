@@ -21,7 +21,8 @@ residual stream does.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import copy
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +66,14 @@ class AttentionHooks:
         self.spec = spec
         self.cfg = cfg
         self.layers = _find_layers(model, spec, cfg.n_layers)
+
+    @property
+    def supports_prefix_cache(self) -> bool:
+        """Whether :meth:`prefix` / :meth:`run_last` give the same logits as a whole pass
+        (not with sliding-window attention, whose window counts cache slots)."""
+        config = getattr(self.model, "config", None)
+        window = getattr(config, "sliding_window", None)
+        return not (window and getattr(config, "use_sliding_window", True))
 
     # ---- module lookup -----------------------------------------------------------------------
     def _attn_child(self, layer: int, rel: str) -> torch.nn.Module:
@@ -114,10 +123,70 @@ class AttentionHooks:
         ``from_value``: layer -> heads whose z at the read position is replaced by their KV
         group's value vector at the source position (the head attends to the source only).
         """
-        zero = zero or {}
-        from_value = from_value or {}
         if from_value and source_pos is None:
             raise ValidationInputError("from_value edits need source positions")
+
+        def forward() -> torch.Tensor:
+            return self._last_logits(input_ids, attention_mask, read_pos)
+
+        return self._hooked(forward, read_pos, source_pos, capture, zero or {}, from_value or {})
+
+    @torch.no_grad()
+    def prefix(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, read_pos: torch.Tensor
+    ) -> Prefix:
+        """Run every token but each row's last once, keeping the key/value cache, so that
+        edits at the last position (:meth:`run_last`) cost one token per row."""
+        B = input_ids.shape[0]
+        if int(read_pos.min()) < 1:
+            raise ValidationInputError("prompts need at least two tokens to cache a prefix")
+        keep = attention_mask.clone()
+        keep[torch.arange(B), read_pos] = 0  # each row's last token waits for run_last
+        width = max(1, int(read_pos.max()))
+        out = self.model(
+            input_ids=input_ids[:, :width],
+            attention_mask=keep[:, :width],
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return Prefix(
+            cache=out.past_key_values,
+            attention_mask=keep[:, :width],
+            last_ids=input_ids[torch.arange(B), read_pos][:, None],
+            positions=read_pos[:, None].clone(),
+        )
+
+    @torch.no_grad()
+    def run_last(
+        self, prefix: Prefix, zero: Mapping[int, Sequence[int]] | None = None
+    ) -> torch.Tensor:
+        """Next-token logits [B, V] at the last position after :meth:`prefix`, with ``zero``
+        heads' z zeroed there; the prefix cache is left as it was."""
+        B = prefix.last_ids.shape[0]
+        at = torch.zeros(B, dtype=torch.long)  # the single position of this pass
+
+        def forward() -> torch.Tensor:
+            mask = torch.cat([prefix.attention_mask, torch.ones(B, 1, dtype=torch.long)], 1)
+            out = self.model(
+                input_ids=prefix.last_ids,
+                attention_mask=mask,
+                position_ids=prefix.positions,
+                past_key_values=copy.deepcopy(prefix.cache),
+                use_cache=True,
+            )
+            return out.logits[:, -1].float()
+
+        return self._hooked(forward, at, None, False, zero or {}, {}).logits
+
+    def _hooked(
+        self,
+        forward: Callable[[], torch.Tensor],
+        read_pos: torch.Tensor,
+        source_pos: torch.Tensor | None,
+        capture: bool,
+        zero: Mapping[int, Sequence[int]],
+        from_value: Mapping[int, Sequence[int]],
+    ) -> HookedRun:
         c = self.cfg
         rec = HookedRun(logits=torch.empty(0))
         handles: list[Any] = []
@@ -144,8 +213,7 @@ class AttentionHooks:
                 z_all = args[0]
                 if edit_zero or edit_value:
                     z_all = z_all.clone()
-                    B = z_all.shape[0]
-                    rows = torch.arange(B, device=z_all.device)
+                    rows = torch.arange(z_all.shape[0], device=z_all.device)
                     pos = read_pos.to(z_all.device)
                     heads = z_all.view(*z_all.shape[:-1], c.n_heads, c.d_head)
                     for h in edit_zero:
@@ -168,10 +236,11 @@ class AttentionHooks:
                     handles.append(self.v_proj(i).register_forward_hook(on_values(i)))
                     if capture:
                         handles.append(self.attn_norm(i).register_forward_hook(on_norm))
-                handles.append(self.o_proj(i).register_forward_pre_hook(on_z(i)))
+                if capture or i in zero or i in from_value:
+                    handles.append(self.o_proj(i).register_forward_pre_hook(on_z(i)))
                 if capture:
                     handles.append(self.o_proj(i).register_forward_hook(on_out))
-            rec.logits = self._last_logits(input_ids, attention_mask, read_pos)
+            rec.logits = forward()
         finally:
             for h in handles:
                 h.remove()
@@ -185,6 +254,16 @@ class AttentionHooks:
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep)
         logits = out.logits  # [B, len(keep), V]
         return logits[torch.arange(logits.shape[0]), inverse].float()
+
+
+@dataclass
+class Prefix:
+    """A batch's key/value cache up to (not including) each row's last token."""
+
+    cache: Any
+    attention_mask: torch.Tensor  # [B, W]: real prefix tokens
+    last_ids: torch.Tensor  # [B, 1]
+    positions: torch.Tensor  # [B, 1]: the last token's position in its row
 
 
 def _find_layers(model: torch.nn.Module, spec: ArchSpec, n_layers: int) -> torch.nn.ModuleList:

@@ -32,7 +32,7 @@ from headatlas.store import MapResults, write_json_atomic, write_text_atomic
 from headatlas.validate import causal as causal_mod
 from headatlas.validate.dynamic import (
     CORRELATION_COLUMNS,
-    DynamicScores,
+    DynamicJob,
     HeadReadout,
     correlate,
     correlation_markdown,
@@ -230,37 +230,37 @@ def _run_correlative(
         jobs.append((rel, sources, targets))
     total = sum(len(t) for _, _, t in jobs) * len(options.templates)
     bar = _bar(total, progress, f"{exp} ({len(jobs)} relations)")
+    work = [
+        DynamicJob(rel.name, t, sources, targets, _k_of(results_map, rel.name))
+        for rel, sources, targets in jobs
+        for t in options.templates
+    ]
+    found = dynamic_scores(
+        hooks, readout, circuits.tokenizer, work, options.batch_size,
+        bar.update if bar is not None else None,
+    )  # fmt: skip
+    if bar is not None:
+        bar.close()
     rows: list[dict[str, Any]] = []
     frames = []
-    for rel, sources, targets in jobs:
-        k = int(results_map.scores.loc[results_map.scores["relation"] == rel.name, "k"].iloc[0])
-        per_template: list[DynamicScores] = [
-            dynamic_scores(
-                hooks,
-                readout,
-                circuits.tokenizer,
-                rel.name,
-                t,
-                sources,
-                targets,
-                k,
-                options.batch_size,
-                bar.update if bar is not None else None,
-            )
-            for t in options.templates
-        ]
+    for rel, _sources, _targets in jobs:
+        per_template = [d for d in found if d.relation == rel.name]
         static, static_sup = static_matrix(results_map.scores, rel.name, L, H)
+        k = _k_of(results_map, rel.name)
         rel_rows, heads = correlate(rel.name, rel.category, k, static, static_sup, per_template)
         rows += rel_rows
         frames.append(heads)
-    if bar is not None:
-        bar.close()
     table = pd.DataFrame(rows, columns=CORRELATION_COLUMNS)
     if exp == "correlative":
         res.correlative = table
         res.correlative_heads = pd.concat(frames, ignore_index=True) if frames else None
     else:
         res.multi_token = table
+
+
+def _k_of(results_map: MapResults, relation: str) -> int:
+    scores = results_map.scores
+    return int(scores.loc[scores["relation"] == relation, "k"].iloc[0])
 
 
 def _run_causal(
