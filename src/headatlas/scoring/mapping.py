@@ -190,11 +190,9 @@ def map_heads(
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.dtype)
     X0, Xe = source_embeddings(circuits, plan.source_ids, options)
-    W_Uf = folded_unembedding(circuits, options).to(device=device, dtype=dtype).contiguous()
-    offset = None
-    if options.unembed_bias:
-        b = circuits.unembed_bias()
-        offset = None if b is None else b.to(device=device, dtype=dtype)
+    W_Uf = folded_unembedding(circuits, options).to(device=device).contiguous()
+    logit_bias = circuits.unembed_bias() if options.unembed_bias else None
+    final_norm = circuits.final_norm() if options.final_norm else None
     layout = PairLayout(plan.pair_rows, plan.pair_targets, len(plan.source_ids), W_Uf.shape[1])
     layout.to(device)
     t_prep = time.perf_counter()
@@ -213,7 +211,7 @@ def map_heads(
         layer = circuits.layer(i)
         X = (X0 if i == 0 else Xe).to(device=device, dtype=dtype)
         with torch.no_grad():
-            up, down = layer_ranks(layer, X, W_Uf, layout, options, offset)
+            up, down = layer_ranks(layer, X, W_Uf, layout, options, logit_bias, final_norm)
         score, sup = layer_scores(plan, up, down)
         frame = _layer_frame(summary["name"], i, plan, score, sup)
         if path is not None:

@@ -11,6 +11,9 @@ from headatlas.circuits import ModelCircuits
 from headatlas.scoring.options import MapOptions
 
 
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+
+
 @dataclass
 class RelationPairs:
     """One usable relation, tokenised."""
@@ -58,21 +61,26 @@ class ScoringPlan:
         return sums / counts
 
 
-def folded_unembedding(circuits: ModelCircuits, options: MapOptions) -> torch.Tensor:
+def folded_unembedding(
+    circuits: ModelCircuits, options: MapOptions, dtype: torch.dtype | None = None
+) -> torch.Tensor:
     """W_U with the final norm folded in: C · diag(γ) · W_U, [d, V].
 
     C = I - 11ᵀ/d is LayerNorm's centring; the norm's 1/σ is a positive per-row scalar and
     leaves top-k unchanged, and its bias β is not part of any head (as in TransformerLens'
     fold_ln, where β moves to the logit bias).
     """
-    W_U = circuits.W_U
+    target = dtype if dtype is not None else _DTYPES[options.dtype]
+    # Fold in float64 when computing in float64 (folding in float32 loses bits), else float32.
+    work = torch.float64 if target == torch.float64 else torch.float32
+    W_U = circuits.W_U.to(work)
     if not options.final_norm:
-        return W_U
+        return W_U.to(target)
     norm = circuits.final_norm()
-    G = W_U * norm.scale(W_U.shape[0])[:, None]
+    G = W_U * norm.scale(W_U.shape[0]).to(work)[:, None]
     if norm.kind == "layernorm":
         G = G - G.mean(0, keepdim=True)
-    return G
+    return G.to(target)
 
 
 def source_embeddings(

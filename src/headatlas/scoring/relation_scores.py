@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from headatlas.circuits import LayerOV
+from headatlas.circuits import LayerOV, Norm
 from headatlas.scoring.options import MapOptions
 from headatlas.scoring.plan import ScoringPlan
 from headatlas.scoring.ranks import PairLayout, pair_ranks
@@ -29,22 +29,27 @@ def layer_ranks(
     W_Uf: torch.Tensor,
     layout: PairLayout,
     options: MapOptions,
-    logit_offset: torch.Tensor | None = None,
+    logit_bias: torch.Tensor | None = None,
+    final_norm: Norm | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Relation and suppression ranks [n_heads, n_pairs] for every head of a layer.
 
     ``X`` [n_sources, d] are the layer's source embeddings, ``W_Uf`` [d, V] the folded
-    unembedding, ``logit_offset`` [V] a constant added to every row (unembedding bias).
+    unembedding, ``logit_bias`` [V] the output head's bias (added after the final norm).
+
+    logits = s · (z W_O + b_O) W_Uf + b_U, kept factored as Z [n, r] @ B [r, V]. The final
+    norm's per-row factor s = 1/σ(y) is positive and cancels out of top-k, so it is computed
+    (through a d_head x d_head Gram matrix) only when a bias follows it.
     """
     dtype, device = W_Uf.dtype, W_Uf.device
     d = W_Uf.shape[0]
     Zg = value_vectors(layer, X.to(dtype), options)
     gain = layer.out_gain(d).to(device=device, dtype=dtype)
     W_O = layer.W_O.to(device=device, dtype=dtype) * gain  # [H, dh, d]
-    offset = logit_offset
+    b_O = None
     if options.output_bias and layer.b_O is not None:
-        bo = (layer.b_O.to(device=device, dtype=dtype) * gain) @ W_Uf
-        offset = bo if offset is None else offset + bo
+        b_O = layer.b_O.to(device=device, dtype=dtype) * gain  # [d]
+    post_bias = logit_bias.to(device=device, dtype=dtype) if logit_bias is not None else None
     H, dh = W_O.shape[0], W_O.shape[1]
     per_chunk = max(1, _B_BYTES // (dh * W_Uf.shape[1] * W_Uf.element_size()))
     ups, downs = [], []
@@ -52,16 +57,38 @@ def layer_ranks(
         h1 = min(H, h0 + per_chunk)
         B_all = (W_O[h0:h1].reshape(-1, d) @ W_Uf).reshape(h1 - h0, dh, -1)  # [h, dh, V]
         for h in range(h0, h1):
-            Z = Zg[layer.kv_group(h)]
-            B = B_all[h - h0]
-            if offset is not None:
-                Z = torch.cat([Z, torch.ones(Z.shape[0], 1, dtype=dtype, device=device)], 1)
-                B = torch.cat([B, offset[None].to(dtype)], 0)
+            Z, B, W = Zg[layer.kv_group(h)], B_all[h - h0], W_O[h]
+            if b_O is not None:  # y = [z, 1] @ [W_O; b_O]
+                Z = _with_ones(Z)
+                B = torch.cat([B, (b_O @ W_Uf)[None]], 0)
+                W = torch.cat([W, b_O[None]], 0)
+            if post_bias is not None:
+                if final_norm is not None:
+                    Z = Z * _norm_factor(Z, W, final_norm)[:, None]
+                Z = _with_ones(Z)
+                B = torch.cat([B, post_bias[None]], 0)
             up, down = pair_ranks(Z.contiguous(), B, layout)
             ups.append(up)
             downs.append(down)
         del B_all
     return torch.stack(ups), torch.stack(downs)
+
+
+def _with_ones(Z: torch.Tensor) -> torch.Tensor:
+    return torch.cat([Z, torch.ones(Z.shape[0], 1, dtype=Z.dtype, device=Z.device)], 1)
+
+
+def _norm_factor(Z: torch.Tensor, W: torch.Tensor, norm: Norm) -> torch.Tensor:
+    """1/σ of each row of y = Z @ W [n, d], through the Gram matrix of W (no [n, d] formed).
+
+    RMSNorm: σ² = mean(y²) + eps; LayerNorm: the variance of y plus eps.
+    """
+    d = W.shape[1]
+    if norm.kind == "layernorm":
+        W = W - W.mean(1, keepdim=True)
+    G = (W @ W.T) / d  # [r, r]
+    ms = ((Z @ G) * Z).sum(1)
+    return torch.rsqrt(ms.clamp_min(0) + norm.eps)
 
 
 def layer_scores(

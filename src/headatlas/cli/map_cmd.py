@@ -1,0 +1,98 @@
+"""`headatlas map [MODEL]`: score every head on every relation, label heads, store results."""
+
+from __future__ import annotations
+
+import argparse
+
+from headatlas.cli.common import (
+    add_method_args,
+    add_model_source_args,
+    open_circuits,
+    options_from_args,
+)
+from headatlas.scoring.categories import LABELS
+from headatlas.scoring.mapping import map_heads
+from headatlas.store import MapResults
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `headatlas map`."""
+    p = sub.add_parser("map", help="map every attention head of a model (default: smollm2)")
+    p.add_argument(
+        "model",
+        nargs="?",
+        default="smollm2",
+        help="packaged name (smollm2, gemma3-270m), folder, .gguf file or hub id",
+    )
+    p.add_argument(
+        "--relations",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="built-in relations or categories (default: all)",
+    )
+    p.add_argument(
+        "--relations-file",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a relation file (JSON, JSONL or CSV); repeatable",
+    )
+    p.add_argument(
+        "--out",
+        default="atlas",
+        help="results folder; results go to OUT/<model-slug>/ (default: atlas)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    add_model_source_args(p)
+    add_method_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Map the model and print a summary."""
+    options = options_from_args(args)
+    circuits = open_circuits(args)
+    results = map_heads(
+        circuits,
+        relations=args.relations,
+        relation_files=args.relations_file,
+        options=options,
+        out=args.out,
+        progress=not args.quiet,
+    )
+    if not args.quiet:
+        print(summary_text(results))
+    print(f"results: {results.directory}")
+    return 0
+
+
+def summary_text(results: MapResults) -> str:
+    """Heads per category and the top head per relation, as plain text."""
+    m = results.manifest
+    lines = [
+        f"{results.display_name}: {m['model']['n_layers']} layers x {m['model']['n_heads']} heads, "
+        f"{len(m['relations']) - sum(1 for r in m['relations'] if r['skipped'])} relations scored "
+        f"in {m['timings']['total_s']:.1f} s",
+        "",
+        "heads per category:",
+    ]
+    counts = results.categories["label"].value_counts()
+    for label in [*LABELS, *sorted(set(counts.index) - set(LABELS))]:
+        if label in counts:
+            lines.append(f"  {label:<14} {int(counts[label]):>5}")
+    lines += ["", "top head per relation (score / suppression):"]
+    s = results.scores
+    for rel, group in s.groupby("relation", sort=False):
+        best = group.loc[group["score"].idxmax()]
+        best_sup = group.loc[group["suppression_score"].idxmax()]
+        lines.append(
+            f"  {rel:<22} L{int(best.layer)}H{int(best['head'])} {best.score:.2f}   "
+            f"L{int(best_sup.layer)}H{int(best_sup['head'])} {best_sup.suppression_score:.2f}"
+            f"  (k={int(best.k)}, {int(best.n_pairs)} pairs)"
+        )
+    skipped = [r for r in m["relations"] if r["skipped"]]
+    if skipped:
+        lines += ["", "skipped relations:"]
+        lines += [f"  {r['skipped']}" for r in skipped]
+    return "\n".join(lines)
