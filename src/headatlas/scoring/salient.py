@@ -242,56 +242,64 @@ class SalientPass:
 
     def sigma(self, layer: LayerOV, heads: Sequence[int]) -> torch.Tensor:
         """σ [len(heads), V] of the given heads (unmasked)."""
-        inp = self.inputs(layer)
+        heads = list(heads)
         W_V, c = self.value_map(layer)
         W_O, b_O = self.output_map(layer)
-        heads = list(heads)
+        groups, sig = self._group_sigma(layer, W_V, c, W_O, b_O, heads)
+        gs = layer.group_size
+        rows = [groups.index(layer.kv_group(h)) * gs + h % gs for h in heads]
+        return sig[rows]
+
+    def _group_sigma(
+        self,
+        layer: LayerOV,
+        W_V: torch.Tensor,
+        c: torch.Tensor | None,
+        W_O: torch.Tensor,
+        b_O: torch.Tensor | None,
+        heads: Sequence[int],
+    ) -> tuple[list[int], torch.Tensor]:
+        """(KV groups of ``heads``, σ [n_groups · group_size, V] of every query head of them)."""
+        inp = self.inputs(layer)
+        gs = layer.group_size
         groups = sorted({layer.kv_group(h) for h in heads})
-        members = [[i for i, h in enumerate(heads) if layer.kv_group(h) == g] for g in groups]
-        width = max(len(m) for m in members)
+        members = [g * gs + j for g in groups for j in range(gs)]  # query heads, group-major
+        ng, d, dh = len(groups), W_V.shape[1], W_V.shape[2]
         # G = W_O W_Oᵀ = E Λ Eᵀ (eigh, float64): ‖z W_O‖² = z G zᵀ = ‖z L‖², L = E Λ^½ [dh, dh].
         # With a bias: z W_O + b = (z L + s) Pᵀ + b⊥, P = W_Oᵀ E Λ^-½, s = Pᵀb, so
         # ‖z W_O + b‖² = ‖z L + s‖² + ‖b‖² - ‖s‖².
-        W64 = W_O[heads].double()
-        lam, E = torch.linalg.eigh(W64 @ W64.transpose(1, 2))  # [h, dh], [h, dh, dh]
+        W64 = W_O[members].double()
+        lam, E = torch.linalg.eigh(W64 @ W64.transpose(1, 2))  # [m, dh], [m, dh, dh]
         lam = lam.clamp_min(0)
         L = (E * lam.sqrt()[:, None, :]).to(self.dtype)
-        dh = L.shape[-1]
-        # per group, its heads' L side by side (zero-padded when a group has fewer heads)
-        RT = torch.zeros(len(groups), dh, width, dh, device=self.device, dtype=self.dtype)
-        for gi, mine in enumerate(members):
-            RT[gi, :, : len(mine)] = L[mine].permute(1, 0, 2)
-        RT = RT.reshape(len(groups), dh, width * dh)
-        shift = perp = None
+        # each group's heads' L side by side: [ng, dh, gs·dh]
+        L_cat = L.view(ng, gs, dh, dh).permute(0, 2, 1, 3).reshape(ng, dh, gs * dh)
+        shift = rest = None
         if b_O is not None:
-            shift = torch.zeros(len(groups), 1, width, dh, device=self.device, dtype=self.dtype)
-            perp = torch.zeros(len(groups), width, 1, device=self.device, dtype=self.dtype)
-            proj = torch.einsum("hed,d,hej->hj", W64, b_O.double(), E)  # Eᵀ W_O b  [h, dh]
+            proj = torch.einsum("med,d,mej->mj", W64, b_O.double(), E)  # Eᵀ W_O b  [m, dh]
             keep = lam > lam.amax(-1, keepdim=True) * 1e-12
             s = torch.where(keep, proj / lam.clamp_min(1e-300).sqrt(), torch.zeros_like(proj))
-            rest = (b_O.double().pow(2).sum() - s.pow(2).sum(-1)).clamp_min(0)  # [h]
-            for gi, mine in enumerate(members):
-                shift[gi, 0, : len(mine)] = s[mine].to(self.dtype)
-                perp[gi, : len(mine), 0] = rest[mine].to(self.dtype)
-        W_cat = W_V[groups].permute(1, 0, 2).reshape(W_V.shape[1], -1)  # [d, g·dh]
+            rest = (b_O.double().pow(2).sum() - s.pow(2).sum(-1)).clamp_min(0)
+            rest = rest.to(self.dtype).view(ng, gs, 1)
+            shift = s.to(self.dtype).view(ng, 1, gs, dh)
+        W_cat = W_V[groups].permute(1, 0, 2).reshape(d, ng * dh)  # [d, ng·dh]
         c_cat = None if c is None else c[groups].reshape(1, -1)
-        sq = torch.empty(len(groups), width, self.n_vocab, device=self.device, dtype=self.dtype)
+        sq = torch.empty(ng, gs, self.n_vocab, device=self.device, dtype=self.dtype)
         for start in range(0, self.n_vocab, _ROWS_PER_CHUNK):
             stop = min(self.n_vocab, start + _ROWS_PER_CHUNK)
-            Z = inp.normed[start:stop] @ W_cat  # [n, g·dh]
+            n = stop - start
+            Z = inp.normed[start:stop] @ W_cat  # [n, ng·dh]
             if c_cat is not None:
                 Z += c_cat
-            Zg = Z.view(stop - start, len(groups), dh).transpose(0, 1)  # [g, n, dh]
-            Y = torch.bmm(Zg, RT).view(len(groups), stop - start, width, dh)
+            Y = torch.bmm(Z.view(n, ng, dh).transpose(0, 1), L_cat).view(ng, n, gs, dh)
             if shift is not None:
                 Y += shift
-            part = Y.square_().sum(-1).transpose(1, 2)  # [g, width, n]
-            sq[:, :, start:stop] = part if perp is None else part + perp
-        out = torch.empty(len(heads), self.n_vocab, device=self.device, dtype=self.dtype)
-        for gi, mine in enumerate(members):
-            out[mine] = sq[gi, : len(mine)]
+            sq[:, :, start:stop] = torch.einsum("gnwe,gnwe->gwn", Y, Y)  # squared norms
+        if rest is not None:
+            sq += rest
         norms = inp.norms
-        return torch.where(norms > 0, out.sqrt() / norms.clamp_min(1e-30), torch.zeros_like(out))
+        sig = torch.where(norms > 0, sq.sqrt() / norms.clamp_min(1e-30), 0.0)
+        return groups, sig.view(ng * gs, self.n_vocab)
 
     def layer(
         self,
@@ -303,32 +311,35 @@ class SalientPass:
         """Rows (layer, head, rank, token_id, token, sigma, mappings, mapping_ids) of the
         given heads (default: all) of one layer."""
         heads = list(range(layer.n_heads)) if heads is None else list(heads)
+        H, T = len(heads), tokens
         with torch.no_grad():
-            sig = self.sigma(layer, heads)
-            ranked = sig.masked_fill(self.source_excluded, float("-inf"))
-            top_sigma, top_ids = ranked.topk(tokens, dim=1)  # [h, T]
-            inp = self.inputs(layer)
             W_V, c = self.value_map(layer)
             W_O, b_O = self.output_map(layer)
-            ys = []
-            for i, h in enumerate(heads):
-                g = layer.kv_group(h)
-                z = inp.normed[top_ids[i]] @ W_V[g]
-                if c is not None:
-                    z = z + c[g]
-                y = z @ W_O[h]
-                ys.append(y if b_O is None else y + b_O)
-            logits = torch.cat(ys) @ self.W_Uf  # [h·T, V']
+            groups, sig = self._group_sigma(layer, W_V, c, W_O, b_O, heads)
+            gs = layer.group_size
+            sig = sig[[groups.index(layer.kv_group(h)) * gs + h % gs for h in heads]]
+            ranked = sig.masked_fill(self.source_excluded, float("-inf"))
+            top_sigma, top_ids = ranked.topk(T, dim=1)  # [H, T]
+            kv = [layer.kv_group(h) for h in heads]
+            U = self.inputs(layer).normed[top_ids.flatten()].view(H, T, -1)
+            Zt = torch.bmm(U, W_V[kv])  # [H, T, dh]
+            if c is not None:
+                Zt += c[kv][:, None, :]
+            Y = torch.bmm(Zt, W_O[heads]).view(H * T, -1)  # [H·T, d]
+            if b_O is not None:
+                Y += b_O
+            logits = Y @ self.W_Uf  # [H·T, V']
             if self.logit_offset is not None:
-                logits = logits + self.logit_offset
+                logits += self.logit_offset
             logits.masked_fill_(self.target_excluded, float("-inf"))
-            map_ids = logits.topk(mappings, dim=1).indices.view(len(heads), tokens, mappings)
+            map_ids = logits.topk(mappings, dim=1).indices.view(H, T, mappings).tolist()
         strings = self.vocab.strings
+        top_list, sigma_list = top_ids.tolist(), top_sigma.tolist()
         rows = []
         for i, h in enumerate(heads):
-            for r in range(tokens):
-                t = int(top_ids[i, r])
-                targets = [int(m) for m in map_ids[i, r]]
+            for r in range(T):
+                t = top_list[i][r]
+                targets = map_ids[i][r]
                 rows.append(
                     {
                         "layer": layer.layer,
@@ -336,7 +347,7 @@ class SalientPass:
                         "rank": r,
                         "token_id": t,
                         "token": strings[t],
-                        "sigma": float(top_sigma[i, r]),
+                        "sigma": sigma_list[i][r],
                         "mappings": [strings[m] for m in targets],
                         "mapping_ids": targets,
                     }
