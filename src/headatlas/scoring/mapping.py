@@ -249,7 +249,7 @@ def map_heads(
 def _layer_frame(
     model: str, layer: int, plan: ScoringPlan, score: torch.Tensor, sup: torch.Tensor
 ) -> pd.DataFrame:
-    H, R = score.shape
+    H = score.shape[0]
     rows = []
     for h in range(H):
         for r, rel in enumerate(plan.relations):

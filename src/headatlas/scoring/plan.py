@@ -10,7 +10,6 @@ import torch
 from headatlas.circuits import ModelCircuits
 from headatlas.scoring.options import MapOptions
 
-
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
 

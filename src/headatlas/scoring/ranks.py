@@ -19,34 +19,50 @@ from typing import Any
 
 import torch
 
-_COUNT: Any = None
+_KERNELS: dict[str, Any] = {}
 
 
 def _count_ge_eager(tile: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return (tile >= t[:, None]).sum(1)
 
 
-def count_ge(tile: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Per row, how many entries of ``tile`` are >= ``t`` (int64 [rows]).
+def _count_ge_rows_eager(tile: torch.Tensor, rows: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return (tile[rows] >= t[:, None]).sum(1)
 
-    On CPU a ``torch.compile``d kernel fuses the comparison into the reduction (about 8x
-    faster than eager, which writes a bool tile first); without a working compiler, or with
-    HEADATLAS_NO_COMPILE=1, the eager version runs. Both give the same integers.
-    """
-    global _COUNT
-    if _COUNT is None:
-        _COUNT = _count_ge_eager
-        if tile.device.type == "cpu" and os.environ.get("HEADATLAS_NO_COMPILE") != "1":
+
+def _kernel(name: str, eager: Any, probe: tuple[torch.Tensor, ...]) -> Any:
+    """``torch.compile`` of ``eager`` on CPU, checked on a probe; eager when compiling fails."""
+    if name not in _KERNELS:
+        _KERNELS[name] = eager
+        if os.environ.get("HEADATLAS_NO_COMPILE") != "1":
             try:
-                compiled = torch.compile(_count_ge_eager, dynamic=True)
-                probe = torch.arange(12.0).reshape(3, 4)
-                if torch.equal(compiled(probe, probe[:, 1]), _count_ge_eager(probe, probe[:, 1])):
-                    _COUNT = compiled
+                compiled = torch.compile(eager, dynamic=True)
+                if torch.equal(compiled(*probe), eager(*probe)):
+                    _KERNELS[name] = compiled
             except Exception:  # no C++ toolchain, unsupported platform...
-                _COUNT = _count_ge_eager
+                _KERNELS[name] = eager
+    return _KERNELS[name]
+
+
+def count_ge(tile: torch.Tensor, t: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Per row, how many entries of ``tile`` (or of ``tile[rows]``) are >= ``t`` (int64).
+
+    On CPU a ``torch.compile``d kernel fuses the gather and comparison into the reduction
+    (several times faster than eager, which writes a bool tile first); without a working
+    compiler, or with HEADATLAS_NO_COMPILE=1, the eager version runs. Both give the same
+    integers.
+    """
+    probe = torch.arange(12.0).reshape(3, 4)
+    if rows is None:
+        if tile.device.type != "cpu":
+            return _count_ge_eager(tile, t)
+        fn = _kernel("count", _count_ge_eager, (probe, probe[:, 1]))
+        result: torch.Tensor = fn(tile, t)
+        return result
     if tile.device.type != "cpu":
-        return _count_ge_eager(tile, t)
-    result: torch.Tensor = _COUNT(tile, t)
+        return _count_ge_rows_eager(tile, rows, t)
+    fn = _kernel("count_rows", _count_ge_rows_eager, (probe, torch.tensor([2, 0]), probe[:2, 1]))
+    result = fn(tile, rows, t)
     return result
 
 
@@ -163,10 +179,9 @@ def pair_ranks(
         if b.self_rows.numel():
             self_p[b.r0 + b.self_rows] = tile[b.self_rows, b.self_cols]
         if b.e1 > b.e0:
-            sub = tile.index_select(0, b.extra_rows)
-            ge_e[b.e0 : b.e1] += count_ge(sub, t_e[b.e0 : b.e1])
+            ge_e[b.e0 : b.e1] += count_ge(tile, t_e[b.e0 : b.e1], b.extra_rows)
             if b.self_extra.numel():
-                self_e[b.e0 + b.self_extra] = sub[b.self_extra, b.self_extra_cols]
+                self_e[b.e0 + b.self_extra] = tile[b.extra_rows[b.self_extra], b.self_extra_cols]
     # The target's own entry came out of the same matmul; take it out of the counts.
     self_ge = (self_logit >= t).long()
     up = torch.empty_like(ge)
