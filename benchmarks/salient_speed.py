@@ -9,12 +9,14 @@ compares the per-head work. The plain computation is timed on ``--plain-layers``
 scaled to all heads; its top tokens and mappings are checked against the fast ones.
 Targets: all 270 heads in under 30 s, at least 5x faster than plain.
 
-    PYTHONPATH=src python benchmarks/salient_speed.py [--plain-layers 0 15 29] [--device cpu]
+    PYTHONPATH=src python benchmarks/salient_speed.py [--plain-layers 0 15 29] [--threads N]
+        [--device cpu]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -32,7 +34,17 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tokens", type=int, default=15)
     parser.add_argument("--mappings", type=int, default=5)
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(
+        f"cpu: {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
+        f"load average {load:.1f} at start"
+    )
     options = MapOptions(device=args.device)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
