@@ -235,6 +235,11 @@ def test_all_heads_stored_beside_the_map(tmp_path: Path) -> None:
     section = results.manifest["salient"]
     assert section["tokens"] == 4 and section["excluded"]["n_excluded"] > 0
     assert section["timings"]["layers_computed"] == c.cfg.n_layers
+    from headatlas.report.atlas_html import _salient_by_head
+
+    shown = _salient_by_head(results)  # the atlas lists each operation's own relations
+    first = stored.iloc[0]
+    assert shown["0"][0][0] == first["token"] and shown["0"][0][3] == list(first["token_relations"])
     ops = load_operations(folder, tokens=4, mappings=3)
     assert len(ops) == c.cfg.n_layers * c.cfg.n_heads and all(len(v) == 4 for v in ops.values())
     assert not (folder / PARTIAL).exists()

@@ -101,7 +101,17 @@ def _salient_by_head(results: MapResults) -> dict[str, list[Any]]:
     tokens = table["token"].astype(str).tolist() if "token" in table else [""] * n
     sigmas = table["sigma"].astype(float).tolist() if "sigma" in table else [math.nan] * n
     mappings = table["mappings"].tolist() if "mappings" in table else [None] * n
-    matched = table["matched_relations"].tolist() if "matched_relations" in table else [None] * n
+    # per operation: the relations its own mappings hit (``token_relations``), else the head's
+    # summary ("copying:0.87,word_first_letter:0.20", one string) split into items
+    if "token_relations" in table:
+        matched = table["token_relations"].tolist()
+    elif "matched_relations" in table:
+        matched = [
+            [x for x in m.split(",") if x] if isinstance(m, str) else m
+            for m in table["matched_relations"]
+        ]
+    else:
+        matched = [None] * n
     out: dict[str, list[Any]] = {}
     for i, token, sigma, mapped, rels in zip(index, tokens, sigmas, mappings, matched):
         out.setdefault(str(i), []).append(
