@@ -37,3 +37,7 @@ class DescribeError(HeadAtlasError):
 
 class ValidationInputError(HeadAtlasError):
     """Validation cannot run on the given model / relations / options."""
+
+
+class OptionError(HeadAtlasError):
+    """A command-line or API option has an invalid value."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from headatlas.circuits import ModelCircuits
+from headatlas.errors import OptionError
 from headatlas.scoring.categories import DEFAULT_THRESHOLD
 from headatlas.scoring.options import MapOptions
 
@@ -29,7 +30,9 @@ def _k_pairs(values: list[str]) -> dict[str, int]:
     for item in values:
         name, sep, k = item.partition("=")
         if not sep or not k.isdigit():
-            raise argparse.ArgumentTypeError(f"--k-relation expects NAME=K, got '{item}'")
+            raise OptionError(
+                f"--k-relation expects NAME=K with K a positive integer, got '{item}'"
+            )
         out[name] = int(k)
     return out
 
@@ -109,7 +112,11 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
 def options_from_args(args: argparse.Namespace) -> MapOptions:
     """MapOptions from parsed arguments."""
     if args.k is not None and args.k < 1:
-        raise argparse.ArgumentTypeError("--k must be at least 1")
+        raise OptionError(f"--k must be at least 1, got {args.k}")
+    if not 0 <= args.threshold <= 1:
+        raise OptionError(f"--threshold must be between 0 and 1, got {args.threshold}")
+    if args.min_pairs < 1:
+        raise OptionError(f"--min-pairs must be at least 1, got {args.min_pairs}")
     return MapOptions(
         k=args.k,
         k_per_relation=_k_pairs(args.k_relation),

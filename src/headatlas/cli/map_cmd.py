@@ -26,10 +26,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--relations",
-        nargs="+",
+        nargs="*",
         default=None,
         metavar="NAME",
-        help="built-in relations or categories (default: all)",
+        help="built-in relations or categories (default: all; the option with no name scores only --relations-file relations)",
     )
     p.add_argument(
         "--relations-file",

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from headatlas.circuits import ModelCircuits
+from headatlas.errors import HeadAtlasError, OptionError
 from headatlas.relations import (
     Relation,
     TokenizedRelation,
@@ -60,16 +61,20 @@ def resolve_device(name: str) -> torch.device:
     """'auto' -> the first CUDA GPU when present, else the CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise OptionError(f"device '{name}' is not valid: use auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise OptionError(f"device '{name}' asked for, but no CUDA GPU is available: use --device cpu")
+    return device
 
 
 def resolve_dtype(name: str) -> torch.dtype:
     """float32 / float64 / bfloat16 by name."""
     table = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
     if name not in table:
-        from headatlas.errors import HeadAtlasError
-
-        raise HeadAtlasError(f"dtype '{name}' is not supported: use one of {', '.join(table)}")
+        raise OptionError(f"dtype '{name}' is not supported: use one of {', '.join(table)}")
     return table[name]
 
 
@@ -166,8 +171,6 @@ def map_heads(
             continue
         usable.append(RelationPairs(rel.name, rel.category, k, tok.source_ids, tok.target_ids))
     if not usable:
-        from headatlas.errors import HeadAtlasError
-
         raise HeadAtlasError(
             "no relation has enough single-token pairs for this tokenizer: pass --first-token, "
             "lower --min-pairs, or give relations with single-token words"

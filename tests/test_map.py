@@ -1,0 +1,176 @@
+"""`headatlas map` end to end: a saved tiny GPT-2 with the real GPT-2 tokenizer, and SmolLM2."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from tiny_models import gpt2_tokenizer, save_tiny, tiny_model
+
+from headatlas.cli.main import main
+from headatlas.scoring.categories import LABELS
+from headatlas.store import load_results
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    save_tiny(tiny_model("gpt2"), folder)
+    gpt2_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def run_cli(*args: str) -> int:
+    return main([str(a) for a in args])
+
+
+def test_map_writes_tables_and_manifest_then_reuses(
+    gpt2_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    rc = run_cli("map", gpt2_dir, "--out", out, "--relations", "copying", "Knowledge", "--quiet")
+    assert rc == 0
+    folder = out / gpt2_dir.name
+    results = load_results(folder)
+    m = results.manifest
+    assert m["model"]["architecture"] == "gpt2" and m["model"]["n_layers"] == 2
+    assert m["options"]["k"] is None and m["options"]["effective_embedding"] is True
+    assert {"torch", "transformers", "headatlas"} <= set(m["versions"])
+    assert m["model"]["fingerprint"] and m["timings"]["layers_computed"] == 2
+    scored = [r["name"] for r in m["relations"] if not r["skipped"]]
+    assert "copying" in scored and "country_capital" in scored
+    assert len(results.scores) == 2 * 4 * len(scored)
+    assert list(results.scores.columns) == [
+        "model", "layer", "head", "relation", "category", "k", "n_pairs", "score",
+        "suppression_score",
+    ]  # fmt: skip
+    assert results.scores["score"].between(0, 1).all()
+    k = results.scores.set_index("relation")["k"]
+    assert (k.loc["copying"] == 1).all() and (k.loc["country_capital"] == 10).all()
+    assert len(results.categories) == 8
+    assert set(results.categories["label"]) <= set(LABELS)
+    assert not (folder / "partial").exists()
+
+    before = (folder / "scores.parquet").stat().st_mtime_ns
+    capsys.readouterr()
+    assert run_cli("map", gpt2_dir, "--out", out, "--relations", "copying", "Knowledge") == 0
+    captured = capsys.readouterr()
+    assert "reusing the finished map" in captured.err
+    assert "heads per category" in captured.out
+    assert (folder / "scores.parquet").stat().st_mtime_ns == before
+
+    # A changed switch is a different map: recomputed, and recorded.
+    assert run_cli("map", gpt2_dir, "--out", out, "--relations", "copying", "--k", "3") == 0
+    m2 = json.loads((folder / "manifest.json").read_text())
+    assert m2["options"]["k"] == 3 and m2["cache_key"] != m["cache_key"]
+
+
+def test_user_relation_file_and_threshold(gpt2_dir: Path, tmp_path: Path) -> None:
+    words = ["the", "of", "and", "to", "in", "is", "that", "for", "it", "was", "on", "with"]
+    words += ["he", "as", "at", "by", "this", "had", "not", "are", "but", "from", "or", "have"]
+    words += ["an", "they", "which", "one", "you", "were", "her", "all", "she", "there"]
+    rel = tmp_path / "echo.csv"
+    rel.write_text("source,target\n" + "".join(f"{w},{w}\n" for w in words))
+    out = tmp_path / "out"
+    rc = run_cli(
+        "map", gpt2_dir, "--out", out, "--relations-file", rel, "--relations", "copying",
+        "--threshold", "0.0", "--quiet",
+    )  # fmt: skip
+    assert rc == 0
+    results = load_results(out / gpt2_dir.name)
+    echo = results.scores[results.scores.relation == "echo"]
+    assert (echo["category"] == "Custom").all() and (echo["n_pairs"] == len(words)).all()
+    # Threshold 0: every head implements both relations -> "2 categories".
+    assert (results.categories["label"] == "2 categories").all()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--relations", "no_such_relation"], "no_such_relation"),
+        (["--k", "0"], "--k must be at least 1"),
+        (["--threshold", "2"], "--threshold must be between 0 and 1"),
+        (["--k-relation", "copying"], "NAME=K"),
+        (["--device", "cuda:0"], "no CUDA GPU"),
+        (["--device", "potato"], "device 'potato' is not valid"),
+    ],
+)
+def test_bad_options_give_one_line_errors(
+    gpt2_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],
+    expected: str,
+) -> None:  # fmt: skip
+    if "cuda" in " ".join(args):
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("a CUDA GPU is present")
+    rc = run_cli("map", gpt2_dir, "--out", tmp_path, "--relations", "copying", *args)
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert expected in err
+    assert err.startswith("headatlas: error:") and err.count("\n") == 1, err
+
+
+def test_bad_relation_file_names_file_and_line(
+    gpt2_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "broken.jsonl"
+    bad.write_text('["cat", "cats"]\n["dog"]\n')
+    rc = run_cli("map", gpt2_dir, "--out", tmp_path, "--relations-file", bad)
+    err = capsys.readouterr().err
+    assert rc == 2 and "broken.jsonl" in err and "2" in err and err.count("\n") == 1
+
+
+def test_relation_file_with_no_single_token_pair_is_an_error(
+    gpt2_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rel = tmp_path / "long.json"
+    rel.write_text(json.dumps([["antidisestablishmentarianism", "floccinaucinihilipilification"]]))
+    rc = run_cli("map", gpt2_dir, "--out", tmp_path, "--relations-file", rel, "--relations")
+    err = capsys.readouterr().err
+    assert rc == 2 and "long.json" in err, err
+
+
+def test_unknown_model_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert run_cli("map", tmp_path / "nope", "--out", tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and err.count("\n") == 1
+
+
+@pytest.mark.real
+def test_interrupted_map_keeps_finished_layers_and_resumes(tmp_path: Path) -> None:
+    """A real Ctrl-C in the middle of a SmolLM2 map: finished layers stay, a re-run resumes."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "headatlas.cli.main", "map", "smollm2", "--out", str(out)]
+    cmd += ["--relations", "Linguistic", "Knowledge", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    partial = out / "smollm2" / "partial"
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(partial.glob("*/layer_*.parquet"))) < 3:
+        time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    done = len(list(partial.glob("*/layer_*.parquet")))
+    assert 3 <= done < 30
+    assert not (out / "smollm2" / "scores.parquet").exists()
+
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    manifest = json.loads((out / "smollm2" / "manifest.json").read_text())
+    assert manifest["timings"]["layers_computed"] == 30 - done
+    scores = pd.read_parquet(out / "smollm2" / "scores.parquet")
+    assert sorted(scores.layer.unique()) == list(range(30))
+    assert not partial.exists()
