@@ -174,3 +174,11 @@ def test_interrupted_map_keeps_finished_layers_and_resumes(tmp_path: Path) -> No
     scores = pd.read_parquet(out / "smollm2" / "scores.parquet")
     assert sorted(scores.layer.unique()) == list(range(30))
     assert not partial.exists()
+
+
+def test_store_skips_a_description_line_cut_short(tmp_path: Path) -> None:
+    from headatlas.store import MapResults
+
+    (tmp_path / "descriptions.jsonl").write_text('{"layer": 0, "head": 1}\n{"layer": 0, "he')
+    results = MapResults(tmp_path, {}, pd.DataFrame(), pd.DataFrame())
+    assert results.descriptions() == [{"layer": 0, "head": 1}]

@@ -134,7 +134,13 @@ class MapResults:
         path = self.directory / DESCRIPTIONS
         if not path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        records = []
+        for line in path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by a hard kill; re-run describe
+                continue
+        return records
 
 
 def load_results(directory: str | Path) -> MapResults:
