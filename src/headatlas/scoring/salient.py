@@ -1,15 +1,16 @@
 """Salient operations: the tokens a head amplifies most, and what it maps each of them to.
 
 For a head with OV factors W_V [d, dh], W_O [dh, d] (Gemma's post-attention gain folded into
-W_O), a token's salience is
+W_O), a token's salience is how much the head amplifies what it reads of the token,
 
-    σ(t) = ‖x̃_t W_V W_O‖ / ‖x̃_t‖
+    σ(t) = ‖u_t W_V W_O‖ / ‖u_t‖,   u_t = norm(x̃_t) with ``pre_norm``, else x̃_t
 
 with x̃ the source embedding the map uses (token embedding for layer 0, effective embedding
-MLP0(norm(x)) for layers ≥ 1, per :class:`MapOptions`); x̃ passes the layer's pre-attention
-norm before W_V when ``pre_norm``, and the value bias is added when ``value_bias``. The top
-tokens by σ are the head's salient tokens; each one's mappings are the top tokens of
-x̃_t W_V W_O W_U (the folded unembedding, as in the map).
+MLP0(norm(x)) for layers ≥ 1, per :class:`MapOptions`); the value bias is added to u_t W_V
+when ``value_bias`` (b_O too with ``output_bias``). Dividing by ‖u_t‖ rather than ‖x̃_t‖
+keeps the norm's rescaling out of σ: otherwise tokens with a small ‖x̃‖ rank high in every
+head. The top tokens by σ are the head's salient tokens; each one's mappings are the top
+tokens of u_t W_V W_O W_U (the folded unembedding, as in the map).
 
 Fast path. Norms are taken in the d_head space: with G = W_O W_Oᵀ = RᵀR (R from a QR of
 W_Oᵀ), ‖z W_O‖² = z G zᵀ = ‖z Rᵀ‖², so a token costs O(dh²) per head once z = u W_V is known,
@@ -230,6 +231,19 @@ class SalientPass:
             c = b if c is None else c + b
         return W_V, c
 
+    def _norm_terms(
+        self, layer: LayerOV, d: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None] | None:
+        """(γ², γβ, ‖β‖²) of the pre-attention norm, or None without ``pre_norm``."""
+        if not self.options.pre_norm:
+            return None
+        n = layer.attn_norm
+        g = n.scale(d).to(device=self.device, dtype=self.dtype)
+        if n.bias is None:
+            return g.square(), None, None
+        b = n.bias.to(g)
+        return g.square(), g * b, b.square().sum()
+
     def output_map(self, layer: LayerOV) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(W_O [H, dh, d] with the post-attention gain, b_O·gain [d] or None)."""
         d = layer.W_O.shape[2]
@@ -285,10 +299,21 @@ class SalientPass:
         W_cat = W_V[groups].permute(1, 0, 2).reshape(d, ng * dh)  # [d, ng·dh]
         c_cat = None if c is None else c[groups].reshape(1, -1)
         sq = torch.empty(ng, gs, self.n_vocab, device=self.device, dtype=self.dtype)
+        # σ's denominator is the norm of what W_V reads: u = norm(x̃) = x̂·γ + β with pre_norm,
+        # ‖u‖² = x̂²·γ² + 2 x̂·(γβ) + ‖β‖²; else x̃ itself
+        scale = self._norm_terms(layer, d)
+        norms = inp.norms if scale is None else torch.empty_like(inp.norms)
         for start in range(0, self.n_vocab, _ROWS_PER_CHUNK):
             stop = min(self.n_vocab, start + _ROWS_PER_CHUNK)
             n = stop - start
-            Z = inp.normed[start:stop] @ W_cat  # [n, ng·dh]
+            xs = inp.normed[start:stop]
+            if scale is not None:
+                g2, gb, bb = scale
+                u2 = xs.square() @ g2
+                if gb is not None:
+                    u2 += 2 * (xs @ gb) + bb
+                norms[start:stop] = u2.clamp_min(0).sqrt()
+            Z = xs @ W_cat  # [n, ng·dh]
             if c_cat is not None:
                 Z += c_cat
             Y = torch.bmm(Z.view(n, ng, dh).transpose(0, 1), L_cat).view(ng, n, gs, dh)
@@ -297,7 +322,6 @@ class SalientPass:
             sq[:, :, start:stop] = torch.einsum("gnwe,gnwe->gwn", Y, Y)  # squared norms
         if rest is not None:
             sq += rest
-        norms = inp.norms
         sig = torch.where(norms > 0, sq.sqrt() / norms.clamp_min(1e-30), 0.0)
         return groups, sig.view(ng * gs, self.n_vocab)
 
@@ -387,7 +411,7 @@ def plain_salient(
     Y = z @ (layer.W_O[head].to(dtype) * gain)
     if options.output_bias and layer.b_O is not None:
         Y = Y + layer.b_O.to(dtype) * gain
-    norms = X.norm(dim=-1)
+    norms = u.norm(dim=-1)
     sigma = torch.where(norms > 0, Y.norm(dim=-1) / norms.clamp_min(1e-30), 0.0)
     ranked = sigma if excluded is None else sigma.masked_fill(excluded[: len(sigma)], -torch.inf)
     top = ranked.topk(tokens).indices
