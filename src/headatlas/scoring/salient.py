@@ -310,7 +310,7 @@ class SalientPass:
             if scale is not None:
                 g2, gb, bb = scale
                 u2 = xs.square() @ g2
-                if gb is not None:
+                if gb is not None and bb is not None:
                     u2 += 2 * (xs @ gb) + bb
                 norms[start:stop] = u2.clamp_min(0).sqrt()
             Z = xs @ W_cat  # [n, ng·dh]
