@@ -31,8 +31,10 @@ def main() -> int:
     p.add_argument("--out", default="/tmp/headatlas-validate-bench")
     p.add_argument("--max-prompts", type=int, default=40, help="pairs per relation (correlative)")
     p.add_argument("--templates", type=int, default=2, help="first N of the four context templates")
-    p.add_argument("--causal-prompts", type=int, default=30, help="pairs per relation (causal)")
-    p.add_argument("--steps", type=int, nargs="+", default=[2, 8], help="causal steps (m added)")
+    p.add_argument(
+        "--causal-prompts", type=int, default=20, help="pairs per relation, in each template"
+    )
+    p.add_argument("--steps", type=int, nargs="+", default=[4], help="causal steps (m added)")
     p.add_argument("--random-draws", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=40)
     p.add_argument("--threads", type=int, default=2)
@@ -45,10 +47,14 @@ def main() -> int:
     templates = DEFAULT_TEMPLATES[: args.templates]
     print(f"model: SmolLM2-135M-Instruct, {circuits.cfg.n_layers} layers x "
           f"{circuits.cfg.n_heads} heads; torch threads: {torch.get_num_threads()}")  # fmt: skip
-    print(f"caps: correlative/multi-token: at most {args.max_prompts} pairs per relation, "
-          f"{len(templates)} of {len(DEFAULT_TEMPLATES)} templates {list(templates)}")  # fmt: skip
-    print(f"caps: causal: at most {args.causal_prompts} pairs per relation, first few-shot "
-          f"template only, steps {args.steps} + m, {args.random_draws} random draws (not 5)")  # fmt: skip
+    print(
+        f"caps: correlative/multi-token: at most {args.max_prompts} pairs per relation, "
+        f"{len(templates)} of {len(DEFAULT_TEMPLATES)} templates {list(templates)}"
+    )
+    print(
+        f"caps: causal: at most {args.causal_prompts} pairs per relation in each of its few-shot "
+        f"templates, steps {args.steps} + m, {args.random_draws} random draws (default 5)"
+    )
     skipped: list[str] = []
     corr = validate(
         circuits,
@@ -84,9 +90,13 @@ def main() -> int:
     if corr.multi_token is not None and len(corr.multi_token):
         print(correlation_markdown(corr.multi_token, "SmolLM2: multi-token sources"))
     print(causal_markdown(causal.causal, "SmolLM2: ablating relation heads"))
-    rel = corr.correlative[corr.correlative["score"] == "relation"]
-    print(f"mean r (relation scores, {len(rel)} relations): without context "
-          f"{rel['r_without_context'].mean():.3f}, with context {rel['r_with_context'].mean():.3f}")  # fmt: skip
+    for kind in ("relation", "suppression"):
+        sub = corr.correlative[corr.correlative["score"] == kind]
+        print(
+            f"mean r ({kind} scores, {len(sub)} relations): without context "
+            f"{sub['r_without_context'].mean():.3f}, with context "
+            f"{sub['r_with_context'].mean():.3f}"
+        )
     print(f"time: load + correlative + multi-token {t1 - t0:.0f} s, causal {t2 - t1:.0f} s; "
           f"results in {corr.directory}")  # fmt: skip
     return 0

@@ -280,7 +280,7 @@ def smollm2(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelCircuits, An
     return mc, hf, tmp_path_factory.mktemp("smollm2-validate")
 
 
-REAL_RELATIONS = ["country_capital", "verb_past_tense"]
+REAL_RELATIONS = ["country_capital", "name_copying"]
 
 
 @pytest.mark.real
@@ -288,8 +288,8 @@ REAL_RELATIONS = ["country_capital", "verb_past_tense"]
 def test_smollm2_experiment(smollm2: Any, experiment: str) -> None:
     mc, hf, out = smollm2
     options = ValidationOptions(
-        max_prompts=40, templates=("The story of <X> contains",), causal_templates=1,
-        steps=(4, 16), random_draws=2, max_controls=1, batch_size=40,
+        max_prompts=30, templates=("The story of <X> contains",), steps=(4, 16), random_draws=2,
+        max_controls=1, batch_size=60,
     )  # fmt: skip
     res = validate(mc, REAL_RELATIONS, experiments=[experiment], out=out, options=options,
                    hf_model=hf, progress=False, log=lambda _m: None)  # fmt: skip
@@ -303,7 +303,8 @@ def test_smollm2_experiment(smollm2: Any, experiment: str) -> None:
         assert len(res.multi_token) + len(res.skipped) >= len(REAL_RELATIONS)
     else:
         t = res.causal
-        assert t is not None
-        cc = t[t["relation"] == "country_capital"].iloc[0]
-        assert cc["base_accuracy"] > 0.3
-        assert cc["drop_relation_heads"] >= cc["drop_random_mean"]
+        assert t is not None and (t["skipped"] == "").all(), t.to_string()
+        copying = t[t["relation"] == "name_copying"].iloc[0]
+        assert copying["base_accuracy"] > 0.8
+        # the heads the map credits with copying matter more than random ones
+        assert copying["drop_relation_heads"] > copying["drop_random_mean"], t.to_string()

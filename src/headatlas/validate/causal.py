@@ -25,6 +25,8 @@ from headatlas.validate.options import ValidationOptions
 from headatlas.validate.prompts import Prompt, batches, pad_id, text_prompts
 
 Head = tuple[int, int]
+CACHE_BYTES = 2 * 2**30
+"""Prefix caches kept for reuse across ablations, at most (others are rebuilt when needed)."""
 
 
 def relation_prompts(
@@ -93,6 +95,10 @@ class PromptSet:
             correct += int((logits.argmax(-1) == b.targets).sum())
         return correct / max(1, self.n)
 
+    def nbytes(self) -> int:
+        """Memory held by the cached prefixes (0 when none)."""
+        return sum(p.nbytes() for p in self._prefixes or [])
+
     def release(self) -> None:
         """Drop the cached prefixes (they are rebuilt when needed)."""
         self._prefixes = None
@@ -144,11 +150,11 @@ def causal_experiment(
 
     sets: dict[str, PromptSet] = {}
     results: dict[str, CausalResult] = {}
+    kept, kept_names = 0, set[str]()  # bytes of prefix caches kept for reuse, and whose
     for rel in relations:
         ps = PromptSet(hooks, relation_prompts(rel, tokenizer, options, leading_space), bs, pad)
         sets[rel.name] = ps
         res = CausalResult(rel.name, rel.category, ps.n, ps.accuracy())
-        ps.release()
         if tick is not None:
             tick(1)
         if rel.name not in mapped:
@@ -158,6 +164,11 @@ def causal_experiment(
             if not res.heads:
                 res.skipped = "no head has a positive static score"
         results[rel.name] = res
+        if not res.skipped and kept + ps.nbytes() <= CACHE_BYTES:
+            kept += ps.nbytes()
+            kept_names.add(rel.name)
+        else:
+            ps.release()
 
     for name, res in results.items():
         if res.skipped:
@@ -181,10 +192,12 @@ def causal_experiment(
                 if tick is not None:
                     tick(1)
             res.random_curves.append(rc)
-        sets[name].release()
+        if name not in kept_names:
+            sets[name].release()
         for control in _controls(name, results, options):
             after = sets[control].accuracy(res.heads)
-            sets[control].release()
+            if control not in kept_names:
+                sets[control].release()
             res.controls[control] = (results[control].base_accuracy, after)
             if tick is not None:
                 tick(1)

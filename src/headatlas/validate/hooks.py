@@ -138,6 +138,10 @@ class AttentionHooks:
         """Run every token but each row's last once, keeping the key/value cache, so that
         edits at the last position (:meth:`run_last`) cost one token per row."""
         B = input_ids.shape[0]
+        if not self.supports_prefix_cache:
+            raise ValidationInputError(
+                "a prefix cache is not exact with sliding-window attention: use run()"
+            )
         if int(read_pos.min()) < 1:
             raise ValidationInputError("prompts need at least two tokens to cache a prefix")
         keep = attention_mask.clone()
@@ -167,13 +171,19 @@ class AttentionHooks:
 
         def forward() -> torch.Tensor:
             mask = torch.cat([prefix.attention_mask, torch.ones(B, 1, dtype=torch.long)], 1)
-            out = self.model(
-                input_ids=prefix.last_ids,
-                attention_mask=mask,
-                position_ids=prefix.positions,
-                past_key_values=copy.deepcopy(prefix.cache),
-                use_cache=True,
-            )
+            croppable = bool(getattr(prefix.cache, "is_croppable", False))
+            cache = prefix.cache if croppable else copy.deepcopy(prefix.cache)
+            try:
+                out = self.model(
+                    input_ids=prefix.last_ids,
+                    attention_mask=mask,
+                    position_ids=prefix.positions,
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+            finally:
+                if croppable:
+                    prefix.cache.crop(-1)  # drop the last token's keys and values again
             return out.logits[:, -1].float()
 
         return self._hooked(forward, at, None, False, zero or {}, {}).logits
@@ -264,6 +274,16 @@ class Prefix:
     attention_mask: torch.Tensor  # [B, W]: real prefix tokens
     last_ids: torch.Tensor  # [B, 1]
     positions: torch.Tensor  # [B, 1]: the last token's position in its row
+
+    def nbytes(self) -> int:
+        """Memory held by the cached keys and values."""
+        total = 0
+        for layer in getattr(self.cache, "layers", []):
+            for name in ("keys", "values"):
+                t = getattr(layer, name, None)
+                if isinstance(t, torch.Tensor):
+                    total += t.numel() * t.element_size()
+        return total
 
 
 def _find_layers(model: torch.nn.Module, spec: ArchSpec, n_layers: int) -> torch.nn.ModuleList:
