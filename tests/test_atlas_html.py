@@ -18,8 +18,8 @@ import pytest
 from report_fixtures import make_results
 
 from headatlas.cli import report_cmd
+from headatlas.errors import OutputFormatError, TooManyModelsError
 from headatlas.report.atlas_html import atlas_data, embed_json, render_atlas_html
-from headatlas.report.errors import OutputFormatError, TooManyModelsError
 from headatlas.store import MapResults, load_results
 
 EVIL_RELATION = "<img src=x onerror=alert(1)>"

@@ -13,13 +13,18 @@ from PIL import Image
 from report_fixtures import make_results
 
 from headatlas.cli import figure_cmd
-from headatlas.errors import HeadAtlasError, ResultsError
+from headatlas.errors import (
+    HeadAtlasError,
+    OutputFormatError,
+    ResultsError,
+    TooManyModelsError,
+    UnknownRelationError,
+)
 from headatlas.report.category_figure import (
     ALL_CATEGORIES_TITLE,
     plot_category_atlas,
     plot_category_series,
 )
-from headatlas.report.errors import OutputFormatError, TooManyModelsError, UnknownRelationError
 from headatlas.report.grid_axes import panel_grid, tick_step
 from headatlas.report.head_grids import label_grid
 from headatlas.report.palette import LABEL_COLORS, label_order

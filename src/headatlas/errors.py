@@ -41,3 +41,15 @@ class ValidationInputError(HeadAtlasError):
 
 class OptionError(HeadAtlasError):
     """A command-line or API option has an invalid value."""
+
+
+class OutputFormatError(HeadAtlasError):
+    """An output path has an extension the writer cannot produce."""
+
+
+class TooManyModelsError(HeadAtlasError):
+    """More results folders than one figure can lay out."""
+
+
+class UnknownRelationError(ResultsError):
+    """A relation was asked for that the results folder does not hold."""

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from headatlas.report.errors import OutputFormatError
+from headatlas.errors import OutputFormatError
 from headatlas.report.grid_axes import MAX_MODELS
 from headatlas.report.head_grids import relation_names
 from headatlas.report.palette import label_colors, label_order, score_colormap
@@ -232,7 +232,7 @@ def render_atlas_html(results: Sequence[MapResults]) -> str:
     if not results:
         raise OutputFormatError("no results folder given: pass at least one")
     if len(results) > MAX_MODELS:
-        from headatlas.report.errors import TooManyModelsError
+        from headatlas.errors import TooManyModelsError
 
         raise TooManyModelsError(
             f"{len(results)} results folders given, the atlas holds at most {MAX_MODELS}: "

@@ -15,7 +15,7 @@ from matplotlib.colors import Colormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 
-from headatlas.report.errors import OutputFormatError, TooManyModelsError
+from headatlas.errors import OutputFormatError, TooManyModelsError
 
 FORMATS = (".png", ".svg", ".pdf")
 """Extensions the figure writers produce; the format follows the extension."""

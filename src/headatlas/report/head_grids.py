@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from headatlas.report.errors import UnknownRelationError
+from headatlas.errors import UnknownRelationError
 from headatlas.scoring.categories import CATEGORIES
 from headatlas.store import MapResults
 
