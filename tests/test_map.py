@@ -182,3 +182,35 @@ def test_store_skips_a_description_line_cut_short(tmp_path: Path) -> None:
     (tmp_path / "descriptions.jsonl").write_text('{"layer": 0, "head": 1}\n{"layer": 0, "he')
     results = MapResults(tmp_path, {}, pd.DataFrame(), pd.DataFrame())
     assert results.descriptions() == [{"layer": 0, "head": 1}]
+
+
+def test_tokens_beyond_the_model_vocabulary_are_dropped_with_a_note(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A 512-token model with the 50257-token GPT-2 tokenizer: most ids have no embedding row.
+    folder = tmp_path / "tiny-llama"
+    save_tiny(tiny_model("llama-gqa"), folder)
+    gpt2_tokenizer().save_pretrained(folder)
+    rc = run_cli("map", folder, "--out", tmp_path / "out", "--relations", "copying",
+                 "--min-pairs", "1", "--quiet")  # fmt: skip
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "beyond the model's vocabulary" in captured.err
+    m = json.loads((tmp_path / "out" / "tiny-llama" / "manifest.json").read_text())
+    (rel,) = m["relations"]
+    assert (
+        rel["out_of_vocabulary"] > 0 and rel["n_pairs"] + rel["out_of_vocabulary"] <= rel["n_raw"]
+    )
+
+
+def test_a_new_map_keeps_sections_other_steps_added(gpt2_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert run_cli("map", gpt2_dir, "--out", out, "--relations", "copying", "--quiet") == 0
+    path = out / gpt2_dir.name / "manifest.json"
+    m = json.loads(path.read_text())
+    m["salient"] = {"tokens": 15}
+    path.write_text(json.dumps(m))
+    assert run_cli("map", gpt2_dir, "--out", out, "--relations", "copying", "--k", "2",
+                   "--quiet") == 0  # fmt: skip
+    m2 = json.loads(path.read_text())
+    assert m2["salient"] == {"tokens": 15} and m2["options"]["k"] == 2

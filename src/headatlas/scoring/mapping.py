@@ -4,6 +4,7 @@ run resumes where it stopped, and a finished map with the same inputs is reused.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import platform
@@ -66,7 +67,9 @@ def resolve_device(name: str) -> torch.device:
     except RuntimeError as exc:
         raise OptionError(f"device '{name}' is not valid: use auto, cpu, cuda or cuda:N") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise OptionError(f"device '{name}' asked for, but no CUDA GPU is available: use --device cpu")
+        raise OptionError(
+            f"device '{name}' asked for, but no CUDA GPU is available: use --device cpu"
+        )
     return device
 
 
@@ -156,6 +159,23 @@ def map_heads(
     for tok in tokenized:
         rel = tok.relation
         k = options.k_for(rel.name, rel.copying, V)
+        # A tokenizer may know ids the model has no embedding row for (added tokens).
+        kept = [(s, t) for s, t in zip(tok.source_ids, tok.target_ids) if s < V and t < V]
+        n_out = len(tok.source_ids) - len(kept)
+        if n_out:
+            say(f"{rel.name}: dropped {n_out} pairs with token ids beyond the model's vocabulary")
+            reason = tok.skip_reason
+            if reason is None and len(kept) < options.min_pairs:
+                reason = (
+                    f"{rel.name}: only {len(kept)} pairs have token ids inside the model's "
+                    f"vocabulary of {V}; need {options.min_pairs}"
+                )
+            tok = dataclasses.replace(
+                tok,
+                source_ids=[s for s, _ in kept],
+                target_ids=[t for _, t in kept],
+                skip_reason=reason,
+            )
         info = {
             "name": rel.name,
             "category": rel.category,
@@ -164,6 +184,7 @@ def map_heads(
             "k": k,
             "provenance": rel.provenance,
             "skipped": tok.skip_reason,
+            "out_of_vocabulary": n_out,
         }
         relations_info.append(info)
         if tok.skip_reason:
@@ -182,7 +203,7 @@ def map_heads(
     if directory is not None and (directory / MANIFEST).is_file():
         try:
             old = read_manifest(directory)
-        except Exception:
+        except HeadAtlasError:
             old = {}
         if old.get("cache_key") == key and (directory / SCORES).is_file():
             say(f"reusing the finished map in {directory} (same model, options and relations)")
@@ -242,11 +263,26 @@ def map_heads(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if directory is not None:
+        manifest = _keep_other_sections(directory, manifest)
         write_parquet_atomic(scores, directory / SCORES)
         write_parquet_atomic(categories, directory / CATEGORIES)
         write_json_atomic(manifest, directory / MANIFEST)
         shutil.rmtree(directory / PARTIAL, ignore_errors=True)
     return MapResults(directory or Path("."), manifest, scores, categories)
+
+
+def _keep_other_sections(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Sections other steps added (salient, validation...) survive a new map of the same
+    weights."""
+    if not (directory / MANIFEST).is_file():
+        return manifest
+    try:
+        old = read_manifest(directory)
+    except HeadAtlasError:
+        return manifest
+    if old.get("model", {}).get("fingerprint") != manifest["model"]["fingerprint"]:
+        return manifest
+    return {**{k: v for k, v in old.items() if k not in manifest}, **manifest}
 
 
 def _layer_frame(
