@@ -6,7 +6,12 @@ import argparse
 import sys
 from typing import Any
 
-from headatlas.scoring.options import MapOptions
+from headatlas.cli.common import (
+    add_method_args,
+    add_model_source_args,
+    open_circuits,
+    options_from_args,
+)
 from headatlas.validate.options import EXPERIMENTS, ValidationOptions
 from headatlas.validate.prompts import DEFAULT_TEMPLATES
 
@@ -24,22 +29,36 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "Results go to OUT/<model-slug>/validation/."
         ),
     )
-    p.add_argument("model", metavar="MODEL", help="packaged name, .gguf, folder or hub id")
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        help="packaged name (smollm2, gemma3-270m), folder, .gguf file or hub id",
+    )
     p.add_argument(
         "--relations",
         nargs="+",
         metavar="NAME",
         help="built-in relations or categories (default: all)",
     )
-    p.add_argument("--relation-file", action="append", default=[], metavar="FILE",
-                   help="a user relation file (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--relations-file",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a relation file (JSON, JSONL or CSV); repeatable",
+    )
     p.add_argument(
         "--experiment",
         action="append",
         choices=EXPERIMENTS,
         help="experiment to run (repeatable; default: all three)",
     )
-    p.add_argument("--out", default="headatlas-out", help="results root (default: headatlas-out)")
+    p.add_argument(
+        "--out",
+        default="atlas",
+        help="results folder, as for `headatlas map`: the map is reused from (or written to) "
+        "OUT/<model-slug>/ and validation goes to OUT/<model-slug>/validation/ (default: atlas)",
+    )
     p.add_argument(
         "--templates",
         nargs="+",
@@ -67,8 +86,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--random-draws", type=int, default=5, help="causal: random head sets (default: 5)"
     )
-    p.add_argument("--causal-templates", type=int,
-                   help="causal: use the first N few-shot templates per relation (default: all)")  # fmt: skip
+    p.add_argument(
+        "--causal-templates",
+        type=int,
+        help="causal: use the first N few-shot templates per relation (default: all)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_model_source_args(p)
+    add_method_args(p)
     p.set_defaults(func=run)
 
 
@@ -87,14 +112,16 @@ def run(args: argparse.Namespace) -> int:
         causal_templates=args.causal_templates,
     )
     experiments = args.experiment or list(EXPERIMENTS)
+    map_options = options_from_args(args)
     res = validate(
-        args.model,
+        open_circuits(args),
         relations=args.relations,
-        relation_files=args.relation_file,
+        relation_files=args.relations_file,
         experiments=experiments,
         out=args.out,
-        map_options=MapOptions(),
+        map_options=map_options,
         options=options,
+        progress=not args.quiet,
     )
     _print(res)
     print(f"results in {res.directory}", file=sys.stderr)

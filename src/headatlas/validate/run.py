@@ -194,8 +194,8 @@ def _pairs_for(
             [],
             [],
             (
-                f"{rel.name}: only {len(sources)} pairs have a multi-token source and a single-token "
-                f"target; need {options.min_multi_token}"
+                f"{rel.name}: only {len(sources)} pairs have a multi-token source and a "
+                f"single-token target; need {options.min_multi_token}"
             ),
         )
     return sources, targets, None
