@@ -32,6 +32,7 @@ from headatlas.validate import AttentionHooks, ValidationOptions, validate
 from headatlas.validate.dynamic import DynamicJob, HeadReadout, dynamic_scores
 from headatlas.validate.options import EXPERIMENTS
 from headatlas.validate.prompts import build_prompts
+from headatlas.validate.run import merge_summaries
 
 ATOL = 1e-5
 HOOK_MODELS = ["llama-gqa", "gpt2", "gemma2"]
@@ -213,11 +214,30 @@ def test_validate_end_to_end_on_tiny_gpt2(tmp_path: Path) -> None:
     assert res.correlative is not None and len(res.correlative) == 6
     assert np.isfinite(res.correlative["r_without_context"]).any()
     summary = json.loads((d / "summary.json").read_text())
-    assert "country_capital" in summary["relations"]
+    assert set(summary["experiments"]) == set(EXPERIMENTS)
+    assert "relation" in summary["relations"]["country_capital"]["correlative"]
+    assert "base_accuracy" in summary["relations"]["country_capital"]["causal"]
     assert res.causal is not None and res.causal_curves is not None
     done = res.causal[res.causal["skipped"] == ""]
     assert len(done) >= 1
     assert set(res.causal_curves["condition"]) >= {"relation", "random"}
+
+
+def test_summaries_of_separate_runs_merge() -> None:
+    old = {
+        "model": "m",
+        "experiments": {"correlative": {"means": {"x": 1}}, "causal": {"means": {"y": 1}}},
+        "relations": {"a": {"category": "K", "correlative": 1, "causal": 2}, "b": {"causal": 3}},
+    }
+    new = {"model": "m", "experiments": {"causal": {"means": {"y": 2}}},
+           "relations": {"a": {"category": "K", "causal": 5}}}  # fmt: skip
+    merged = merge_summaries(old, new)
+    assert merged["experiments"] == {
+        "correlative": {"means": {"x": 1}},
+        "causal": {"means": {"y": 2}},
+    }
+    assert merged["relations"] == {"a": {"category": "K", "correlative": 1, "causal": 5}}
+    assert merge_summaries({**old, "model": "other"}, new) == new
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:

@@ -12,6 +12,8 @@ Layout of ``OUT/<model-slug>/validation/``::
 
 from __future__ import annotations
 
+import contextlib
+import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -316,11 +318,25 @@ def _summary(
     experiments: Sequence[str],
     timings: dict[str, float],
 ) -> dict[str, Any]:
-    """What the HTML atlas shows per relation, plus the options and means."""
+    """What the HTML atlas shows: per relation, each experiment's result; per experiment, its
+    options, means, skipped relations and timings."""
     per_relation: dict[str, dict[str, Any]] = {}
-    for exp, table in (("correlative", res.correlative), ("multi_token", res.multi_token)):
+    runs: dict[str, dict[str, Any]] = {}
+    created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    for exp in experiments:
+        runs[exp] = {
+            "options": options.as_dict(),
+            "map_options": map_options.as_dict(),
+            "means": {},
+            "skipped": {k.split(": ", 1)[1]: v for k, v in res.skipped.items()
+                        if k.startswith(f"{exp}: ")},
+            "created": created,
+        }  # fmt: skip
+    runs_timing = {"load_and_map_s": timings.get("load_and_map_s")}
+    for exp, table in (("correlative", res.correlative), ("multi-token", res.multi_token)):
         if table is None:
             continue
+        runs[exp]["timings"] = {**runs_timing, "run_s": timings.get(f"{exp}_s")}
         for row in table.to_dict("records"):
             entry = per_relation.setdefault(row["relation"], {"category": row["category"]})
             entry.setdefault(exp, {})[row["score"]] = {
@@ -328,33 +344,44 @@ def _summary(
                 for k in ("r_without_context", "p_without_context", "r_with_context",
                           "p_with_context", "max_static_score", "n_prompts")
             }  # fmt: skip
+        for kind in ("relation", "suppression"):
+            sub = table[table["score"] == kind]
+            for ctx in ("without_context", "with_context"):
+                runs[exp]["means"][f"{kind}_mean_r_{ctx}"] = (
+                    _clean(sub[f"r_{ctx}"].mean()) if len(sub) else None
+                )
     if res.causal is not None:
+        runs["causal"]["timings"] = {**runs_timing, "run_s": timings.get("causal_s")}
         for row in res.causal.to_dict("records"):
             entry = per_relation.setdefault(row["relation"], {"category": row["category"]})
             entry["causal"] = {k: _clean(v) for k, v in row.items() if k not in ("relation",)}
-    means: dict[str, Any] = {}
-    for exp, table in (("correlative", res.correlative), ("multi_token", res.multi_token)):
-        if table is not None and len(table):
-            for kind in ("relation", "suppression"):
-                sub = table[table["score"] == kind]
-                means[f"{exp}_{kind}_mean_r_without_context"] = _clean(
-                    sub["r_without_context"].mean()
-                )
-                means[f"{exp}_{kind}_mean_r_with_context"] = _clean(sub["r_with_context"].mean())
-    if res.causal is not None:
         done = res.causal[res.causal["skipped"] == ""]
         for col in ("drop_relation_heads", "drop_random_mean", "control_drop_mean"):
-            means[f"causal_mean_{col}"] = _clean(done[col].mean()) if len(done) else None
+            runs["causal"]["means"][f"mean_{col}"] = _clean(done[col].mean()) if len(done) else None
     return {
         "model": results_map.manifest.get("model", {}).get("name"),
-        "experiments": list(experiments),
-        "options": options.as_dict(),
-        "map_options": map_options.as_dict(),
-        "means": means,
+        "experiments": runs,
         "relations": per_relation,
-        "skipped": res.skipped,
-        "timings": timings,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def merge_summaries(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``new`` over ``old``: experiments run now replace their earlier results, others stay
+    (so separate ``--experiment`` runs build one summary). A different model replaces all."""
+    if old.get("model") != new.get("model"):
+        return new
+    ran = set(new["experiments"])
+    relations: dict[str, dict[str, Any]] = {}
+    for name, entry in old.get("relations", {}).items():
+        kept = {k: v for k, v in entry.items() if k not in ran}
+        if set(kept) - {"category"}:
+            relations[name] = kept
+    for name, entry in new["relations"].items():
+        relations.setdefault(name, {}).update(entry)
+    return {
+        "model": new["model"],
+        "experiments": {**old.get("experiments", {}), **new["experiments"]},
+        "relations": relations,
     }
 
 
@@ -386,7 +413,13 @@ def _write(res: ValidationResults, name: str) -> None:
     if res.causal_curves is not None:
         _csv(res.causal_curves, d / "causal_curves.csv")
         causal_mod.curves_plot(res.causal_curves, d / "causal.png", name)
-    write_json_atomic(res.summary, d / "summary.json")
+    path = d / "summary.json"
+    summary = res.summary
+    if path.is_file():
+        with contextlib.suppress(json.JSONDecodeError, KeyError, AttributeError):
+            # an unreadable old summary is replaced
+            summary = merge_summaries(json.loads(path.read_text()), summary)
+    write_json_atomic(summary, path)
 
 
 def _csv(df: pd.DataFrame, path: Path) -> None:
