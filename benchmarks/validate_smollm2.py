@@ -29,10 +29,10 @@ def main() -> int:
     """Run the experiments and print the tables."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="/tmp/headatlas-validate-bench")
-    p.add_argument("--max-prompts", type=int, default=40, help="pairs per relation (correlative)")
+    p.add_argument("--max-prompts", type=int, default=32, help="pairs per relation (correlative)")
     p.add_argument("--templates", type=int, default=2, help="first N of the four context templates")
     p.add_argument(
-        "--causal-prompts", type=int, default=20, help="pairs per relation, in each template"
+        "--causal-prompts", type=int, default=16, help="pairs per relation, in each template"
     )
     p.add_argument("--steps", type=int, nargs="+", default=[4], help="causal steps (m added)")
     p.add_argument("--random-draws", type=int, default=3)
@@ -72,7 +72,6 @@ def main() -> int:
         experiments=["causal"],
         options=ValidationOptions(
             max_prompts=args.causal_prompts,
-            causal_templates=1,
             steps=tuple(args.steps),
             random_draws=args.random_draws,
             batch_size=args.batch_size,
