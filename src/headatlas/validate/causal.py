@@ -370,7 +370,7 @@ def curves_plot(curves: pd.DataFrame, path: Any, title: str) -> None:
         ax.set_title(rel, fontsize=9)
         ax.set_ylim(-0.03, 1.03)
         ax.tick_params(labelsize=7)
-        ax.legend(fontsize=5, loc="lower left")
+        ax.legend(fontsize=5, loc="best")
     for ax in axes[-1]:
         ax.set_xlabel("heads ablated", fontsize=8)
     for ax in axes[:, 0]:

@@ -53,6 +53,9 @@ class HookedRun:
     attn_in: list[torch.Tensor] = field(default_factory=list)
 
 
+_HOST = torch.device("cpu")
+
+
 def _rows(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """x [B, T, ...] at one position per row -> [B, ...]."""
     return x[torch.arange(x.shape[0], device=x.device), pos.to(x.device)]
@@ -66,6 +69,12 @@ class AttentionHooks:
         self.spec = spec
         self.cfg = cfg
         self.layers = _find_layers(model, spec, cfg.n_layers)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters live (inputs are moved there, records come back to
+        the CPU)."""
+        return next(self.model.parameters()).device
 
     @property
     def supports_prefix_cache(self) -> bool:
@@ -147,9 +156,10 @@ class AttentionHooks:
         keep = attention_mask.clone()
         keep[torch.arange(B), read_pos] = 0  # each row's last token waits for run_last
         width = max(1, int(read_pos.max()))
+        dev = self.device
         out = self.model(
-            input_ids=input_ids[:, :width],
-            attention_mask=keep[:, :width],
+            input_ids=input_ids[:, :width].to(dev),
+            attention_mask=keep[:, :width].to(dev),
             use_cache=True,
             logits_to_keep=1,
         )
@@ -175,16 +185,16 @@ class AttentionHooks:
             cache = prefix.cache if croppable else copy.deepcopy(prefix.cache)
             try:
                 out = self.model(
-                    input_ids=prefix.last_ids,
-                    attention_mask=mask,
-                    position_ids=prefix.positions,
+                    input_ids=prefix.last_ids.to(self.device),
+                    attention_mask=mask.to(self.device),
+                    position_ids=prefix.positions.to(self.device),
                     past_key_values=cache,
                     use_cache=True,
                 )
             finally:
                 if croppable:
                     prefix.cache.crop(-1)  # drop the last token's keys and values again
-            return out.logits[:, -1].float()
+            return out.logits[:, -1].float().to(_HOST)
 
         return self._hooked(forward, at, None, False, zero or {}, {}).logits
 
@@ -208,13 +218,15 @@ class AttentionHooks:
                 v = _rows(self.split_values(out[0] if isinstance(out, tuple) else out), source_pos)
                 live_values[layer] = v
                 if capture:
-                    rec.values.append(v.detach().clone())
+                    rec.values.append(v.detach().to(_HOST, copy=True))
 
             return hook
 
         def on_norm(_m: Any, _args: Any, out: Any) -> None:
             assert source_pos is not None
-            rec.attn_in.append(_rows(out[0] if isinstance(out, tuple) else out, source_pos).clone())
+            rec.attn_in.append(
+                _rows(out[0] if isinstance(out, tuple) else out, source_pos).to(_HOST, copy=True)
+            )
 
         def on_z(layer: int) -> Any:
             def pre_hook(_m: Any, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
@@ -232,13 +244,13 @@ class AttentionHooks:
                         heads[rows, pos, h] = live_values[layer][:, h // c.group_size]
                 if capture:
                     z_last = _rows(z_all, read_pos).reshape(-1, c.n_heads, c.d_head)
-                    rec.z.append(z_last.detach().clone())
+                    rec.z.append(z_last.detach().to(_HOST, copy=True))
                 return (z_all, *args[1:]) if z_all is not args[0] else None
 
             return pre_hook
 
         def on_out(_m: Any, _args: Any, out: Any) -> None:
-            rec.attn_out.append(_rows(out, read_pos).detach().clone())
+            rec.attn_out.append(_rows(out, read_pos).detach().to(_HOST, copy=True))
 
         try:
             for i in range(c.n_layers):
@@ -261,9 +273,14 @@ class AttentionHooks:
     ) -> torch.Tensor:
         """Logits [B, V] at each row's read position, computing the head only where needed."""
         keep, inverse = torch.unique(read_pos, return_inverse=True)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep)
+        dev = self.device
+        out = self.model(
+            input_ids=input_ids.to(dev),
+            attention_mask=attention_mask.to(dev),
+            logits_to_keep=keep.to(dev),
+        )
         logits = out.logits  # [B, len(keep), V]
-        return logits[torch.arange(logits.shape[0]), inverse].float()
+        return logits[torch.arange(logits.shape[0]), inverse.to(logits.device)].float().to(_HOST)
 
 
 @dataclass
@@ -295,7 +312,9 @@ def _find_layers(model: torch.nn.Module, spec: ArchSpec, n_layers: int) -> torch
         matches = [
             m
             for name, m in model.named_modules()
-            if name.endswith(f".{tail}") and isinstance(m, torch.nn.ModuleList)
+            if name.endswith(f".{tail}")
+            and isinstance(m, torch.nn.ModuleList)
+            and len(m) == n_layers
         ]
         if len(matches) != 1:
             raise ValidationInputError(
