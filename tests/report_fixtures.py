@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from headatlas.scoring.categories import categorize_heads
 from headatlas.store import (
@@ -32,6 +35,9 @@ DEFAULT_RELATIONS: tuple[tuple[str, str], ...] = (
     ("english to french", "Translation"),
 )
 """(relation, category) pairs used when a test does not name its own."""
+
+CHROMIUM = "/usr/bin/chromium"
+"""The Chromium the browser tests drive (Debian's package)."""
 
 
 def make_results(
@@ -135,3 +141,144 @@ def make_results(
         ]
         write_text_atomic("\n".join(lines) + "\n", directory / DESCRIPTIONS)
     return directory
+
+
+def make_validation(
+    directory: Path,
+    relations: Sequence[tuple[str, str]] = DEFAULT_RELATIONS,
+    seed: int = 0,
+    extra: Sequence[tuple[str, str]] = (),
+) -> dict[str, Any]:
+    """Write ``directory/validation/summary.json`` shaped as ``headatlas validate`` writes it.
+
+    Every relation gets correlative (relation and suppression), multi-token and causal results
+    with random values; the second relation has null r values (a constant side) and no
+    control, the third a skipped ablation. ``extra`` relations are validated but not mapped.
+    Returns the summary written.
+    """
+    rng = np.random.default_rng(seed)
+
+    def correlation(nulls: bool) -> dict[str, Any]:
+        r1, r2 = (None, None) if nulls else (float(rng.uniform(-1, 1)), float(rng.uniform(-1, 1)))
+        return {
+            "r_without_context": r1,
+            "p_without_context": None if nulls else float(10 ** rng.uniform(-8, 0)),
+            "r_with_context": r2,
+            "p_with_context": None if nulls else float(10 ** rng.uniform(-8, 0)),
+            "max_static_score": float(rng.uniform(0, 1)),
+            "n_prompts": int(rng.integers(10, 80)),
+        }
+
+    per_relation: dict[str, Any] = {}
+    for i, (relation, category) in enumerate([*relations, *extra]):
+        base = float(rng.uniform(0.3, 1.0))
+        after = float(rng.uniform(0, base))
+        random_mean, random_sd = float(rng.uniform(after, base)), float(rng.uniform(0, 0.1))
+        controls = "" if i == 1 else f"{relations[-1][0]};{relations[0][0]}"
+        control_base = None if i == 1 else float(rng.uniform(0.3, 1.0))
+        control_after = None if control_base is None else control_base - 0.05
+        causal: dict[str, Any] = {
+            "category": category,
+            "n_prompts": 40,
+            "m": 8,
+            "base_accuracy": base,
+            "accuracy_relation_heads": after,
+            "accuracy_random_mean": random_mean,
+            "accuracy_random_sd": random_sd,
+            "drop_relation_heads": base - after,
+            "drop_random_mean": base - random_mean,
+            "controls": controls,
+            "control_base_accuracy": control_base,
+            "control_accuracy_after": control_after,
+            "control_drop_mean": None if control_base is None else 0.05,
+            "skipped": "",
+        }
+        if i == 2:
+            causal.update(
+                {k: None for k in causal if k not in ("category", "n_prompts", "m", "controls")}
+            )
+            causal.update(skipped="base accuracy is 0", base_accuracy=0.0, controls="")
+        per_relation[relation] = {
+            "category": category,
+            "correlative": {"relation": correlation(i == 1), "suppression": correlation(i == 1)},
+            "multi_token": {"relation": correlation(False), "suppression": correlation(False)},
+            "causal": causal,
+        }
+    summary = {
+        "model": "toy",
+        "experiments": ["correlative", "multi-token", "causal"],
+        "options": {"max_prompts": 40, "seed": seed},
+        "means": {"correlative_relation_mean_r_without_context": 0.5},
+        "relations": per_relation,
+        "skipped": {"multi-token: <b>few</b>": "fewer than 10 multi-token pairs"},
+        "timings": {"correlative_s": 1.0},
+    }
+    write_json_atomic(summary, Path(directory) / "validation" / "summary.json")
+    return summary
+
+
+def launch_chromium() -> Iterator[Any]:
+    """Body of a module-scoped ``browser`` fixture: a headless Chromium through Playwright.
+
+    Skips (printing why) when Playwright is missing or Chromium cannot be launched.
+    """
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        reason = f"playwright is not installed ({exc})"
+        print(reason)
+        pytest.skip(reason)
+    manager = sync_playwright().start()
+    try:
+        chromium = manager.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-background-networking"]
+        )
+    except Exception as exc:  # pragma: no cover - depends on the environment
+        manager.stop()
+        reason = f"Chromium could not be launched from {CHROMIUM}: {exc}".splitlines()[0]
+        print(reason)
+        pytest.skip(reason)
+    yield chromium
+    chromium.close()
+    manager.stop()
+
+
+class AtlasPage:
+    """An opened atlas with the requests it made, the dialogs it raised and its JS errors."""
+
+    def __init__(self, browser: Any, path: Path) -> None:
+        self.page = browser.new_page(viewport={"width": 1500, "height": 1000})
+        self.requests: list[str] = []
+        self.dialogs: list[str] = []
+        self.errors: list[str] = []
+        self.page.on("request", lambda r: self.requests.append(r.url))
+        self.page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.url = path.resolve().as_uri()
+        start = time.perf_counter()
+        self.page.goto(self.url)
+        self.page.wait_for_selector("body[data-ready='1']")
+        self.load_s = time.perf_counter() - start
+
+    def cell(self, model: int, layer: int, head: int, n_heads: int) -> Any:
+        """The grid cell of one head in model tab ``model``."""
+        return self.page.locator(f"#model-{model} .cell[data-i='{layer * n_heads + head}']")
+
+    def background(self, locator: Any) -> str:
+        """Computed background colour of an element."""
+        return str(locator.evaluate("e => getComputedStyle(e).backgroundColor"))
+
+    def offline_requests(self) -> list[str]:
+        """Requests other than the page itself and data: URLs (should be none)."""
+        return [u for u in self.requests if u != self.url and not u.startswith("data:")]
+
+    def close(self) -> None:
+        """Close the tab, asserting it raised no JS error and opened no dialog."""
+        assert self.errors == [], self.errors
+        assert self.dialogs == [], f"a dialog opened: {self.dialogs}"
+        self.page.close()
+
+
+def page_score(x: float) -> str:
+    """How the atlas writes a score: stored in thousandths, shown with three decimals."""
+    return f"{round(x * 1000) / 1000:.3f}"

@@ -9,13 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from report_fixtures import make_results
+from report_fixtures import AtlasPage, launch_chromium, make_results, make_validation, page_score
 
 from headatlas.cli import report_cmd
 from headatlas.errors import OutputFormatError, TooManyModelsError
@@ -30,7 +29,7 @@ RELATIONS = tuple(
     (EVIL_RELATION if i == 3 else BREAKOUT if i == 7 else f"relation {i:02d}", CATEGORIES[i % 4])
     for i in range(20)
 )
-CHROMIUM = "/usr/bin/chromium"
+ONLY_VALIDATED = "<i>only validated</i>"
 
 
 # ---------------------------------------------------------------------------- without a browser
@@ -93,40 +92,77 @@ def test_cli_writes_default_atlas(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert str(d / "atlas.html") in capsys.readouterr().out
 
 
+def test_atlas_data_carries_the_validation_summary(tmp_path: Path) -> None:
+    d = make_results(tmp_path, 2, 4)
+    assert atlas_data(load_results(d))["validation"] is None
+    summary = make_validation(d)
+    v = atlas_data(load_results(d))["validation"]
+    assert v["experiments"] == summary["experiments"]
+    assert set(v["relations"]) == set(summary["relations"])
+    name = "country to capital"
+    assert v["relations"][name]["correlative"] == summary["relations"][name]["correlative"]
+    assert v["relations"][name]["causal"]["skipped"] == "base accuracy is 0"
+    assert v["skipped"] == [[k, w] for k, w in summary["skipped"].items()]
+    json.dumps(v, allow_nan=False)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "{not json",
+        "[1, 2]",
+        '{"relations": [1, 2]}',
+        "\xff\xfe",
+    ],
+)
+def test_unreadable_validation_summary_gives_no_section(tmp_path: Path, text: str) -> None:
+    d = make_results(tmp_path, 2, 4)
+    (d / "validation").mkdir()
+    (d / "validation" / "summary.json").write_bytes(text.encode("latin-1"))
+    assert atlas_data(load_results(d))["validation"] is None
+    render_atlas_html([load_results(d)])
+
+
+def test_odd_validation_values_are_cleaned(tmp_path: Path) -> None:
+    d = make_results(tmp_path, 2, 4)
+    (d / "validation").mkdir()
+    (d / "validation" / "summary.json").write_text(
+        '{"relations": {"a": {"category": 3, "correlative": {"relation": {"r_without_context": NaN,'
+        ' "p_without_context": "0.1", "r_with_context": true, "n_prompts": 7}, "suppression": 1},'
+        ' "causal": {"base_accuracy": Infinity, "controls": ["x"], "m": 4}}, "b": 5},'
+        ' "skipped": [1]}'
+    )
+    v = atlas_data(load_results(d))["validation"]
+    a = v["relations"]["a"]
+    assert list(v["relations"]) == ["a"] and v["skipped"] == [] and v["experiments"] == []
+    assert a["category"] == "" and list(a["correlative"]) == ["relation"]
+    corr = a["correlative"]["relation"]
+    assert corr["r_without_context"] is None and corr["p_without_context"] is None
+    assert corr["r_with_context"] is None and corr["n_prompts"] == 7
+    assert a["causal"]["base_accuracy"] is None and a["causal"]["controls"] == ""
+    assert a["causal"]["m"] == 4 and a["multi_token"] == {}
+    assert "NaN" not in render_atlas_html([load_results(d)])
+
+
 # ---------------------------------------------------------------------------- in Chromium
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        reason = f"playwright is not installed ({exc})"
-        print(reason)
-        pytest.skip(reason)
-    manager = sync_playwright().start()
-    try:
-        chromium = manager.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-background-networking"]
-        )
-    except Exception as exc:  # pragma: no cover - depends on the environment
-        manager.stop()
-        reason = f"Chromium could not be launched from {CHROMIUM}: {exc}".splitlines()[0]
-        print(reason)
-        pytest.skip(reason)
-    yield chromium
-    chromium.close()
-    manager.stop()
+    yield from launch_chromium()
 
 
 @pytest.fixture(scope="module")
 def atlas(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[MapResults]]:
-    """An atlas of an 80 × 64 model with 20 relations (hostile names included) and a toy one."""
+    """An atlas of an 80 × 64 model with 20 relations (hostile names included) and a
+    validation summary of 12 of them plus one unmapped relation, and a toy one without."""
     root = tmp_path_factory.mktemp("atlas")
     big = make_results(
         root, 80, 64, relations=RELATIONS, name="org/Big", seed=3, salient=True,
         descriptions=True, tokens=(EVIL_TOKEN, " Paris", BREAKOUT),
     )  # fmt: skip
+    make_validation(big, RELATIONS[:12], seed=3, extra=((ONLY_VALIDATED, "Knowledge"),))
     small = make_results(root, 2, 4, name="tiny", seed=1)
     results = [load_results(big), load_results(small)]
     out = root / "atlas.html"
@@ -134,42 +170,17 @@ def atlas(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[MapResul
     return out, results
 
 
-class Page:
-    """An opened atlas with the requests it made and the dialogs it raised."""
-
-    def __init__(self, browser: Any, path: Path) -> None:
-        self.page = browser.new_page(viewport={"width": 1500, "height": 1000})
-        self.requests: list[str] = []
-        self.dialogs: list[str] = []
-        self.errors: list[str] = []
-        self.page.on("request", lambda r: self.requests.append(r.url))
-        self.page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
-        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
-        self.url = path.resolve().as_uri()
-        start = time.perf_counter()
-        self.page.goto(self.url)
-        self.page.wait_for_selector("body[data-ready='1']")
-        self.load_s = time.perf_counter() - start
-
-    def cell(self, model: int, layer: int, head: int, n_heads: int) -> Any:
-        return self.page.locator(f"#model-{model} .cell[data-i='{layer * n_heads + head}']")
-
-    def background(self, locator: Any) -> str:
-        return str(locator.evaluate("e => getComputedStyle(e).backgroundColor"))
+Page = AtlasPage
 
 
 @pytest.fixture
 def page(browser: Any, atlas: tuple[Path, list[MapResults]]) -> Iterator[Page]:
     opened = Page(browser, atlas[0])
     yield opened
-    assert opened.errors == [], opened.errors
-    assert opened.dialogs == [], f"a dialog opened: {opened.dialogs}"
-    opened.page.close()
+    opened.close()
 
 
-def _fmt(x: float) -> str:
-    """How the page writes a score: stored in thousandths, shown with three decimals."""
-    return f"{round(x * 1000) / 1000:.3f}"
+_fmt = page_score
 
 
 def _head_scores(results: MapResults, layer: int, head: int) -> Any:
@@ -325,3 +336,109 @@ def test_tabs_switch_models(page: Page) -> None:
     p.locator("#model-1 .cell[data-i='3']").click()
     assert "L0 H3" in p.locator("#model-1 aside.side").inner_text()
     assert "Salient" not in p.locator("#model-1 aside.side").inner_text()
+
+
+def _num(x: float | None) -> str:
+    """How the page writes a validation number."""
+    return "\u2013" if x is None else f"{x:.3f}"
+
+
+def _pval(p: float | None) -> str:
+    return "\u2013" if p is None else "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+@pytest.mark.browser
+def test_choosing_a_relation_shows_its_validation(
+    page: Page, atlas: tuple[Path, list[MapResults]]
+) -> None:
+    p = page.page
+    results = atlas[1][0]
+    summary = json.loads((results.directory / "validation" / "summary.json").read_text())
+    relations = atlas_data(results)["relations"]
+    panel = p.locator("#model-0 .validation-panel")
+    assert not panel.is_visible()  # coloured by label: nothing to show
+    p.select_option("#model-0 .colour-by", str(relations.index(EVIL_RELATION)))
+    assert panel.is_visible()
+    assert EVIL_RELATION in panel.locator(".vtitle").inner_text()
+    entry = summary["relations"][EVIL_RELATION]
+    for exp, kind in [
+        ("correlative", "relation"),
+        ("correlative", "suppression"),
+        ("multi_token", "relation"),
+        ("multi_token", "suppression"),
+    ]:
+        c = entry[exp][kind]
+        row = panel.locator(f"tr.{exp}-{kind}")
+        assert row.locator("td.r-without").inner_text() == _num(c["r_without_context"])
+        assert row.locator("td.p-without").inner_text() == _pval(c["p_without_context"])
+        assert row.locator("td.r-with").inner_text() == _num(c["r_with_context"])
+        assert row.locator("td.p-with").inner_text() == _pval(c["p_with_context"])
+        assert row.locator("td.n-prompts").inner_text() == str(c["n_prompts"])
+    causal = entry["causal"]
+    text = panel.inner_text()
+    assert (
+        f"accuracy {_num(causal['base_accuracy'])} \u2192 {_num(causal['accuracy_relation_heads'])}"
+        in text
+    )
+    random = f"{_num(causal['accuracy_random_mean'])} \u00b1 {_num(causal['accuracy_random_sd'])}"
+    assert random in text
+    assert f"{_num(causal['control_base_accuracy'])} \u2192" in text
+    assert f"Controls ({RELATIONS[11][0]}, {RELATIONS[0][0]})" in text
+    # Null r values (a constant side) and a skipped ablation.
+    p.select_option("#model-0 .colour-by", str(relations.index(RELATIONS[1][0])))
+    assert panel.locator("tr.correlative-relation td.r-without").inner_text() == "\u2013"
+    assert "No control relation" in panel.inner_text()
+    p.select_option("#model-0 .colour-by", str(relations.index(RELATIONS[2][0])))
+    assert "skipped (base accuracy is 0)" in panel.inner_text()
+    p.select_option("#model-0 .colour-by", str(relations.index(RELATIONS[12][0])))
+    assert "not validated" in panel.inner_text()  # the summary covers relations 00-11
+    p.select_option("#model-0 .colour-by", "-1")
+    assert not panel.is_visible()
+    assert p.evaluate("document.querySelectorAll('img, b, i, iframe').length") == 0
+
+
+@pytest.mark.browser
+def test_validation_section_lists_every_relation_collapsed(
+    page: Page, atlas: tuple[Path, list[MapResults]]
+) -> None:
+    p = page.page
+    results = atlas[1][0]
+    summary = json.loads((results.directory / "validation" / "summary.json").read_text())
+    details = p.locator("#model-0 details.validation")
+    assert details.count() == 1 and details.get_attribute("open") is None
+    rows = details.locator("tbody tr")
+    assert not rows.first.is_visible()
+    details.locator("summary").click()
+    assert rows.count() == len(summary["relations"])
+    shown = {
+        rows.nth(k).locator("td.rel").inner_text(): (
+            rows.nth(k).locator("td.r-without").inner_text(),
+            rows.nth(k).locator("td.drop-relation").inner_text(),
+            rows.nth(k).locator("td.drop-random").inner_text(),
+        )
+        for k in range(rows.count())
+    }
+    for name, entry in summary["relations"].items():
+        c, a = entry["correlative"]["relation"], entry["causal"]
+        expected = (_num(c["r_without_context"]), _num(a["drop_relation_heads"]))
+        assert shown[name] == (*expected, _num(a["drop_random_mean"]))
+    assert EVIL_RELATION in shown and BREAKOUT in shown and ONLY_VALIDATED in shown
+    assert "<b>few</b>" in details.inner_text()
+    # A row of a mapped relation colours the grid by it.
+    rows.filter(has_text="relation 05").first.click()
+    assert p.locator("#model-0 .colour-by").input_value() == str(
+        atlas_data(results)["relations"].index("relation 05")
+    )
+    assert "relation 05" in p.locator("#model-0 .validation-panel .vtitle").inner_text()
+    assert p.evaluate("document.querySelectorAll('img, b, i, iframe').length") == 0
+    assert page.dialogs == []
+
+
+@pytest.mark.browser
+def test_model_without_validation_has_no_validation_section(page: Page) -> None:
+    p = page.page
+    p.get_by_role("tab", name="tiny").click()
+    p.select_option("#model-1 .colour-by", "1")
+    assert p.locator("#model-1 .validation-panel").count() == 0
+    assert p.locator("#model-1 details.validation").count() == 0
+    assert "Validation" not in p.locator("#model-1").inner_text()

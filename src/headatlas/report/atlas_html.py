@@ -8,7 +8,9 @@ reached the DOM as markup could neither run script nor fetch anything.
 Data layout per model (compact, to open fast at 5,120 heads × 20 relations): a head's index is
 ``layer * n_heads + head``; ``label`` holds an index into ``labels`` per head; ``cats`` a bitmask
 over ``categories`` per head; ``score[r]`` / ``supp[r]`` one integer per head in thousandths
-(−1 = no score) for relation ``r``.
+(−1 = no score) for relation ``r``. ``validation`` is the model's
+``validation/summary.json`` (from ``headatlas validate``) reduced to what the page shows, or
+null when there is none.
 """
 
 from __future__ import annotations
@@ -40,6 +42,32 @@ MAX_MAPPINGS = 8
 """Mapped-to tokens kept per salient operation."""
 
 _SCALE_STOPS = 11  # samples of the score colour map handed to the page
+
+VALIDATION_SUMMARY = Path("validation") / "summary.json"
+"""Where ``headatlas validate`` leaves its per-relation summary, inside a results folder."""
+
+_CORRELATION_FIELDS = (
+    "r_without_context",
+    "p_without_context",
+    "r_with_context",
+    "p_with_context",
+    "max_static_score",
+    "n_prompts",
+)
+_CAUSAL_NUMBERS = (
+    "n_prompts",
+    "m",
+    "base_accuracy",
+    "accuracy_relation_heads",
+    "accuracy_random_mean",
+    "accuracy_random_sd",
+    "drop_relation_heads",
+    "drop_random_mean",
+    "control_base_accuracy",
+    "control_accuracy_after",
+    "control_drop_mean",
+)
+_CAUSAL_TEXTS = ("controls", "skipped")
 
 _PAGE = """<!DOCTYPE html>
 <html lang="en">
@@ -149,6 +177,72 @@ def _descriptions_by_head(results: MapResults) -> dict[str, list[str]]:
     return out
 
 
+def _number(value: Any) -> float | int | None:
+    """A finite number, else None (the summary may hold nulls, NaN or junk)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _correlations(entry: Any) -> dict[str, dict[str, float | int | None]]:
+    """{"relation"|"suppression": {r/p without and with context, max static, n prompts}}."""
+    if not isinstance(entry, dict):
+        return {}
+    return {
+        kind: {f: _number(entry[kind].get(f)) for f in _CORRELATION_FIELDS}
+        for kind in ("relation", "suppression")
+        if isinstance(entry.get(kind), dict)
+    }
+
+
+def _validation(results: MapResults) -> dict[str, Any] | None:
+    """The per-relation validation summary beside the map, cleaned for the page.
+
+    None when there is no ``validation/summary.json`` or it cannot be read: the page then has
+    no validation section. Only known fields are kept, numbers that are not finite become null.
+    """
+    path = results.directory / VALIDATION_SUMMARY
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(summary, dict) or not isinstance(summary.get("relations"), dict):
+        return None
+    relations: dict[str, Any] = {}
+    for name, entry in summary["relations"].items():
+        if not isinstance(entry, dict):
+            continue
+        causal = entry.get("causal")
+        relations[str(name)] = {
+            "category": _text(entry.get("category")),
+            "correlative": _correlations(entry.get("correlative")),
+            "multi_token": _correlations(entry.get("multi_token")),
+            "causal": (
+                {
+                    **{f: _number(causal.get(f)) for f in _CAUSAL_NUMBERS},
+                    **{f: _text(causal.get(f)) for f in _CAUSAL_TEXTS},
+                }
+                if isinstance(causal, dict)
+                else None
+            ),
+        }
+    experiments = summary.get("experiments")
+    skipped = summary.get("skipped")
+    return {
+        "experiments": [str(e) for e in experiments] if isinstance(experiments, list) else [],
+        "relations": relations,
+        "skipped": (
+            [[str(k), str(v)] for k, v in skipped.items()] if isinstance(skipped, dict) else []
+        ),
+    }
+
+
 def atlas_data(results: MapResults) -> dict[str, Any]:
     """The compact JSON-ready description of one model that the page draws."""
     n_layers, n_heads = results.n_layers, results.n_heads
@@ -207,6 +301,7 @@ def atlas_data(results: MapResults) -> dict[str, Any]:
             for r in results.manifest.get("relations", [])
             if r.get("skipped")
         ],
+        "validation": _validation(results),
     }
 
 

@@ -15,6 +15,16 @@
   }
   function clamp(x, lo, hi) { return Math.max(lo, Math.min(hi, x)); }
   function fmt(v) { return v < 0 ? "\u2013" : (v / 1000).toFixed(3); }
+  /* Validation numbers arrive as plain floats or null. */
+  function num(v) { return v === null || v === undefined ? "\u2013" : Number(v).toFixed(3); }
+  function pval(p) { return p === null || p === undefined ? "\u2013" : p < 0.001 ? "<0.001" : p.toFixed(3); }
+  function count(v) { return v === null || v === undefined ? "\u2013" : String(v); }
+  var CORRELATION_ROWS = [
+    ["correlative", "relation", "relation score"],
+    ["correlative", "suppression", "suppression score"],
+    ["multi_token", "relation", "multi-token, relation"],
+    ["multi_token", "suppression", "multi-token, suppr."]
+  ];
 
   /* 1001-entry lookup table of the 0..1 score colour scale (thousandths -> css colour). */
   var SCALE = (function (stops) {
@@ -85,6 +95,7 @@
       groups[cat].appendChild(new Option(name, String(r)));
     });
     select.addEventListener("change", function () { self.mode = parseInt(select.value, 10); self.recolour(); });
+    this.select = select;
     colourLabel.appendChild(select);
     controls.appendChild(colourLabel);
 
@@ -136,6 +147,11 @@
     this.scale.appendChild(bar);
     this.scale.appendChild(el("span", null, "1"));
     this.root.appendChild(this.scale);
+    if (m.validation) {
+      /* The chosen relation's validation, shown while the grid is coloured by a relation. */
+      this.vpanel = el("div", "validation-panel");
+      this.root.appendChild(this.vpanel);
+    }
 
     /* The grid: layers along x, heads along y with head 0 at the bottom. */
     var body = el("div", "body");
@@ -197,6 +213,7 @@
     this.side.setAttribute("aria-live", "polite");
     body.appendChild(this.side);
     this.root.appendChild(body);
+    if (m.validation) this.root.appendChild(this.validationSection());
 
     grid.addEventListener("mousemove", function (e) {
       var i = self.cellIndex(e.target);
@@ -239,6 +256,106 @@
       this.grid.classList.add("scored");
       this.scaleTitle.textContent = (this.supp ? "Suppression score" : "Relation score") + " on " + m.relations[this.mode] + ":";
     }
+    this.showValidation();
+  };
+
+  Model.prototype.correlationTable = function (entry) {
+    var table = el("table", "scores vtable"), head = el("tr"), tbody = el("tbody"), any = false;
+    ["static vs dynamic", "r, no context", "p", "r, in context", "p", "prompts"].forEach(function (h) { head.appendChild(el("th", null, h)); });
+    var thead = el("thead");
+    thead.appendChild(head);
+    table.appendChild(thead);
+    CORRELATION_ROWS.forEach(function (spec) {
+      var c = entry[spec[0]] && entry[spec[0]][spec[1]];
+      if (!c) return;
+      any = true;
+      var tr = el("tr", spec[0] + "-" + spec[1]);
+      tr.appendChild(el("td", null, spec[2]));
+      tr.appendChild(el("td", "num r-without", num(c.r_without_context)));
+      tr.appendChild(el("td", "num p-without", pval(c.p_without_context)));
+      tr.appendChild(el("td", "num r-with", num(c.r_with_context)));
+      tr.appendChild(el("td", "num p-with", pval(c.p_with_context)));
+      tr.appendChild(el("td", "num n-prompts", count(c.n_prompts)));
+      tbody.appendChild(tr);
+    });
+    table.appendChild(tbody);
+    return any ? table : null;
+  };
+
+  Model.prototype.causalLines = function (c) {
+    var box = el("div", "causal");
+    if (c.skipped) { box.appendChild(el("p", "muted", "Ablation: skipped (" + c.skipped + ")")); return box; }
+    var m = count(c.m);
+    box.appendChild(el("p", "causal-relation", "Ablating " + m + " relation heads: accuracy " +
+      num(c.base_accuracy) + " \u2192 " + num(c.accuracy_relation_heads) + " (" + count(c.n_prompts) + " prompts)"));
+    box.appendChild(el("p", "causal-random", "Ablating " + m + " random heads: accuracy " +
+      num(c.base_accuracy) + " \u2192 " + num(c.accuracy_random_mean) + " \u00b1 " + num(c.accuracy_random_sd)));
+    if (c.controls) {
+      box.appendChild(el("p", "causal-control", "Controls (" + c.controls.split(";").join(", ") + "): accuracy " +
+        num(c.control_base_accuracy) + " \u2192 " + num(c.control_accuracy_after)));
+    } else {
+      box.appendChild(el("p", "muted causal-control", "No control relation."));
+    }
+    return box;
+  };
+
+  Model.prototype.showValidation = function () {
+    var panel = this.vpanel;
+    if (!panel) return;
+    panel.replaceChildren();
+    panel.classList.toggle("on", this.mode >= 0);
+    if (this.mode < 0) return;
+    var name = this.m.relations[this.mode], vr = this.m.validation.relations;
+    var entry = Object.prototype.hasOwnProperty.call(vr, name) ? vr[name] : null; /* not "constructor" & co. */
+    panel.appendChild(el("div", "vtitle", "Validation against inference: " + name));
+    if (!entry) { panel.appendChild(el("p", "muted", "This relation was not validated.")); return; }
+    var table = this.correlationTable(entry);
+    if (table) panel.appendChild(table);
+    if (entry.causal) panel.appendChild(this.causalLines(entry.causal));
+    if (!table && !entry.causal) panel.appendChild(el("p", "muted", "No results for this relation."));
+  };
+
+  Model.prototype.validationSection = function () {
+    var self = this, m = this.m, v = m.validation;
+    var details = el("details", "validation");
+    var names = m.relations.filter(function (r) { return Object.prototype.hasOwnProperty.call(v.relations, r); });
+    Object.keys(v.relations).sort().forEach(function (r) { if (names.indexOf(r) < 0) names.push(r); });
+    details.appendChild(el("summary", null, "Validation against inference (" + names.length + " relations" +
+      (v.experiments.length ? ": " + v.experiments.join(", ") : "") + ")"));
+    details.appendChild(el("p", "muted", "r: Pearson correlation of static and dynamic relation scores over heads " +
+      "(no context: the head reads the source token only). Drops: accuracy lost when the relation's top heads, " +
+      "as many random heads, or its heads on control relations are ablated. Click a row to colour the grid by it."));
+    var table = el("table", "scores vsummary"), head = el("tr"), tbody = el("tbody");
+    ["relation", "category", "r, no context", "r, in context", "base accuracy", "drop: relation heads", "drop: random", "drop: controls"]
+      .forEach(function (h) { head.appendChild(el("th", null, h)); });
+    var thead = el("thead");
+    thead.appendChild(head);
+    table.appendChild(thead);
+    names.forEach(function (name) {
+      var e = v.relations[name], c = (e.correlative && e.correlative.relation) || {}, a = e.causal || {};
+      var tr = el("tr");
+      tr.dataset.relation = name;
+      tr.appendChild(el("td", "rel", name));
+      tr.appendChild(el("td", "muted", e.category));
+      tr.appendChild(el("td", "num r-without", num(c.r_without_context)));
+      tr.appendChild(el("td", "num r-with", num(c.r_with_context)));
+      tr.appendChild(el("td", "num base", a.skipped ? "skipped" : num(a.base_accuracy)));
+      tr.appendChild(el("td", "num drop-relation", num(a.drop_relation_heads)));
+      tr.appendChild(el("td", "num drop-random", num(a.drop_random_mean)));
+      tr.appendChild(el("td", "num drop-control", num(a.control_drop_mean)));
+      var r = m.relations.indexOf(name);
+      if (r >= 0) {
+        tr.classList.add("pick");
+        tr.addEventListener("click", function () { self.select.value = String(r); self.mode = r; self.recolour(); });
+      }
+      tbody.appendChild(tr);
+    });
+    table.appendChild(tbody);
+    details.appendChild(table);
+    if (v.skipped.length) {
+      details.appendChild(el("p", "muted", "Skipped: " + v.skipped.map(function (s) { return s[0] + " (" + s[1] + ")"; }).join("; ")));
+    }
+    return details;
   };
 
   Model.prototype.refilter = function () {
