@@ -238,6 +238,7 @@ def test_summaries_of_separate_runs_merge() -> None:
     }
     assert merged["relations"] == {"a": {"category": "K", "correlative": 1, "causal": 5}}
     assert merge_summaries({**old, "model": "other"}, new) == new
+    assert merge_summaries({**old, "experiments": ["correlative"]}, new) == new
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:

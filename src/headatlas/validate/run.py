@@ -368,8 +368,12 @@ def _summary(
 def merge_summaries(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """``new`` over ``old``: experiments run now replace their earlier results, others stay
     (so separate ``--experiment`` runs build one summary). A different model replaces all."""
-    if old.get("model") != new.get("model"):
-        return new
+    if (
+        old.get("model") != new.get("model")
+        or not isinstance(old.get("experiments"), dict)
+        or not isinstance(old.get("relations"), dict)
+    ):
+        return new  # another model, or a summary this version did not write
     ran = set(new["experiments"])
     relations: dict[str, dict[str, Any]] = {}
     for name, entry in old.get("relations", {}).items():
