@@ -207,15 +207,17 @@ def causal_experiment(
 def _controls(
     name: str, results: Mapping[str, CausalResult], options: ValidationOptions
 ) -> list[str]:
-    """Relations whose top heads overlap this one's by < control_max_overlap and whose base
-    accuracy is within control_max_acc_gap; closest base accuracy first."""
+    """Relations whose top heads overlap this one's by < control_max_overlap (shared heads over
+    the smaller set) and whose base accuracy is within control_max_acc_gap; closest base
+    accuracy first."""
     me = results[name]
     mine = set(me.heads)
     found = []
     for other, res in results.items():
         if other == name or res.skipped:
             continue
-        overlap = len(mine & set(res.heads)) / max(1, len(mine))
+        # share of the smaller head set: a few shared heads can be all of a small set
+        overlap = len(mine & set(res.heads)) / max(1, min(len(mine), len(res.heads)))
         gap = abs(res.base_accuracy - me.base_accuracy)
         if overlap < options.control_max_overlap and gap <= options.control_max_acc_gap:
             found.append((gap, other))

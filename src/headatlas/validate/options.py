@@ -39,7 +39,8 @@ class ValidationOptions:
     causal_templates: int | None = None
     """Causal: use only the first N of a relation's few-shot templates; None: all."""
     control_max_overlap: float = 0.15
-    """Causal: a control relation shares fewer than this share of the top-m heads."""
+    """Causal: a control relation shares fewer than this share of the top heads (of the
+    smaller of the two head sets)."""
     control_max_acc_gap: float = 0.2
     """Causal: a control relation's base accuracy is within this of the relation's."""
     max_controls: int = 3
