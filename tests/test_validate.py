@@ -316,7 +316,7 @@ def test_smollm2_experiment(smollm2: Any, experiment: str) -> None:
     mc, hf, out = smollm2
     options = ValidationOptions(
         max_prompts=30, templates=("The story of <X> contains",), steps=(4, 16), random_draws=2,
-        max_controls=1, batch_size=60,
+        max_controls=1, batch_size=60, min_multi_token=5,
     )  # fmt: skip
     res = validate(mc, REAL_RELATIONS, experiments=[experiment], out=out, options=options,
                    hf_model=hf, progress=False, log=lambda _m: None)  # fmt: skip
@@ -326,8 +326,10 @@ def test_smollm2_experiment(smollm2: Any, experiment: str) -> None:
         rel = t[t["score"] == "relation"]
         assert (rel["r_without_context"] > 0.3).all(), rel.to_string()
     elif experiment == "multi-token":
-        assert res.multi_token is not None
-        assert len(res.multi_token) + len(res.skipped) >= len(REAL_RELATIONS)
+        t = res.multi_token
+        assert t is not None and "multi-token: name_copying" in res.skipped  # no such pairs
+        row = t[(t["relation"] == "country_capital") & (t["score"] == "relation")].iloc[0]
+        assert row["n_prompts"] >= 5 and np.isfinite(row["r_without_context"])
     else:
         t = res.causal
         assert t is not None and (t["skipped"] == "").all(), t.to_string()
