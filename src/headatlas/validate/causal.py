@@ -324,7 +324,7 @@ def causal_markdown(table: pd.DataFrame, title: str) -> str:
                          "| | | |")  # fmt: skip
             continue
         ctrl = r.controls.replace(";", ", ") if r.controls else "none found"
-        drop = "–" if r.control_drop_mean != r.control_drop_mean else f"{r.control_drop_mean:.2f}"
+        drop = _num(r.control_drop_mean)
         lines.append(
             f"| {r.relation} | {r.m} | {r.base_accuracy:.2f} | {r.accuracy_relation_heads:.2f} "
             f"| {r.accuracy_random_mean:.2f} ± {r.accuracy_random_sd:.2f} | {ctrl} | {drop} |"
@@ -336,7 +336,7 @@ def causal_markdown(table: pd.DataFrame, title: str) -> str:
             f"Mean accuracy drop over {len(done)} relations: relation heads "
             f"{done['drop_relation_heads'].mean():.2f}, random heads "
             f"{done['drop_random_mean'].mean():.2f}, controls "
-            f"{done['control_drop_mean'].mean():.2f}.",
+            f"{_num(done['control_drop_mean'].mean())}.",
         ]
     return "\n".join(lines) + "\n"
 
@@ -381,3 +381,7 @@ def curves_plot(curves: pd.DataFrame, path: Any, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _num(x: float) -> str:
+    return "–" if x != x else f"{x:.2f}"
