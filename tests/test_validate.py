@@ -214,7 +214,7 @@ def test_validate_end_to_end_on_tiny_gpt2(tmp_path: Path) -> None:
     assert res.correlative is not None and len(res.correlative) == 6
     assert np.isfinite(res.correlative["r_without_context"]).any()
     summary = json.loads((d / "summary.json").read_text())
-    assert set(summary["experiments"]) == set(EXPERIMENTS)
+    assert set(summary["experiments"]) == set(EXPERIMENTS) == set(summary["runs"])
     assert "relation" in summary["relations"]["country_capital"]["correlative"]
     assert "base_accuracy" in summary["relations"]["country_capital"]["causal"]
     assert res.causal is not None and res.causal_curves is not None
@@ -226,19 +226,30 @@ def test_validate_end_to_end_on_tiny_gpt2(tmp_path: Path) -> None:
 def test_summaries_of_separate_runs_merge() -> None:
     old = {
         "model": "m",
-        "experiments": {"correlative": {"means": {"x": 1}}, "causal": {"means": {"y": 1}}},
-        "relations": {"a": {"category": "K", "correlative": 1, "causal": 2}, "b": {"causal": 3}},
+        "experiments": ["correlative", "multi-token", "causal"],
+        "relations": {
+            "a": {"category": "K", "correlative": 1, "multi_token": 4, "causal": 2},
+            "b": {"category": "K", "multi_token": 3},
+        },
+        "skipped": {"multi-token: c": "few pairs", "causal: d": "no heads"},
+        "runs": {"correlative": {"x": 1}, "multi-token": {"y": 1}, "causal": {"z": 1}},
     }
-    new = {"model": "m", "experiments": {"causal": {"means": {"y": 2}}},
-           "relations": {"a": {"category": "K", "causal": 5}}}  # fmt: skip
+    new = {
+        "model": "m",
+        "experiments": ["multi-token"],
+        "relations": {"a": {"category": "K", "multi_token": 5}},
+        "skipped": {},
+        "runs": {"multi-token": {"y": 2}},
+    }
     merged = merge_summaries(old, new)
-    assert merged["experiments"] == {
-        "correlative": {"means": {"x": 1}},
-        "causal": {"means": {"y": 2}},
+    assert merged["experiments"] == ["correlative", "causal", "multi-token"]
+    assert merged["relations"] == {
+        "a": {"category": "K", "correlative": 1, "multi_token": 5, "causal": 2}
     }
-    assert merged["relations"] == {"a": {"category": "K", "correlative": 1, "causal": 5}}
+    assert merged["skipped"] == {"causal: d": "no heads"}
+    assert merged["runs"] == {"correlative": {"x": 1}, "multi-token": {"y": 2}, "causal": {"z": 1}}
     assert merge_summaries({**old, "model": "other"}, new) == new
-    assert merge_summaries({**old, "experiments": ["correlative"]}, new) == new
+    assert merge_summaries({**old, "runs": None}, new) == new
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:

@@ -310,6 +310,10 @@ def _clean(x: Any) -> Any:
     return x
 
 
+REL_KEY = {"correlative": "correlative", "multi-token": "multi_token", "causal": "causal"}
+"""Experiment name -> its key in a relation's summary entry."""
+
+
 def _summary(
     results_map: MapResults,
     res: ValidationResults,
@@ -318,28 +322,34 @@ def _summary(
     experiments: Sequence[str],
     timings: dict[str, float],
 ) -> dict[str, Any]:
-    """What the HTML atlas shows: per relation, each experiment's result; per experiment, its
-    options, means, skipped relations and timings."""
+    """What the HTML atlas shows.
+
+    ``experiments``: the experiments held; ``relations``: per relation its category and one
+    entry per experiment (``correlative`` / ``multi_token``: r and p per score kind;
+    ``causal``: the summary row); ``skipped``: "experiment: relation" -> why; ``runs``: per
+    experiment its options, means, timings and date.
+    """
     per_relation: dict[str, dict[str, Any]] = {}
-    runs: dict[str, dict[str, Any]] = {}
     created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    for exp in experiments:
-        runs[exp] = {
+    runs: dict[str, dict[str, Any]] = {
+        exp: {
             "options": options.as_dict(),
             "map_options": map_options.as_dict(),
             "means": {},
-            "skipped": {k.split(": ", 1)[1]: v for k, v in res.skipped.items()
-                        if k.startswith(f"{exp}: ")},
+            "timings": {
+                "load_and_map_s": timings.get("load_and_map_s"),
+                "run_s": timings.get(f"{exp}_s"),
+            },
             "created": created,
-        }  # fmt: skip
-    runs_timing = {"load_and_map_s": timings.get("load_and_map_s")}
+        }
+        for exp in experiments
+    }
     for exp, table in (("correlative", res.correlative), ("multi-token", res.multi_token)):
         if table is None:
             continue
-        runs[exp]["timings"] = {**runs_timing, "run_s": timings.get(f"{exp}_s")}
         for row in table.to_dict("records"):
             entry = per_relation.setdefault(row["relation"], {"category": row["category"]})
-            entry.setdefault(exp, {})[row["score"]] = {
+            entry.setdefault(REL_KEY[exp], {})[row["score"]] = {
                 k: _clean(row[k])
                 for k in ("r_without_context", "p_without_context", "r_with_context",
                           "p_with_context", "max_static_score", "n_prompts")
@@ -351,7 +361,6 @@ def _summary(
                     _clean(sub[f"r_{ctx}"].mean()) if len(sub) else None
                 )
     if res.causal is not None:
-        runs["causal"]["timings"] = {**runs_timing, "run_s": timings.get("causal_s")}
         for row in res.causal.to_dict("records"):
             entry = per_relation.setdefault(row["relation"], {"category": row["category"]})
             entry["causal"] = {k: _clean(v) for k, v in row.items() if k not in ("relation",)}
@@ -360,32 +369,40 @@ def _summary(
             runs["causal"]["means"][f"mean_{col}"] = _clean(done[col].mean()) if len(done) else None
     return {
         "model": results_map.manifest.get("model", {}).get("name"),
-        "experiments": runs,
+        "experiments": list(experiments),
         "relations": per_relation,
+        "skipped": dict(res.skipped),
+        "runs": runs,
     }
 
 
 def merge_summaries(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """``new`` over ``old``: experiments run now replace their earlier results, others stay
-    (so separate ``--experiment`` runs build one summary). A different model replaces all."""
+    (so separate ``--experiment`` runs build one summary). A different model, or a summary
+    in another layout, is replaced."""
     if (
         old.get("model") != new.get("model")
-        or not isinstance(old.get("experiments"), dict)
+        or not isinstance(old.get("experiments"), list)
         or not isinstance(old.get("relations"), dict)
+        or not isinstance(old.get("runs"), dict)
     ):
-        return new  # another model, or a summary this version did not write
+        return new
     ran = set(new["experiments"])
+    dropped = {REL_KEY.get(e, e) for e in ran}
     relations: dict[str, dict[str, Any]] = {}
-    for name, entry in old.get("relations", {}).items():
-        kept = {k: v for k, v in entry.items() if k not in ran}
+    for name, entry in old["relations"].items():
+        kept = {k: v for k, v in entry.items() if k not in dropped}
         if set(kept) - {"category"}:
             relations[name] = kept
     for name, entry in new["relations"].items():
         relations.setdefault(name, {}).update(entry)
+    skipped = {k: v for k, v in old.get("skipped", {}).items() if k.split(": ", 1)[0] not in ran}
     return {
         "model": new["model"],
-        "experiments": {**old.get("experiments", {}), **new["experiments"]},
+        "experiments": [e for e in EXPERIMENTS if e in ran or e in old["experiments"]],
         "relations": relations,
+        "skipped": {**skipped, **new["skipped"]},
+        "runs": {**old["runs"], **new["runs"]},
     }
 
 
