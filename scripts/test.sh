@@ -7,4 +7,6 @@ PY=${PYTHON:-python3}
 echo "== ruff check"; $PY -m ruff check src tests benchmarks
 echo "== ruff format --check"; $PY -m ruff format --check src tests benchmarks
 echo "== mypy"; $PY -m mypy
-echo "== pytest"; $PY -m pytest -q -n 2 --dist loadfile "$@"
+# Two pytest workers, one torch thread each: two threads per worker on two cores would
+# oversubscribe OpenMP, whose spinning threads slow everything several-fold.
+echo "== pytest"; OMP_NUM_THREADS=1 $PY -m pytest -q -n 2 --dist loadfile --durations=15 "$@"

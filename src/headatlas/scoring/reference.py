@@ -9,19 +9,18 @@ from headatlas.circuits import LayerOV, ModelCircuits, Norm
 from headatlas.scoring.options import MapOptions
 
 
-def reference_ranks(
+def reference_rows(
     circuits: ModelCircuits,
     layer: LayerOV,
     head: int,
     X: torch.Tensor,
-    targets: torch.Tensor,
     options: MapOptions,
     dtype: torch.dtype = torch.float64,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(up, down) ranks of ``targets`` in each row, for source embeddings ``X`` [n, d].
+) -> torch.Tensor:
+    """Full logit rows x̃ · W_V · W_O · W_U [n, V] of one head for source embeddings ``X`` [n, d].
 
     The final norm is applied as a function (without its bias), not folded; the post-attention
-    norm (Gemma 2/3) too. up = #others >= target, down = #others < target.
+    norm (Gemma 2/3) too.
     """
     X = X.to(dtype)
     u = layer.attn_norm(X) if options.pre_norm else X
@@ -43,10 +42,45 @@ def reference_ranks(
         b = circuits.unembed_bias()
         if b is not None:
             rows = rows + b.to(dtype)
+    return rows
+
+
+def reference_ranks(
+    circuits: ModelCircuits,
+    layer: LayerOV,
+    head: int,
+    X: torch.Tensor,
+    targets: torch.Tensor,
+    options: MapOptions,
+    dtype: torch.dtype = torch.float64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(up, down) ranks of ``targets`` in each row: up = #others >= target, down = #others <
+    target (the tie rule of the fast path)."""
+    rows = reference_rows(circuits, layer, head, X, options, dtype)
     t = rows.gather(1, targets[:, None])
     up = (rows >= t).sum(1) - 1
     down = (rows < t).sum(1)
     return up, down
+
+
+def reference_topk_scores(
+    circuits: ModelCircuits,
+    layer: LayerOV,
+    head: int,
+    X: torch.Tensor,
+    targets: torch.Tensor,
+    k: int,
+    options: MapOptions,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[float, float]:
+    """(relation score, suppression score) of one head on one relation the plain way, as the
+    method is usually written: the full rows, then ``torch.topk`` of M and of −M."""
+    rows = reference_rows(circuits, layer, head, X, options, dtype)
+    top = rows.topk(k, dim=1).indices
+    bottom = (-rows).topk(k, dim=1).indices
+    score = (top == targets[:, None]).any(1).double().mean().item()
+    suppression = (bottom == targets[:, None]).any(1).double().mean().item()
+    return score, suppression
 
 
 def _d(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
