@@ -214,3 +214,12 @@ def test_a_new_map_keeps_sections_other_steps_added(gpt2_dir: Path, tmp_path: Pa
                    "--quiet") == 0  # fmt: skip
     m2 = json.loads(path.read_text())
     assert m2["salient"] == {"tokens": 15} and m2["options"]["k"] == 2
+
+
+def test_results_files_are_readable_by_others(tmp_path: Path) -> None:
+    from headatlas.store import write_text_atomic
+
+    umask = os.umask(0)
+    os.umask(umask)
+    write_text_atomic("x", tmp_path / "a.txt")
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
