@@ -28,7 +28,7 @@ from headatlas.relations import (
     tokenize_relation,
 )
 from headatlas.scoring.categories import categorize_heads
-from headatlas.scoring.options import MapOptions
+from headatlas.scoring.options import MapOptions, resolve_dtype
 from headatlas.scoring.plan import RelationPairs, ScoringPlan, folded_unembedding, source_embeddings
 from headatlas.scoring.ranks import PairLayout
 from headatlas.scoring.relation_scores import layer_ranks, layer_scores
@@ -71,14 +71,6 @@ def resolve_device(name: str) -> torch.device:
             f"device '{name}' asked for, but no CUDA GPU is available: use --device cpu"
         )
     return device
-
-
-def resolve_dtype(name: str) -> torch.dtype:
-    """float32 / float64 / bfloat16 by name."""
-    table = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
-    if name not in table:
-        raise OptionError(f"dtype '{name}' is not supported: use one of {', '.join(table)}")
-    return table[name]
 
 
 def package_versions() -> dict[str, str]:

@@ -8,9 +8,21 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import torch
+
+from headatlas.errors import OptionError
 from headatlas.scoring.categories import DEFAULT_THRESHOLD
 
 LARGE_VOCAB = 100_000
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """float32 / float64 / bfloat16 by name."""
+    if name not in _DTYPES:
+        raise OptionError(f"dtype '{name}' is not supported: use one of {', '.join(_DTYPES)}")
+    return _DTYPES[name]
 
 
 @dataclass(frozen=True)

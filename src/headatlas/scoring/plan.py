@@ -8,9 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from headatlas.circuits import ModelCircuits
-from headatlas.scoring.options import MapOptions
-
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+from headatlas.scoring.options import MapOptions, resolve_dtype
 
 
 @dataclass
@@ -69,7 +67,7 @@ def folded_unembedding(
     leaves top-k unchanged, and its bias β is not part of any head (as in TransformerLens'
     fold_ln, where β moves to the logit bias).
     """
-    target = dtype if dtype is not None else _DTYPES[options.dtype]
+    target = dtype if dtype is not None else resolve_dtype(options.dtype)
     # Fold in float64 when computing in float64 (folding in float32 loses bits), else float32.
     work = torch.float64 if target == torch.float64 else torch.float32
     W_U = circuits.W_U.to(work)

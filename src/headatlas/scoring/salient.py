@@ -37,8 +37,8 @@ import torch
 from headatlas.circuits import LayerOV, ModelCircuits, Norm
 from headatlas.errors import HeadAtlasError
 from headatlas.relations import resolve_relations
-from headatlas.scoring.mapping import resolve_device, resolve_dtype
-from headatlas.scoring.options import MapOptions
+from headatlas.scoring.mapping import resolve_device
+from headatlas.scoring.options import MapOptions, resolve_dtype
 from headatlas.scoring.plan import folded_unembedding
 from headatlas.scoring.salient_match import match_head, relation_matchers
 from headatlas.store import (
