@@ -41,17 +41,24 @@ class Norm:
         dtype = x.dtype
         xf = x.float() if dtype in (torch.float16, torch.bfloat16) else x
         if self.kind == "layernorm":
-            w = None if self.gain is None else self.gain.to(xf.dtype)
-            b = None if self.bias is None else self.bias.to(xf.dtype)
+            w = None if self.gain is None else self.gain.to(xf)
+            b = None if self.bias is None else self.bias.to(xf)
             return F.layer_norm(xf, (xf.shape[-1],), w, b, self.eps).to(dtype)
         out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         if self.gain is not None:
-            out = out * self.gain.to(out.dtype)
+            out = out * self.gain.to(out)
         return out.to(dtype)
 
-    def scale(self, d: int) -> torch.Tensor:
-        """The gain as a vector (ones when the norm has none)."""
-        return self.gain if self.gain is not None else torch.ones(d)
+    def scale(self, d: int, like: torch.Tensor | None = None) -> torch.Tensor:
+        """The gain as a vector (ones when the norm has none), on ``like``'s device and dtype
+        when given."""
+        s = self.gain if self.gain is not None else torch.ones(d)
+        return s if like is None else s.to(like)
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Norm:
+        """A copy with the parameters on ``device`` (and in ``dtype``)."""
+        return Norm(self.kind, _move(self.gain, device, dtype), _move(self.bias, device, dtype),
+                    self.eps, self.plus_one)  # fmt: skip
 
 
 @dataclass
@@ -68,16 +75,28 @@ class MLP:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``down(act(gate(x)) * up(x))`` when gated, else ``down(act(up(x)))``."""
-        up = F.linear(x, self.up_w.to(x.dtype), _opt(self.up_b, x))
+        up = F.linear(x, self.up_w.to(x), _opt(self.up_b, x))
         if self.gate_w is not None:
-            hidden = self.act(F.linear(x, self.gate_w.to(x.dtype), _opt(self.gate_b, x))) * up
+            hidden = self.act(F.linear(x, self.gate_w.to(x), _opt(self.gate_b, x))) * up
         else:
             hidden = self.act(up)
-        return F.linear(hidden, self.down_w.to(x.dtype), _opt(self.down_b, x))
+        return F.linear(hidden, self.down_w.to(x), _opt(self.down_b, x))
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> MLP:
+        """A copy with the weights on ``device`` (and in ``dtype``)."""
+        m = lambda t: _move(t, device, dtype)  # noqa: E731
+        return MLP(m(self.up_w), m(self.up_b), m(self.down_w), m(self.down_b), m(self.gate_w),
+                   m(self.gate_b), self.act)  # fmt: skip
 
 
 def _opt(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
-    return None if t is None else t.to(like.dtype)
+    return None if t is None else t.to(like)
+
+
+def _move(
+    t: torch.Tensor | None, device: torch.device | str, dtype: torch.dtype | None
+) -> torch.Tensor | None:
+    return None if t is None else t.to(device=device, dtype=dtype)
 
 
 @dataclass
@@ -117,7 +136,23 @@ class LayerOV:
         A post-attention RMSNorm scales a row by gain / rms(row); the 1/rms factor is a positive
         per-row scalar that leaves top-k unchanged, so only the gain enters the circuit.
         """
-        return self.out_norm.scale(d) if self.out_norm is not None else torch.ones(d)
+        if self.out_norm is not None:
+            return self.out_norm.scale(d, self.W_O)
+        return torch.ones(d, device=self.W_O.device, dtype=self.W_O.dtype)
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> LayerOV:
+        """A copy with every factor and norm on ``device`` (and in ``dtype``): one call moves
+        the layer."""
+        return LayerOV(
+            layer=self.layer,
+            W_V=self.W_V.to(device=device, dtype=dtype),
+            b_V=_move(self.b_V, device, dtype),
+            W_O=self.W_O.to(device=device, dtype=dtype),
+            b_O=_move(self.b_O, device, dtype),
+            attn_norm=self.attn_norm.to(device, dtype),
+            out_norm=None if self.out_norm is None else self.out_norm.to(device, dtype),
+            group_size=self.group_size,
+        )
 
 
 class ModelCircuits:

@@ -28,7 +28,7 @@ from headatlas.relations import (
     tokenize_relation,
 )
 from headatlas.scoring.categories import categorize_heads
-from headatlas.scoring.options import MapOptions, resolve_dtype
+from headatlas.scoring.options import MapOptions, compute_dtype, resolve_dtype
 from headatlas.scoring.plan import RelationPairs, ScoringPlan, folded_unembedding, source_embeddings
 from headatlas.scoring.ranks import PairLayout
 from headatlas.scoring.relation_scores import layer_ranks, layer_scores
@@ -66,6 +66,10 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError as exc:
         raise OptionError(f"device '{name}' is not valid: use auto, cpu, cuda or cuda:N") from exc
+    if device.type == "meta":
+        raise OptionError(
+            f"device '{name}' holds no values, so nothing can be scored on it: use cpu or cuda"
+        )
     if device.type == "cuda" and not torch.cuda.is_available():
         raise OptionError(
             f"device '{name}' asked for, but no CUDA GPU is available: use --device cpu"
@@ -205,11 +209,14 @@ def map_heads(
 
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.dtype)
+    compute = compute_dtype(dtype)
     X0, Xe = source_embeddings(circuits, plan.source_ids, options)
-    W_Uf = folded_unembedding(circuits, options).to(device=device).contiguous()
+    W_Uf = folded_unembedding(circuits, options).to(device=device).to(compute).contiguous()
     logit_bias = circuits.unembed_bias() if options.unembed_bias else None
     final_norm = circuits.final_norm() if options.final_norm else None
-    layout = PairLayout(plan.pair_rows, plan.pair_targets, len(plan.source_ids), W_Uf.shape[1])
+    layout = PairLayout(
+        plan.pair_rows, plan.pair_targets, len(plan.source_ids), W_Uf.shape[1], k=plan.pair_k
+    )
     layout.to(device)
     t_prep = time.perf_counter()
 
@@ -224,7 +231,7 @@ def map_heads(
             frames.append(pd.read_parquet(path))
             continue
         t0 = time.perf_counter()
-        layer = circuits.layer(i)
+        layer = circuits.layer(i).to(device, dtype)  # stored in dtype, computed in `compute`
         X = (X0 if i == 0 else Xe).to(device=device, dtype=dtype)
         with torch.no_grad():
             up, down = layer_ranks(layer, X, W_Uf, layout, options, logit_bias, final_norm)

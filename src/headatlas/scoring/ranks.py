@@ -101,6 +101,7 @@ class PairLayout:
         vocab: int,
         row_block: int = ROW_BLOCK,
         col_block: int = COL_BLOCK,
+        k: torch.Tensor | int | None = None,
     ):
         n = int(src_rows.numel())
         order = torch.argsort(src_rows, stable=True)
@@ -114,6 +115,11 @@ class PairLayout:
         self.t_index = torch.cat([primary, extra])  # position -> original pair index
         self.src = src_rows[self.t_index]
         self.tgt = targets[self.t_index]
+        self.k: torch.Tensor | None = None
+        """Per pair (layout order): with it, :func:`pair_ranks` decides only rank < k."""
+        if k is not None:
+            k_all = torch.as_tensor(k, dtype=torch.int64).expand(n)
+            self.k = k_all[self.t_index].contiguous()
         extra_src = src_rows[extra]
         self.blocks: list[_Block] = []
         for r0 in range(0, n_rows, row_block):
@@ -154,13 +160,17 @@ class PairLayout:
             self.tgt.to(device),
             self.t_index.to(device),
         )
+        if self.k is not None:
+            self.k = self.k.to(device)
         return self
 
 
-def pair_ranks(
+def pair_ranks_full(
     Z: torch.Tensor, B: torch.Tensor, layout: PairLayout
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Relation and suppression ranks of every pair (in the original pair order).
+    """The previous full kernel, kept as the benchmark's and tests' baseline: exact ranks of
+    every pair from cache-sized tiles, with the target logit from a separate dot product (so
+    a competitor within rounding of the target may be counted on the wrong side).
 
     ``Z`` [n_sources, r], ``B`` [r, V]. Returns (up, down), each int64 [n_pairs]: up = number of
     other tokens with logit >= the target's, down = number with logit < the target's.
@@ -189,3 +199,214 @@ def pair_ranks(
     up[layout.t_index] = ge - self_ge
     down[layout.t_index] = layout.vocab - ge - (1 - self_ge)
     return up, down
+
+
+# ---- the pruned exact kernel ------------------------------------------------------------------
+
+STAGES = (256, 2048)
+"""Columns per first-pass stage (in the head's candidate order); rows still undecided after
+the last stage get full rows."""
+FULL_ROW_BYTES = 64 * 2**20
+"""Logits held at once while computing full rows."""
+
+
+def unit_roundoff(dtype: torch.dtype, device: torch.device) -> float:
+    """The unit roundoff of a matmul in ``dtype`` on ``device`` (TF32 / bf16x3 on CUDA when
+    PyTorch allows them)."""
+    if dtype == torch.float64:
+        return 2.0**-53
+    if dtype in (torch.bfloat16, torch.float16):
+        return 2.0**-8 if dtype == torch.bfloat16 else 2.0**-11
+    if device.type == "cuda" and torch.get_float32_matmul_precision() != "highest":
+        return 2.0**-8  # "medium" may use bf16 passes; TF32 ("high") is 2^-11
+    return 2.0**-24
+
+
+@dataclass
+class FactoredB:
+    """A read-out matrix B = W @ U [r, V] kept factored: W [r, d] per head, U [d, V] shared.
+
+    Forming B costs r·d·V multiply-adds per head, more than the pruned kernel needs: it reads
+    a few columns (W @ U[:, cols]) and a few full rows ((z W) U)."""
+
+    W: torch.Tensor
+    U: torch.Tensor
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(r, V) of B."""
+        return int(self.W.shape[0]), int(self.U.shape[1])
+
+    def columns(self, idx: torch.Tensor) -> torch.Tensor:
+        """B[:, idx]."""
+        return self.W @ self.U[:, idx]
+
+    def dense(self) -> torch.Tensor:
+        """B itself."""
+        return self.W @ self.U
+
+
+ReadoutB = torch.Tensor | FactoredB
+
+
+def _columns(B: ReadoutB, idx: torch.Tensor) -> torch.Tensor:
+    return B.columns(idx) if isinstance(B, FactoredB) else B[:, idx]
+
+
+def _rows(Zs: torch.Tensor, B: ReadoutB) -> torch.Tensor:
+    """Zs @ B as one product per factor (the logits of these rows)."""
+    return (Zs @ B.W) @ B.U if isinstance(B, FactoredB) else Zs @ B
+
+
+def candidate_columns(Z: torch.Tensor, B: ReadoutB, n: int, rank: int = 8) -> torch.Tensor:
+    """The ``n`` columns of ``B`` most likely to be extreme in a row of Z @ B, best first.
+
+    A row's ranks do not change when a constant is added to it, so what matters is each
+    column's deviation from the mean column, (b_j - b̄); over the rows z of Z its expected
+    square is (b_j - b̄)ᵀ C (b_j - b̄) with C = ZᵀZ / n: columns with a large one are far from
+    the middle of most rows, on one side or the other. It is estimated through the top
+    ``rank`` singular directions of C^½ W (B = W U; W = I for a plain B), at rank·d·V cost.
+    """
+    W, U = (B.W, B.U) if isinstance(B, FactoredB) else (None, B)
+    n = min(n, U.shape[1])
+    C = (Z.T @ Z) / max(1, Z.shape[0])
+    lam, Q = torch.linalg.eigh(C)
+    half = Q * lam.clamp_min(0).sqrt()  # C = half @ half.T
+    M = half.T if W is None else half.T @ W  # [r, d]
+    _, sv, Vh = torch.linalg.svd(M, full_matrices=False)
+    P = sv[:rank, None] * Vh[:rank]  # [rank, d]
+    proj = P @ U - (P @ U.mean(1, keepdim=True))
+    return (proj * proj).sum(0).topk(n, sorted=True).indices
+
+
+def rounding_margin(Z: torch.Tensor, B: ReadoutB, rows: torch.Tensor) -> torch.Tensor:
+    """Per row ``Z[rows]``: twice a bound on how far one logit z·b_j, computed with any
+    summation order and either association of Z W U, can be from its exact value:
+    2 γ ‖z‖ ‖W‖_F max_j ‖u_j‖ with γ = γ_r + γ_d + γ_r γ_d (γ_m = m u / (1 - m u)); for a plain
+    B, 2 γ_r ‖z‖ max_j ‖b_j‖. A column more than this above (below) the target logit is above
+    (below) it in every computation, the full rows' included."""
+    u = unit_roundoff(Z.dtype, Z.device)
+
+    def g(m: int) -> float:
+        return m * u / (1 - m * u)
+
+    zn = Z[rows].norm(dim=1)
+    if isinstance(B, FactoredB):
+        gr, gd = g(B.W.shape[0]), g(B.W.shape[1])
+        scale = B.W.norm() * B.U.norm(dim=0).max()
+        return 2 * (gr + gd + gr * gd) * zn * scale
+    return 2 * g(B.shape[0]) * zn * B.norm(dim=0).max()
+
+
+def pair_ranks(
+    Z: torch.Tensor,
+    B: ReadoutB,
+    layout: PairLayout,
+    k: torch.Tensor | int | None = None,
+    stages: tuple[int, ...] = STAGES,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Relation and suppression ranks of every pair (in the original pair order).
+
+    ``Z`` [n_sources, r], ``B`` [r, V]. Returns (up, down), each int64 [n_pairs]: up = number of
+    other tokens with logit >= the target's, down = number with logit < the target's.
+
+    With ``k`` (or ``layout.k``; per pair in the original order, or one int) only ``rank < k``
+    is decided and ranks come back capped at k: a first pass over a few candidate columns per
+    stage (see :func:`candidate_columns`) counts, per pair, the columns surely above and surely
+    below the target logit (beyond :func:`rounding_margin`); a pair with at least k of each is
+    a miss for both scores, exactly. Only the source rows of the pairs left undecided are
+    computed in full. Without k every row is computed in full (exact ranks). In both cases
+    the target's logit is read from the same product as its competitors, so the tie rule holds
+    under rounding.
+    """
+    n_pairs = layout.n_pairs
+    if k is not None:
+        kk = torch.as_tensor(k, dtype=torch.int64, device=Z.device).expand(n_pairs)
+        kk = kk[layout.t_index]
+    else:
+        kk = layout.k.to(Z.device) if layout.k is not None else None
+    up = torch.empty(n_pairs, dtype=torch.int64, device=Z.device)
+    down = torch.empty(n_pairs, dtype=torch.int64, device=Z.device)
+    src, tgt = layout.src, layout.tgt
+    # On the meta device nothing can be decided from values: every pair goes to full rows.
+    if kk is None or Z.device.type == "meta" or not stages:
+        alive = None
+    else:
+        alive = torch.arange(n_pairs, device=Z.device)
+        above = torch.zeros(n_pairs, dtype=torch.int64, device=Z.device)
+        below = torch.zeros(n_pairs, dtype=torch.int64, device=Z.device)
+        t = (Z[src] * _columns(B, tgt).T).sum(1)
+        margin = rounding_margin(Z, B, src)
+        order = candidate_columns(Z, B, sum(stages))
+        c0 = 0
+        for size in stages:
+            cols = order[c0 : c0 + size]
+            c0 += size
+            if cols.numel() == 0 or alive.numel() == 0:
+                break
+            rows, loc = torch.unique(src[alive], return_inverse=True)
+            S = Z[rows] @ _columns(B, cols)  # [m, c]
+            Sp = S[loc]  # [p, c] the pairs' rows
+            ta, ma = t[alive][:, None], margin[alive][:, None]
+            above[alive] += (Sp > ta + ma).sum(1)
+            below[alive] += (Sp < ta - ma).sum(1)
+            done = (above[alive] >= kk[alive]) & (below[alive] >= kk[alive])
+            up[alive[done]] = kk[alive[done]]
+            down[alive[done]] = kk[alive[done]]
+            alive = alive[~done]
+    _full_rows(Z, B, layout, alive, up, down)
+    if kk is not None:
+        up = torch.minimum(up, kk)
+        down = torch.minimum(down, kk)
+    out_up, out_down = torch.empty_like(up), torch.empty_like(down)
+    out_up[layout.t_index] = up
+    out_down[layout.t_index] = down
+    return out_up, out_down
+
+
+def _full_rows(
+    Z: torch.Tensor,
+    B: ReadoutB,
+    layout: PairLayout,
+    pairs: torch.Tensor | None,
+    up: torch.Tensor,
+    down: torch.Tensor,
+) -> None:
+    """Exact ranks of ``pairs`` (layout positions; None: all) from full logit rows, written
+    into up/down. Rows come in chunks of one matmul each; the target is read from it."""
+    r, V = B.shape
+    if pairs is None:
+        rows = torch.arange(layout.n_rows, device=Z.device)
+        loc = layout.src
+        pairs = torch.arange(layout.n_pairs, device=Z.device)
+    elif pairs.numel() == 0:
+        return
+    else:
+        rows, loc = torch.unique(layout.src[pairs], return_inverse=True)
+    n_rows = int(rows.numel())
+    if isinstance(B, FactoredB) and n_rows * (B.W.shape[1] - r) > r * B.W.shape[1]:
+        B = B.dense()  # cheaper than n_rows products through the wide factor
+    chunk = max(1, FULL_ROW_BYTES // (V * Z.element_size()))
+    if Z.device.type == "meta":
+        chunk = n_rows  # no values to split pairs by
+    if chunk >= n_rows:
+        groups = [(0, n_rows, pairs, loc)]
+    else:
+        order = torch.argsort(loc)
+        pairs, loc = pairs[order], loc[order]
+        edges = torch.searchsorted(loc, torch.arange(0, n_rows + chunk, chunk, device=loc.device))
+        e = edges.tolist()
+        groups = [
+            (r0, min(n_rows, r0 + chunk), pairs[e[i] : e[i + 1]], loc[e[i] : e[i + 1]])
+            for i, r0 in enumerate(range(0, n_rows, chunk))
+        ]
+    tgt = layout.tgt
+    for r0, r1, p, lc in groups:
+        if p.numel() == 0:
+            continue
+        logits = _rows(Z[rows[r0:r1]], B)  # [m, V], one product
+        rel = lc - r0
+        t = logits[rel, tgt[p]]
+        ge = (logits[rel] >= t[:, None]).sum(1)  # eager: no compile at start-up
+        up[p] = ge - 1
+        down[p] = V - ge

@@ -8,7 +8,7 @@ import torch
 from headatlas.circuits import LayerOV, Norm
 from headatlas.scoring.options import MapOptions
 from headatlas.scoring.plan import ScoringPlan
-from headatlas.scoring.ranks import PairLayout, pair_ranks
+from headatlas.scoring.ranks import FactoredB, PairLayout, pair_ranks, pair_ranks_full
 
 # Heads whose W_O·W_U block is formed in one matmul; bounded so B stays under ~512 MB.
 _B_BYTES = 512 * 2**20
@@ -17,9 +17,9 @@ _B_BYTES = 512 * 2**20
 def value_vectors(layer: LayerOV, X: torch.Tensor, options: MapOptions) -> torch.Tensor:
     """z for every KV group: norm(X) @ W_V + b_V, [n_kv, n, d_head]."""
     u = layer.attn_norm(X) if options.pre_norm else X
-    Z = torch.einsum("nd,gde->gne", u, layer.W_V.to(u.dtype))
+    Z = torch.einsum("nd,gde->gne", u, layer.W_V.to(device=u.device, dtype=u.dtype))
     if options.value_bias and layer.b_V is not None:
-        Z = Z + layer.b_V.to(u.dtype)[:, None, :]
+        Z = Z + layer.b_V.to(device=u.device, dtype=u.dtype)[:, None, :]
     return Z
 
 
@@ -31,8 +31,14 @@ def layer_ranks(
     options: MapOptions,
     logit_bias: torch.Tensor | None = None,
     final_norm: Norm | None = None,
+    kernel: str = "pruned",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Relation and suppression ranks [n_heads, n_pairs] for every head of a layer.
+    """Relation and suppression ranks [n_heads, n_pairs] for every head of a layer, on
+    ``W_Uf``'s device and in its dtype.
+
+    ``kernel``: "pruned" (:func:`pair_ranks` with B kept factored; ranks capped at the
+    layout's k when it has one) or "full" (the previous kernel, exact ranks, for
+    benchmarks).
 
     ``X`` [n_sources, d] are the layer's source embeddings, ``W_Uf`` [d, V] the folded
     unembedding, ``logit_bias`` [V] the output head's bias (added after the final norm).
@@ -43,13 +49,51 @@ def layer_ranks(
     """
     dtype, device = W_Uf.dtype, W_Uf.device
     d = W_Uf.shape[0]
-    Zg = value_vectors(layer, X.to(dtype), options)
-    gain = layer.out_gain(d).to(device=device, dtype=dtype)
-    W_O = layer.W_O.to(device=device, dtype=dtype) * gain  # [H, dh, d]
+    layer = layer.to(device, dtype)
+    Zg = value_vectors(layer, X.to(device=device, dtype=dtype), options)
+    gain = layer.out_gain(d)
+    W_O = layer.W_O * gain  # [H, dh, d]
     b_O = None
     if options.output_bias and layer.b_O is not None:
-        b_O = layer.b_O.to(device=device, dtype=dtype) * gain  # [d]
+        b_O = layer.b_O * gain  # [d]
     post_bias = logit_bias.to(device=device, dtype=dtype) if logit_bias is not None else None
+    if kernel == "full":
+        return _layer_ranks_full(layer, Zg, W_O, b_O, W_Uf, post_bias, layout, final_norm)
+    # B = W @ U stays factored; a post-norm logit bias is one more row of U.
+    U = W_Uf if post_bias is None else torch.cat([W_Uf, post_bias[None]], 0)
+    ups, downs = [], []
+    for h in range(W_O.shape[0]):
+        Z, W = Zg[layer.kv_group(h)], W_O[h]
+        if b_O is not None:  # y = [z, 1] @ [W_O; b_O]
+            Z = _with_ones(Z)
+            W = torch.cat([W, b_O[None]], 0)
+        if post_bias is not None:
+            if final_norm is not None:
+                Z = Z * _norm_factor(Z, W, final_norm)[:, None]
+            Z = _with_ones(Z)
+            W = torch.nn.functional.pad(W, (0, 1))
+            one = torch.zeros(1, W.shape[1], dtype=dtype, device=device)
+            one[0, -1] = 1
+            W = torch.cat([W, one], 0)
+        up, down = pair_ranks(Z.contiguous(), FactoredB(W, U), layout)
+        ups.append(up)
+        downs.append(down)
+    return torch.stack(ups), torch.stack(downs)
+
+
+def _layer_ranks_full(
+    layer: LayerOV,
+    Zg: torch.Tensor,
+    W_O: torch.Tensor,
+    b_O: torch.Tensor | None,
+    W_Uf: torch.Tensor,
+    post_bias: torch.Tensor | None,
+    layout: PairLayout,
+    final_norm: Norm | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The previous path, kept as the benchmark's baseline: B = W_O·W_U formed per head,
+    every rank computed in full by :func:`pair_ranks_full`."""
+    d = W_Uf.shape[0]
     H, dh = W_O.shape[0], W_O.shape[1]
     per_chunk = max(1, _B_BYTES // (dh * W_Uf.shape[1] * W_Uf.element_size()))
     ups, downs = [], []
@@ -58,7 +102,7 @@ def layer_ranks(
         B_all = (W_O[h0:h1].reshape(-1, d) @ W_Uf).reshape(h1 - h0, dh, -1)  # [h, dh, V]
         for h in range(h0, h1):
             Z, B, W = Zg[layer.kv_group(h)], B_all[h - h0], W_O[h]
-            if b_O is not None:  # y = [z, 1] @ [W_O; b_O]
+            if b_O is not None:
                 Z = _with_ones(Z)
                 B = torch.cat([B, (b_O @ W_Uf)[None]], 0)
                 W = torch.cat([W, b_O[None]], 0)
@@ -67,7 +111,7 @@ def layer_ranks(
                     Z = Z * _norm_factor(Z, W, final_norm)[:, None]
                 Z = _with_ones(Z)
                 B = torch.cat([B, post_bias[None]], 0)
-            up, down = pair_ranks(Z.contiguous(), B, layout)
+            up, down = pair_ranks_full(Z.contiguous(), B, layout)
             ups.append(up)
             downs.append(down)
         del B_all

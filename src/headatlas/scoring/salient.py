@@ -38,7 +38,7 @@ from headatlas.circuits import LayerOV, ModelCircuits, Norm
 from headatlas.errors import HeadAtlasError
 from headatlas.relations import resolve_relations
 from headatlas.scoring.mapping import resolve_device
-from headatlas.scoring.options import MapOptions, resolve_dtype
+from headatlas.scoring.options import MapOptions, compute_dtype, resolve_dtype
 from headatlas.scoring.plan import folded_unembedding
 from headatlas.scoring.salient_match import match_head, relation_matchers
 from headatlas.store import (
@@ -160,7 +160,7 @@ class SalientPass:
         self.circuits = circuits
         self.options = options or MapOptions()
         self.device = resolve_device(self.options.device)
-        self.dtype = resolve_dtype(self.options.dtype)
+        self.dtype = compute_dtype(resolve_dtype(self.options.dtype))
         self.n_vocab = circuits.W_E.shape[0]
         W_Uf = folded_unembedding(circuits, self.options)
         self.W_Uf = W_Uf.to(device=self.device, dtype=self.dtype).contiguous()  # [d, V']
