@@ -222,15 +222,32 @@ def unit_roundoff(dtype: torch.dtype, device: torch.device) -> float:
     return 2.0**-24
 
 
+class SharedU:
+    """The read-out factor U [d, V] every head of a map shares, with what the pruned kernel
+    reads from it prepared once: its transpose (for column gathers), the largest column norm
+    and the mean column."""
+
+    def __init__(self, U: torch.Tensor):
+        self.U = U
+        self.UT = U.T.contiguous()  # [V, d]: columns of U as contiguous rows
+        self.col_max = U.square().sum(0).max().sqrt()
+        self.mean = U.mean(1, keepdim=True)
+
+
 @dataclass
 class FactoredB:
-    """A read-out matrix B = W @ U [r, V] kept factored: W [r, d] per head, U [d, V] shared.
+    """A read-out matrix B = W @ U [r, V] kept factored: W [r, d] per head, U shared.
 
     Forming B costs r·d·V multiply-adds per head, more than the pruned kernel needs: it reads
     a few columns (W @ U[:, cols]) and a few full rows ((z W) U)."""
 
     W: torch.Tensor
-    U: torch.Tensor
+    shared: SharedU
+
+    @property
+    def U(self) -> torch.Tensor:
+        """The shared factor [d, V]."""
+        return self.shared.U
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -239,7 +256,7 @@ class FactoredB:
 
     def columns(self, idx: torch.Tensor) -> torch.Tensor:
         """B[:, idx]."""
-        return self.W @ self.U[:, idx]
+        return self.W @ self.shared.UT[idx].T
 
     def dense(self) -> torch.Tensor:
         """B itself."""
@@ -267,7 +284,10 @@ def candidate_columns(Z: torch.Tensor, B: ReadoutB, n: int, rank: int = 8) -> to
     the middle of most rows, on one side or the other. It is estimated through the top
     ``rank`` singular directions of C^½ W (B = W U; W = I for a plain B), at rank·d·V cost.
     """
-    W, U = (B.W, B.U) if isinstance(B, FactoredB) else (None, B)
+    if isinstance(B, FactoredB):
+        W, U, mean = B.W, B.U, B.shared.mean
+    else:
+        W, U, mean = None, B, B.mean(1, keepdim=True)
     n = min(n, U.shape[1])
     C = (Z.T @ Z) / max(1, Z.shape[0])
     lam, Q = torch.linalg.eigh(C)
@@ -275,7 +295,7 @@ def candidate_columns(Z: torch.Tensor, B: ReadoutB, n: int, rank: int = 8) -> to
     M = half.T if W is None else half.T @ W  # [r, d]
     _, sv, Vh = torch.linalg.svd(M, full_matrices=False)
     P = sv[:rank, None] * Vh[:rank]  # [rank, d]
-    proj = P @ U - (P @ U.mean(1, keepdim=True))
+    proj = P @ U - P @ mean
     return (proj * proj).sum(0).topk(n, sorted=True).indices
 
 
@@ -293,9 +313,9 @@ def rounding_margin(Z: torch.Tensor, B: ReadoutB, rows: torch.Tensor) -> torch.T
     zn = Z[rows].norm(dim=1)
     if isinstance(B, FactoredB):
         gr, gd = g(B.W.shape[0]), g(B.W.shape[1])
-        scale = B.W.norm() * B.U.norm(dim=0).max()
+        scale = B.W.norm() * B.shared.col_max
         return 2 * (gr + gd + gr * gd) * zn * scale
-    return 2 * g(B.shape[0]) * zn * B.norm(dim=0).max()
+    return 2 * g(B.shape[0]) * zn * B.square().sum(0).max().sqrt()
 
 
 def pair_ranks(

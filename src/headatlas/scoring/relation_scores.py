@@ -8,7 +8,7 @@ import torch
 from headatlas.circuits import LayerOV, Norm
 from headatlas.scoring.options import MapOptions
 from headatlas.scoring.plan import ScoringPlan
-from headatlas.scoring.ranks import FactoredB, PairLayout, pair_ranks, pair_ranks_full
+from headatlas.scoring.ranks import FactoredB, PairLayout, SharedU, pair_ranks, pair_ranks_full
 
 # Heads whose W_O·W_U block is formed in one matmul; bounded so B stays under ~512 MB.
 _B_BYTES = 512 * 2**20
@@ -60,7 +60,7 @@ def layer_ranks(
     if kernel == "full":
         return _layer_ranks_full(layer, Zg, W_O, b_O, W_Uf, post_bias, layout, final_norm)
     # B = W @ U stays factored; a post-norm logit bias is one more row of U.
-    U = W_Uf if post_bias is None else torch.cat([W_Uf, post_bias[None]], 0)
+    U = _shared_readout(W_Uf, logit_bias, post_bias)
     ups, downs = [], []
     for h in range(W_O.shape[0]):
         Z, W = Zg[layer.kv_group(h)], W_O[h]
@@ -116,6 +116,21 @@ def _layer_ranks_full(
             downs.append(down)
         del B_all
     return torch.stack(ups), torch.stack(downs)
+
+
+_LAST: list[tuple[torch.Tensor, torch.Tensor | None, SharedU]] = []
+
+
+def _shared_readout(
+    W_Uf: torch.Tensor, logit_bias: torch.Tensor | None, post_bias: torch.Tensor | None
+) -> SharedU:
+    """U = [W_Uf; logit bias] prepared once per map: the last one is kept (with the tensors it
+    was made from, so their identity is a safe key) and reused by the next layer."""
+    if _LAST and _LAST[0][0] is W_Uf and _LAST[0][1] is logit_bias:
+        return _LAST[0][2]
+    shared = SharedU(W_Uf if post_bias is None else torch.cat([W_Uf, post_bias[None]], 0))
+    _LAST[:] = [(W_Uf, logit_bias, shared)]
+    return shared
 
 
 def _with_ones(Z: torch.Tensor) -> torch.Tensor:
