@@ -1,12 +1,15 @@
-"""Speed of `map_heads` on SmolLM2, against the plain per-head reference, in one run.
+"""Speed of `map_heads` on SmolLM2 (or Gemma 3), in one run: the previous full kernel vs the
+pruned exact kernel on the same heads (equal scores asserted), vs the plain per-head
+reference, and the fraction of the fp32 matmul peak of the work done.
 
-Prints: this machine's fp32 matmul peak; seconds for the full map (every relation, relation and
-suppression scores); seconds for the plain reference (x̃ @ W_V @ W_O @ W_U, then the target's
-rank, per head) measured on a subset of layers and scaled to all layers; the speed-up; and the
-map's useful FLOP/s (2 · n_sources · d_head · V per head: the factored logits) as a fraction of
-the peak.
+Prints: this machine's fp32 matmul peak; per layer, the previous kernel and the pruned one run
+back to back (interleaved, so shared-CPU noise hits both alike) with their scores compared;
+the full map (every relation, relation and suppression scores) with the pruned kernel, wall;
+the plain reference (x̃ @ W_V @ W_O @ W_U, then topk of M and −M, per head and relation)
+measured on a subset of layers and scaled; the speed-ups; and useful FLOP/s (2 · n_sources ·
+d_head · V per head: the factored logits a full kernel computes) as a fraction of the peak.
 
-    python benchmarks/map_speed.py [--reference-layers 2] [--model smollm2]
+    python benchmarks/map_speed.py [--model smollm2] [--layers all] [--reference-layers 2]
 """
 
 from __future__ import annotations
@@ -20,8 +23,15 @@ from headatlas.circuits import ModelCircuits
 from headatlas.relations import resolve_relations, tokenize_relation
 from headatlas.scoring.mapping import map_heads
 from headatlas.scoring.options import MapOptions
-from headatlas.scoring.plan import RelationPairs, ScoringPlan, source_embeddings
+from headatlas.scoring.plan import (
+    RelationPairs,
+    ScoringPlan,
+    folded_unembedding,
+    source_embeddings,
+)
+from headatlas.scoring.ranks import PairLayout
 from headatlas.scoring.reference import reference_topk_scores
+from headatlas.scoring.relation_scores import layer_ranks, layer_scores
 
 
 def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
@@ -40,33 +50,78 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--layers", default="all", help="'all' or a count: layers compared")
     parser.add_argument("--reference-layers", type=int, default=2)
     args = parser.parse_args()
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads (CPU shared with other "
+          "jobs: ratios from one run are the result, not seconds)")  # fmt: skip
     peak = matmul_peak()
     print(f"fp32 matmul peak (2048^3, best of 5): {peak / 1e9:.1f} GFLOP/s")
 
     circuits = ModelCircuits.load(args.model)
-    options = MapOptions()
-    map_heads(circuits, options=options, progress=False, log=lambda _: None)  # warm-up: compile
-    t0 = time.perf_counter()
-    result = map_heads(circuits, options=options, progress=False, log=lambda _: None)
-    map_s = time.perf_counter() - t0
-    timings = result.manifest["timings"]
-
-    # The same relations and pairs, for the reference.
+    cfg = circuits.cfg
+    options = MapOptions(device="cpu")
     pairs = []
     for rel in resolve_relations(None):
         tok = tokenize_relation(rel, circuits.tokenizer)
         if tok.usable:
-            k = options.k_for(rel.name, rel.copying, circuits.cfg.vocab_size)
+            k = options.k_for(rel.name, rel.copying, cfg.vocab_size)
             pairs.append(RelationPairs(rel.name, rel.category, k, tok.source_ids, tok.target_ids))
     plan = ScoringPlan.build(pairs)
-    cfg = circuits.cfg
     X0, Xe = source_embeddings(circuits, plan.source_ids, options)
+    W_Uf = folded_unembedding(circuits, options).contiguous()
+    layout = PairLayout(
+        plan.pair_rows, plan.pair_targets, len(plan.source_ids), W_Uf.shape[1], k=plan.pair_k
+    )
+    n_sources, n_pairs = len(plan.source_ids), len(plan.pair_rows)
+    print(
+        f"model {circuits.source.display_name()}: {cfg.n_layers} layers x {cfg.n_heads} heads, "
+        f"V={cfg.vocab_size}, d_head={cfg.d_head}; {len(pairs)} relations, "
+        f"{n_sources} unique sources, {n_pairs} pairs"
+    )
+
+    # 1. Previous full kernel vs pruned kernel, same heads, interleaved per layer.
+    layers = range(cfg.n_layers) if args.layers == "all" else range(int(args.layers))
+    with torch.no_grad():  # warm both (the previous kernel compiles its count on first use)
+        for kernel in ("full", "pruned"):
+            layer_ranks(circuits.layer(1), Xe, W_Uf, layout, options, kernel=kernel)
+    secs = {"full": 0.0, "pruned": 0.0}
+    for i in layers:
+        layer = circuits.layer(i)
+        X = X0 if i == 0 else Xe
+        got = {}
+        for kernel in ("full", "pruned") if i % 2 == 0 else ("pruned", "full"):
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                got[kernel] = layer_scores(
+                    plan, *layer_ranks(layer, X, W_Uf, layout, options, kernel=kernel)
+                )
+            secs[kernel] += time.perf_counter() - t0
+        for a, b in zip(got["full"], got["pruned"], strict=True):
+            assert torch.equal(a, b), f"layer {i}: the pruned kernel's scores differ"
+    n_layers = len(layers)
+    print(
+        f"scoring {n_layers} layers: previous full kernel {secs['full']:.1f} s, pruned kernel "
+        f"{secs['pruned']:.1f} s: {secs['full'] / secs['pruned']:.1f}x; scores identical "
+        f"({n_layers * cfg.n_heads} heads x {len(pairs)} relations x 2 scores)"
+    )
+
+    # 2. The full map with the pruned kernel (wall, loading included).
+    t0 = time.perf_counter()
+    result = map_heads(circuits, options=options, progress=False, log=lambda _: None)
+    map_s = time.perf_counter() - t0
+    timings = result.manifest["timings"]
+    full_map_s = secs["full"] * cfg.n_layers / n_layers + (map_s - timings["scores_s"])
+    print(
+        f"map (all relations, with suppression): {map_s:.1f} s wall (scores "
+        f"{timings['scores_s']:.1f} s, load {timings['load_s']:.1f} s, prepare "
+        f"{timings['prepare_s']:.1f} s); with the previous kernel ≈ {full_map_s:.1f} s: "
+        f"{full_map_s / map_s:.1f}x"
+    )
+
+    # 3. The plain way: per head and per relation, the full rows, then top-k of M and of -M.
     ref_layers = list(range(1, 1 + args.reference_layers))
-    # The plain way: per head and per relation, the full rows, then top-k of M and of -M.
     per_relation = [
         (r, plan.pair_rows[plan.pair_relation == i], plan.pair_targets[plan.pair_relation == i])
         for i, r in enumerate(plan.relations)
@@ -87,34 +142,22 @@ def main() -> None:
         max(abs(fast.loc[key, "score"] - s), abs(fast.loc[key, "suppression_score"] - u))
         for key, (s, u) in ref_scores.items()
     ]
-
-    n_heads = cfg.n_layers * cfg.n_heads
-    n_sources, n_pairs = len(plan.source_ids), len(plan.pair_rows)
-    useful = 2 * n_sources * cfg.d_head * cfg.vocab_size * n_heads
-    print(
-        f"model {result.display_name}: {cfg.n_layers} layers x {cfg.n_heads} heads, "
-        f"V={cfg.vocab_size}, d_head={cfg.d_head}; {len(pairs)} relations, "
-        f"{n_sources} unique sources, {n_pairs} pairs"
-    )
-    print(
-        f"map (all relations, with suppression): {map_s:.1f} s wall "
-        f"(scores {timings['scores_s']:.1f} s, load {timings['load_s']:.1f} s, "
-        f"prepare {timings['prepare_s']:.1f} s)"
-    )
     print(
         f"plain per-head reference (per relation: full rows, topk of M and -M): {ref_s:.1f} s "
-        f"(measured on layers {ref_layers}, scaled to {cfg.n_layers} layers)"
-    )
-    print(f"speed-up: {ref_s / map_s:.1f}x")
-    print(
-        f"agreement on the reference layers: {len(diffs)} (head, relation) scores, "
-        f"largest difference {max(diffs):.4f} (one pair of n moves a score by 1/n: float ties)"
+        f"(measured on layers {ref_layers}, scaled to {cfg.n_layers} layers): map is "
+        f"{ref_s / map_s:.1f}x faster"
     )
     print(
-        f"useful FLOP/s: {useful / map_s / 1e9:.1f} GFLOP/s = {useful / map_s / peak:.2f} of peak "
-        f"(wall); {useful / timings['scores_s'] / 1e9:.1f} GFLOP/s = "
-        f"{useful / timings['scores_s'] / peak:.2f} of peak (scoring loop)"
+        f"agreement with the reference: {len(diffs)} (head, relation) scores, largest "
+        f"difference {max(diffs):.4f} (one pair of n moves a score by 1/n: float ties)"
     )
+    useful = 2 * n_sources * cfg.d_head * cfg.vocab_size * cfg.n_heads * n_layers
+    for name in ("full", "pruned"):
+        print(
+            f"useful FLOP/s, {name} kernel: {useful / secs[name] / 1e9:.1f} GFLOP/s = "
+            f"{useful / secs[name] / peak:.2f} of peak (the pruned kernel skips most of this "
+            "work: above 1 means faster than any full kernel could be)"
+        )
 
 
 if __name__ == "__main__":

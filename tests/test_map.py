@@ -102,6 +102,7 @@ def test_user_relation_file_and_threshold(gpt2_dir: Path, tmp_path: Path) -> Non
         (["--k-relation", "copying"], "NAME=K"),
         (["--device", "cuda:0"], "no CUDA GPU"),
         (["--device", "potato"], "device 'potato' is not valid"),
+        (["--device", "meta"], "device 'meta' holds no values"),
     ],
 )
 def test_bad_options_give_one_line_errors(

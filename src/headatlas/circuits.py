@@ -85,8 +85,9 @@ class MLP:
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> MLP:
         """A copy with the weights on ``device`` (and in ``dtype``)."""
         m = lambda t: _move(t, device, dtype)  # noqa: E731
-        return MLP(m(self.up_w), m(self.up_b), m(self.down_w), m(self.down_b), m(self.gate_w),
-                   m(self.gate_b), self.act)  # fmt: skip
+        up, down = self.up_w.to(device, dtype), self.down_w.to(device, dtype)
+        return MLP(up, m(self.up_b), down, m(self.down_b), m(self.gate_w), m(self.gate_b),
+                   self.act)  # fmt: skip
 
 
 def _opt(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:

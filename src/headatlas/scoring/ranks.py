@@ -340,11 +340,12 @@ def pair_ranks(
     under rounding.
     """
     n_pairs = layout.n_pairs
+    kk: torch.Tensor | None = None
     if k is not None:
         kk = torch.as_tensor(k, dtype=torch.int64, device=Z.device).expand(n_pairs)
         kk = kk[layout.t_index]
-    else:
-        kk = layout.k.to(Z.device) if layout.k is not None else None
+    elif layout.k is not None:
+        kk = layout.k.to(Z.device)
     up = torch.empty(n_pairs, dtype=torch.int64, device=Z.device)
     down = torch.empty(n_pairs, dtype=torch.int64, device=Z.device)
     src, tgt = layout.src, layout.tgt
@@ -430,3 +431,87 @@ def _full_rows(
         ge = (logits[rel] >= t[:, None]).sum(1)  # eager: no compile at start-up
         up[p] = ge - 1
         down[p] = V - ge
+
+
+def spread_order(block: torch.Tensor, n: int) -> torch.Tensor:
+    """Per head, the ``n`` columns of ``block`` [h, r, V] farthest from its mean column
+    (‖b_j - b̄‖², the input-free version of :func:`candidate_columns`), best first: [h, n]."""
+    dev = block - block.mean(2, keepdim=True)
+    return dev.square().sum(1).topk(min(n, block.shape[2]), dim=1, sorted=True).indices
+
+
+def batched_ranks(
+    Z: torch.Tensor,
+    block: torch.Tensor,
+    targets: torch.Tensor,
+    k: int | None,
+    offset: torch.Tensor | None = None,
+    order: torch.Tensor | None = None,
+    stages: tuple[int, ...] = STAGES,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(up, down) ranks [h, n] of each row's target in logits Z[i] @ block[i] (+ offset), for
+    Z [h, n, r], block [h, r, V], targets [n], offset [V] — the dynamic read-out's kernel.
+
+    With ``k``, pruned like :func:`pair_ranks` (columns in ``order`` [h, ≥ Σ stages], from
+    :func:`spread_order` when None) and capped at k; without, every row in full. The target's
+    logit is always read from the product its competitors come from.
+    """
+    h, n, r = Z.shape
+    V = block.shape[2]
+    dev = Z.device
+    up = torch.empty(h, n, dtype=torch.int64, device=dev)
+    down = torch.empty(h, n, dtype=torch.int64, device=dev)
+    alive: torch.Tensor | None = None  # flat (head * n + row) indices still undecided
+    if k is not None and stages and dev.type != "meta":
+        if order is None:
+            order = spread_order(block, sum(stages))
+        heads = torch.arange(h, device=dev)[:, None]
+        bt = block[heads, :, targets[None, :]]  # [h, n, r]: each row's target column
+        t = (Z * bt).sum(2)
+        if offset is not None:
+            t = t + offset[targets][None, :]
+        u = unit_roundoff(Z.dtype, dev)
+        g = (r + 1) * u / (1 - (r + 1) * u)
+        b_max = block.square().sum(1).max(1).values.sqrt()  # [h]
+        o_max = offset.abs().max() if offset is not None else 0.0
+        margin = 2 * g * (Z.norm(dim=2) + 1) * (b_max[:, None] + o_max)  # [h, n]
+        above = torch.zeros(h, n, dtype=torch.int64, device=dev)
+        below = torch.zeros(h, n, dtype=torch.int64, device=dev)
+        undecided = torch.ones(h, n, dtype=torch.bool, device=dev)
+        c0 = 0
+        for size in stages:
+            cols = order[:, c0 : c0 + size]  # [h, c]
+            c0 += size
+            if cols.shape[1] == 0:
+                break
+            Bc = torch.gather(block, 2, cols[:, None, :].expand(h, r, cols.shape[1]))
+            S = torch.bmm(Z, Bc)  # [h, n, c]
+            if offset is not None:
+                S = S + offset[cols][:, None, :]
+            above += ((t + margin)[:, :, None] < S).sum(2)
+            below += ((t - margin)[:, :, None] > S).sum(2)
+            undecided &= ~((above >= k) & (below >= k))
+            if not bool(undecided.any()):
+                break
+        up.fill_(k)
+        down.fill_(k)
+        alive = undecided.flatten().nonzero().flatten()
+    for hi in range(h):
+        if alive is None:
+            rows = torch.arange(n, device=dev)
+        else:
+            sel = alive[(alive >= hi * n) & (alive < (hi + 1) * n)]
+            if sel.numel() == 0:
+                continue
+            rows = sel - hi * n
+        logits = Z[hi, rows] @ block[hi]  # [m, V], one product
+        if offset is not None:
+            logits = logits + offset
+        tt = logits.gather(1, targets[rows][:, None])
+        ge = (logits >= tt).sum(1)
+        up[hi, rows] = ge - 1
+        down[hi, rows] = V - ge
+    if k is not None:
+        up.clamp_(max=k)
+        down.clamp_(max=k)
+    return up, down

@@ -29,25 +29,34 @@ import pandas as pd
 import torch
 
 from headatlas.circuits import ModelCircuits
-from headatlas.scoring.options import MapOptions
+from headatlas.scoring.options import MapOptions, compute_dtype
 from headatlas.scoring.plan import folded_unembedding
-from headatlas.scoring.ranks import count_ge
+from headatlas.scoring.ranks import STAGES, batched_ranks, spread_order
 from headatlas.validate.hooks import AttentionHooks
 from headatlas.validate.prompts import batches, build_prompts, pad_id
 
 _BLOCK_BYTES = 512 * 2**20  # one layer's per-head read-out matrices, at most
 _CAPTURE_BYTES = 1 * 2**30  # activations captured before reading them out
-_ROWS = 64  # prompts per read-out product ([h, rows, V] logits)
+_ROWS = 64  # prompts per full read-out product ([h, rows, V] logits)
+_ROWS_PRUNED = 512  # prompts per pruned read-out (a first pass of [h, rows, columns])
 
 
 class HeadReadout:
     """Per-head outputs read through the unembedding the way the static map reads them."""
 
     def __init__(
-        self, circuits: ModelCircuits, options: MapOptions, dtype: torch.dtype = torch.float32
+        self,
+        circuits: ModelCircuits,
+        options: MapOptions,
+        dtype: torch.dtype = torch.float32,
+        pruned: bool = True,
     ):
         self.options = options
-        self.dtype = dtype
+        self.dtype = compute_dtype(dtype)
+        self.pruned = pruned
+        """With k, decide rank < k from a first pass over candidate columns (exact; see
+        :func:`headatlas.scoring.ranks.batched_ranks`); off: every row in full."""
+        self._order: tuple[torch.Tensor, torch.Tensor] | None = None
         self.W_Uf = folded_unembedding(circuits, options).to(dtype).contiguous()  # [d, V]
         d = self.W_Uf.shape[0]
         self.W_O: list[torch.Tensor] = []  # per layer [H, dh, d], post-attention gain applied
@@ -82,20 +91,39 @@ class HeadReadout:
             h1 = min(H, h0 + per)
             yield h0, h1, (W_O[h0:h1].reshape(-1, d) @ self.W_Uf).reshape(h1 - h0, dh, V)
 
+    def to(self, device: torch.device | str) -> HeadReadout:
+        """Move every read-out tensor to ``device`` (one call)."""
+        self.W_Uf = self.W_Uf.to(device)
+        self.W_O = [w.to(device) for w in self.W_O]
+        self.b_V = [None if b is None else b.to(device) for b in self.b_V]
+        self.offset = [None if o is None else o.to(device) for o in self.offset]
+        self.kv_group = [g.to(device) for g in self.kv_group]
+        self._order = None
+        return self
+
     def block_ranks(
-        self, layer: int, block: torch.Tensor, z: torch.Tensor, targets: torch.Tensor
+        self,
+        layer: int,
+        block: torch.Tensor,
+        z: torch.Tensor,
+        targets: torch.Tensor,
+        k: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(up, down) ranks [B, h] of each row's target for z [B, h, dh] against a block from
-        :meth:`blocks`: up = #others >= target, down = #others < target (the map's tie rule)."""
-        logits = torch.bmm(z.to(self.dtype).transpose(0, 1), block)  # [h, B, V]
-        offset = self.offset[layer]
-        if offset is not None:
-            logits = logits + offset
-        h, B, V = logits.shape
-        flat = logits.reshape(h * B, V)
-        t = flat.gather(1, targets.repeat(h)[:, None])[:, 0]
-        ge = count_ge(flat, t).reshape(h, B).T
-        return ge - 1, V - ge
+        :meth:`blocks`: up = #others >= target, down = #others < target (the map's tie rule).
+        With ``k`` (and ``pruned``) only rank < k is decided: ranks come back capped at k."""
+        if self._order is None or self._order[0] is not block:
+            order = spread_order(block, sum(STAGES)) if self.pruned else block[:0, 0]
+            self._order = (block, order)
+        up, down = batched_ranks(
+            z.to(device=block.device, dtype=self.dtype).transpose(0, 1),
+            block,
+            targets.to(block.device),
+            k if self.pruned else None,
+            self.offset[layer],
+            self._order[1] if self.pruned else None,
+        )
+        return up.T, down.T
 
     def logits(self, layer: int, z: torch.Tensor) -> torch.Tensor:
         """Per-head logits [B, H, V] of z [B, H, dh] (the direct product, for checks)."""
@@ -184,8 +212,23 @@ def _score_group(
     batch_size: int,
     tick: Callable[[int], None] | None,
 ) -> list[DynamicScores]:
-    L, H = hooks.cfg.n_layers, hooks.cfg.n_heads
-    captured = []  # per job: z [L, n, H, dh], values [L, n, n_kv, dh], targets [n]
+    captured = capture(hooks, tokenizer, jobs, batch_size, tick)
+    return read_out(readout, jobs, captured, hooks.cfg.n_layers, hooks.cfg.n_heads)
+
+
+Captured = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def capture(
+    hooks: AttentionHooks,
+    tokenizer: Any,
+    jobs: Sequence[DynamicJob],
+    batch_size: int,
+    tick: Callable[[int], None] | None = None,
+) -> Captured:
+    """Run every prompt of the jobs once: per job z [L, n, H, dh] at the last position, values
+    [L, n, n_kv, dh] at the source, and the targets [n]."""
+    captured = []
     for job in jobs:
         prompts = build_prompts(tokenizer, job.template, job.sources, job.targets)
         zs, vs = [], []
@@ -196,6 +239,14 @@ def _score_group(
             if tick is not None:
                 tick(len(batch.targets))
         captured.append((torch.cat(zs, 1), torch.cat(vs, 1), torch.tensor(job.targets)))
+    return captured
+
+
+def read_out(
+    readout: HeadReadout, jobs: Sequence[DynamicJob], captured: Captured, L: int, H: int
+) -> list[DynamicScores]:
+    """Dynamic scores of every head from captured activations: each layer's read-out blocks
+    are formed once and applied to every job."""
     hits = [{name: torch.zeros(L, H, dtype=torch.float64) for name in _VARIANTS} for _ in jobs]
     for layer in range(L):
         for h0, h1, block in readout.blocks(layer):
@@ -204,12 +255,19 @@ def _score_group(
                     ("with_context", z[layer]),
                     ("without_context", readout.source_values(layer, v[layer])),
                 ):
-                    for r0 in range(0, len(targets), _ROWS):
+                    step = _ROWS_PRUNED if readout.pruned else _ROWS
+                    for r0 in range(0, len(targets), step):
                         up, down = readout.block_ranks(
-                            layer, block, zc[r0 : r0 + _ROWS, h0:h1], targets[r0 : r0 + _ROWS]
+                            layer,
+                            block,
+                            zc[r0 : r0 + step, h0:h1],
+                            targets[r0 : r0 + step],
+                            job.k,
                         )
-                        acc[ctx][layer, h0:h1] += (up < job.k).sum(0).double()
-                        acc[f"{ctx}_suppression"][layer, h0:h1] += (down < job.k).sum(0).double()
+                        acc[ctx][layer, h0:h1] += (up < job.k).sum(0).double().cpu()
+                        acc[f"{ctx}_suppression"][layer, h0:h1] += (
+                            (down < job.k).sum(0).double().cpu()
+                        )
     return [
         DynamicScores(
             job.relation,

@@ -148,7 +148,7 @@ def validate(
     timings: dict[str, float] = {"load_and_map_s": round(time.perf_counter() - t0, 2)}
     with eval_mode(hf_model):
         if "correlative" in experiments or "multi-token" in experiments:
-            readout = HeadReadout(circuits, map_options)
+            readout = HeadReadout(circuits, map_options).to(hooks.device)
             for exp in ("correlative", "multi-token"):
                 if exp in experiments:
                     t1 = time.perf_counter()

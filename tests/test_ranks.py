@@ -1,0 +1,180 @@
+"""The pruned exact kernel equals the full one (ranks capped at k, hence identical scores),
+the tie rule holds under rounding, and every kernel keeps its outputs on its inputs' device
+(checked on the ``meta`` device, which has no values and mixes with nothing)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_scoring import random_plan
+from tiny_models import tiny_model
+
+from headatlas.circuits import ModelCircuits
+from headatlas.scoring.options import MapOptions, compute_dtype
+from headatlas.scoring.plan import folded_unembedding, source_embeddings
+from headatlas.scoring.ranks import (
+    FactoredB,
+    PairLayout,
+    SharedU,
+    batched_ranks,
+    pair_ranks,
+)
+from headatlas.scoring.relation_scores import layer_ranks, layer_scores
+from headatlas.validate.dynamic import HeadReadout
+
+
+def _random_case(seed: int, n: int = 60, r: int = 6, d: int = 12, V: int = 700):
+    """Rounded values (many exact ties), a duplicated target column, shared sources."""
+    g = torch.Generator().manual_seed(seed)
+    Z = torch.randn(n, r, generator=g).round(decimals=1)
+    W = torch.randn(r, d, generator=g).round(decimals=1)
+    U = torch.randn(d, V, generator=g).round(decimals=1)
+    U[:, 5] = U[:, 7]  # two tokens with the same logit in every row
+    rows = torch.randint(0, n, (3 * n,), generator=g)
+    rows[:n] = torch.arange(n)
+    tgt = torch.randint(0, V, (3 * n,), generator=g)
+    tgt[:10] = 7
+    k = torch.randint(1, 12, (3 * n,), generator=g)
+    return Z, W, U, rows, tgt, k
+
+
+def _capped(full: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    return torch.minimum(full, k)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pruned_equals_full_capped_at_k(seed: int) -> None:
+    Z, W, U, rows, tgt, k = _random_case(seed)
+    n, V = Z.shape[0], U.shape[1]
+    B = W @ U
+    exact = pair_ranks(Z, B, PairLayout(rows, tgt, n, V))  # every row in full
+    logits = Z[rows] @ B
+    t = logits.gather(1, tgt[:, None])
+    assert torch.equal(exact[0], (logits >= t).sum(1) - 1)
+    assert torch.equal(exact[1], (logits < t).sum(1))
+    for readout in (B, FactoredB(W, SharedU(U))):
+        for stages in ((16,), (8, 64), (4, 32, 10_000)):
+            layout = PairLayout(rows, tgt, n, V, k=k)
+            up, down = pair_ranks(Z, readout, layout, stages=stages)
+            assert torch.equal(up, _capped(exact[0], k))
+            assert torch.equal(down, _capped(exact[1], k))
+
+
+def test_pruned_kernel_decides_most_pairs_from_the_first_pass() -> None:
+    import headatlas.scoring.ranks as ranks
+
+    g = torch.Generator().manual_seed(4)
+    Z, B = torch.randn(400, 16, generator=g), torch.randn(16, 5000, generator=g)
+    rows, tgt = torch.arange(400), torch.randint(0, 5000, (400,), generator=g)
+    seen: list[int] = []
+    original = ranks._full_rows
+
+    def spy(Z, B, layout, pairs, up, down):  # type: ignore[no-untyped-def]
+        seen.append(layout.n_pairs if pairs is None else int(pairs.numel()))
+        return original(Z, B, layout, pairs, up, down)
+
+    ranks._full_rows = spy
+    try:
+        pair_ranks(Z, B, PairLayout(rows, tgt, 400, 5000, k=10))
+    finally:
+        ranks._full_rows = original
+    assert seen and seen[0] < 40  # under 10% of pairs need their full row
+
+
+def test_target_logit_comes_from_the_same_product_as_its_competitors() -> None:
+    # Every column equals the target's: all V-1 others tie with it, whatever the rounding.
+    g = torch.Generator().manual_seed(5)
+    Z = torch.randn(30, 7, generator=g)
+    col = torch.randn(7, 1, generator=g) * 1e3
+    B = col.expand(7, 300).contiguous()
+    tgt = torch.randint(0, 300, (30,), generator=g)
+    layout = PairLayout(torch.arange(30), tgt, 30, 300)
+    up, down = pair_ranks(Z, B, layout)
+    assert up.tolist() == [299] * 30 and down.tolist() == [0] * 30
+    up, down = pair_ranks(Z, B, PairLayout(torch.arange(30), tgt, 30, 300, k=3))
+    assert up.tolist() == [3] * 30 and down.tolist() == [0] * 30
+
+
+@pytest.mark.parametrize("variant", ["llama-gqa", "gemma3", "phi"])
+def test_layer_scores_pruned_equal_full_kernel(variant: str) -> None:
+    circuits = ModelCircuits.load(tiny_model(variant))
+    plan = random_plan(circuits.cfg.vocab_size, 400, seed=3)
+    for options in (MapOptions(), MapOptions(output_bias=True, unembed_bias=True)):
+        X0, Xe = source_embeddings(circuits, plan.source_ids, options)
+        W_Uf = folded_unembedding(circuits, options).contiguous()
+        bias = circuits.unembed_bias() if options.unembed_bias else None
+        norm = circuits.final_norm() if options.final_norm else None
+        layout = PairLayout(
+            plan.pair_rows, plan.pair_targets, len(plan.source_ids), W_Uf.shape[1], k=plan.pair_k
+        )
+        for i in range(circuits.cfg.n_layers):
+            layer = circuits.layer(i)
+            X = X0 if i == 0 else Xe
+            new = layer_ranks(layer, X, W_Uf, layout, options, bias, norm)
+            old = layer_ranks(layer, X, W_Uf, layout, options, bias, norm, kernel="full")
+            assert torch.equal(new[0], torch.minimum(old[0], plan.pair_k))
+            assert torch.equal(new[1], torch.minimum(old[1], plan.pair_k))
+            s_new, s_old = layer_scores(plan, *new), layer_scores(plan, *old)
+            assert torch.equal(s_new[0], s_old[0]) and torch.equal(s_new[1], s_old[1])
+
+
+def test_dynamic_read_out_pruned_equals_full() -> None:
+    circuits = ModelCircuits.load(tiny_model("gemma3"))
+    options = MapOptions(output_bias=True, unembed_bias=True)
+    new, old = HeadReadout(circuits, options), HeadReadout(circuits, options, pruned=False)
+    g = torch.Generator().manual_seed(6)
+    c = circuits.cfg
+    z = (torch.randn(50, c.n_heads, c.d_head, generator=g) * 4).round(decimals=1)
+    targets = torch.randint(0, c.vocab_size, (50,), generator=g)
+    for layer in range(c.n_layers):
+        for h0, h1, block in new.blocks(layer):
+            exact = old.block_ranks(layer, block, z[:, h0:h1], targets)
+            for k in (1, 3, 10):
+                up, down = new.block_ranks(layer, block, z[:, h0:h1], targets, k)
+                assert torch.equal(up, exact[0].clamp(max=k))
+                assert torch.equal(down, exact[1].clamp(max=k))
+    # and through a small first pass that leaves rows undecided
+    block = next(new.blocks(0))[2]
+    zz = z[:, : block.shape[0]].transpose(0, 1).contiguous()
+    full = batched_ranks(zz, block, targets, None)
+    part = batched_ranks(zz, block, targets, 2, stages=(3,))
+    assert torch.equal(part[0], full[0].clamp(max=2)) and torch.equal(part[1], full[1].clamp(max=2))
+
+
+def test_kernels_keep_every_output_on_the_meta_device() -> None:
+    """Device mixing would raise here: a meta tensor combines with no CPU tensor."""
+    circuits = ModelCircuits.load(tiny_model("gemma3"))
+    plan = random_plan(circuits.cfg.vocab_size, 100, seed=1)
+    meta = torch.device("meta")
+    for options in (MapOptions(), MapOptions(output_bias=True, unembed_bias=True)):
+        _, Xe = source_embeddings(circuits, plan.source_ids, options)
+        W_Uf = folded_unembedding(circuits, options).to(meta)
+        bias = circuits.unembed_bias() if options.unembed_bias else None
+        layout = PairLayout(
+            plan.pair_rows, plan.pair_targets, len(plan.source_ids), W_Uf.shape[1], k=plan.pair_k
+        ).to(meta)
+        layer = circuits.layer(1)  # on the CPU: layer_ranks moves it with one .to()
+        for kernel in ("pruned", "full"):
+            up, down = layer_ranks(
+                layer, Xe, W_Uf, layout, options, bias, circuits.final_norm(), kernel=kernel
+            )
+            assert up.device == meta and down.device == meta
+    readout = HeadReadout(circuits, MapOptions(output_bias=True)).to(meta)
+    c = circuits.cfg
+    z = torch.zeros(4, c.n_heads, c.d_head, device=meta)
+    for h0, h1, block in readout.blocks(0):
+        up, down = readout.block_ranks(0, block, z[:, h0:h1], torch.zeros(4, dtype=torch.long), 3)
+        assert up.device == meta and down.device == meta
+    assert readout.logits(0, z).device == meta
+
+
+def test_ranks_are_computed_in_float32_whatever_the_storage_dtype() -> None:
+    assert compute_dtype(torch.bfloat16) == torch.float32
+    assert compute_dtype(torch.float16) == torch.float32
+    assert compute_dtype(torch.float64) == torch.float64
+    circuits = ModelCircuits.load(tiny_model("llama-gqa"))
+    from headatlas.scoring.mapping import map_heads
+
+    res = map_heads(circuits, ["copying"], options=MapOptions(dtype="bfloat16", device="cpu"),
+                    progress=False, log=lambda _: None)  # fmt: skip
+    assert res.scores["score"].between(0, 1).all()
