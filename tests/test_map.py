@@ -224,3 +224,16 @@ def test_results_files_are_readable_by_others(tmp_path: Path) -> None:
     os.umask(umask)
     write_text_atomic("x", tmp_path / "a.txt")
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_bfloat16_storage_maps_with_float32_ranks(gpt2_dir: Path) -> None:
+    from headatlas.scoring.mapping import map_heads
+    from headatlas.scoring.options import MapOptions
+
+    quiet = {"progress": False, "log": lambda _: None}
+    bf16 = map_heads(gpt2_dir, ["copying"], options=MapOptions(dtype="bfloat16"), **quiet)
+    fp32 = map_heads(gpt2_dir, ["copying"], options=MapOptions(), **quiet)
+    assert bf16.manifest["options"]["dtype"] == "bfloat16"
+    # Only the weights' rounding differs: scores agree but for near-ties.
+    diff = (bf16.scores["score"] - fp32.scores["score"]).abs()
+    assert float(diff.max()) < 0.1

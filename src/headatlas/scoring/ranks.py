@@ -433,16 +433,38 @@ def _full_rows(
         down[p] = V - ge
 
 
-def spread_order(block: torch.Tensor, n: int) -> torch.Tensor:
-    """Per head, the ``n`` columns of ``block`` [h, r, V] farthest from its mean column
-    (‖b_j - b̄‖², the input-free version of :func:`candidate_columns`), best first: [h, n]."""
-    dev = block - block.mean(2, keepdim=True)
-    return dev.square().sum(1).topk(min(n, block.shape[2]), dim=1, sorted=True).indices
+@dataclass
+class HeadsB:
+    """Several heads' read-out matrices B_h = W[h] @ U kept factored: W [h, r, d], U shared."""
+
+    W: torch.Tensor
+    shared: SharedU
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(h, r, V) of the stacked B."""
+        return int(self.W.shape[0]), int(self.W.shape[1]), int(self.shared.U.shape[1])
+
+
+def spread_order(block: torch.Tensor | HeadsB, n: int, rank: int = 8) -> torch.Tensor:
+    """Per head, the ``n`` columns of B_h farthest from its mean column (‖b_j - b̄‖², the
+    input-free version of :func:`candidate_columns`; through W's top ``rank`` singular
+    directions when factored), best first: [h, n]."""
+    if isinstance(block, HeadsB):
+        h, _, V = block.shape
+        _, sv, Vh = torch.linalg.svd(block.W, full_matrices=False)  # [h, r], [h, r, d]
+        P = (sv[:, :rank, None] * Vh[:, :rank]).reshape(-1, block.W.shape[2])  # [h*rank, d]
+        proj = (P @ block.shared.U - P @ block.shared.mean).reshape(h, -1, V)
+        spread = proj.square().sum(1)
+    else:
+        V = block.shape[2]
+        spread = (block - block.mean(2, keepdim=True)).square().sum(1)
+    return spread.topk(min(n, V), dim=1, sorted=True).indices
 
 
 def batched_ranks(
     Z: torch.Tensor,
-    block: torch.Tensor,
+    block: torch.Tensor | HeadsB,
     targets: torch.Tensor,
     k: int | None,
     offset: torch.Tensor | None = None,
@@ -465,14 +487,21 @@ def batched_ranks(
     if k is not None and stages and dev.type != "meta":
         if order is None:
             order = spread_order(block, sum(stages))
-        heads = torch.arange(h, device=dev)[:, None]
-        bt = block[heads, :, targets[None, :]]  # [h, n, r]: each row's target column
-        t = (Z * bt).sum(2)
+        u = unit_roundoff(Z.dtype, dev)
+        if isinstance(block, HeadsB):
+            UT = block.shared.UT
+            t = (torch.bmm(Z, block.W) * UT[targets][None]).sum(2)
+            m = r + block.W.shape[2] + 1
+            b_max = block.W.square().sum((1, 2)).sqrt() * block.shared.col_max  # [h]
+        else:
+            heads = torch.arange(h, device=dev)[:, None]
+            bt = block[heads, :, targets[None, :]]  # [h, n, r]: each row's target column
+            t = (Z * bt).sum(2)
+            m = r + 1
+            b_max = block.square().sum(1).max(1).values.sqrt()  # [h]
         if offset is not None:
             t = t + offset[targets][None, :]
-        u = unit_roundoff(Z.dtype, dev)
-        g = (r + 1) * u / (1 - (r + 1) * u)
-        b_max = block.square().sum(1).max(1).values.sqrt()  # [h]
+        g = m * u / (1 - m * u)
         o_max = offset.abs().max() if offset is not None else 0.0
         margin = 2 * g * (Z.norm(dim=2) + 1) * (b_max[:, None] + o_max)  # [h, n]
         above = torch.zeros(h, n, dtype=torch.int64, device=dev)
@@ -484,7 +513,10 @@ def batched_ranks(
             c0 += size
             if cols.shape[1] == 0:
                 break
-            Bc = torch.gather(block, 2, cols[:, None, :].expand(h, r, cols.shape[1]))
+            if isinstance(block, HeadsB):
+                Bc = torch.bmm(block.W, block.shared.UT[cols].transpose(1, 2))
+            else:
+                Bc = torch.gather(block, 2, cols[:, None, :].expand(h, r, cols.shape[1]))
             S = torch.bmm(Z, Bc)  # [h, n, c]
             if offset is not None:
                 S = S + offset[cols][:, None, :]
@@ -504,7 +536,10 @@ def batched_ranks(
             if sel.numel() == 0:
                 continue
             rows = sel - hi * n
-        logits = Z[hi, rows] @ block[hi]  # [m, V], one product
+        if isinstance(block, HeadsB):
+            logits = (Z[hi, rows] @ block.W[hi]) @ block.shared.U  # [m, V], one product
+        else:
+            logits = Z[hi, rows] @ block[hi]
         if offset is not None:
             logits = logits + offset
         tt = logits.gather(1, targets[rows][:, None])

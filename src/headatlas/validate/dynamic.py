@@ -31,7 +31,7 @@ import torch
 from headatlas.circuits import ModelCircuits
 from headatlas.scoring.options import MapOptions, compute_dtype
 from headatlas.scoring.plan import folded_unembedding
-from headatlas.scoring.ranks import STAGES, batched_ranks, spread_order
+from headatlas.scoring.ranks import STAGES, HeadsB, SharedU, batched_ranks, spread_order
 from headatlas.validate.hooks import AttentionHooks
 from headatlas.validate.prompts import batches, build_prompts, pad_id
 
@@ -56,7 +56,8 @@ class HeadReadout:
         self.pruned = pruned
         """With k, decide rank < k from a first pass over candidate columns (exact; see
         :func:`headatlas.scoring.ranks.batched_ranks`); off: every row in full."""
-        self._order: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._order: tuple[torch.Tensor | HeadsB, torch.Tensor] | None = None
+        self._shared: SharedU | None = None
         self.W_Uf = folded_unembedding(circuits, options).to(dtype).contiguous()  # [d, V]
         d = self.W_Uf.shape[0]
         self.W_O: list[torch.Tensor] = []  # per layer [H, dh, d], post-attention gain applied
@@ -79,10 +80,16 @@ class HeadReadout:
         """z [B, H, dh] -> each head's output as the residual stream sees it, [B, H, d]."""
         return torch.einsum("bhe,hed->bhd", z.to(self.dtype), self.W_O[layer])
 
-    def blocks(self, layer: int) -> Iterator[tuple[int, int, torch.Tensor]]:
+    def blocks(self, layer: int) -> Iterator[tuple[int, int, torch.Tensor | HeadsB]]:
         """(h0, h1, W_O^h·gain·W_Uf for heads h0..h1-1 [h, dh, V]): the per-head read-out
         matrices, formed once per layer and reused by every prompt (dh instead of d
-        multiply-adds per logit), in chunks of at most ~512 MB."""
+        multiply-adds per logit), in chunks of at most ~512 MB. Pruned: every head at once,
+        kept factored (:class:`HeadsB`), since only a few columns and rows are read."""
+        if self.pruned:
+            if self._shared is None or self._shared.U is not self.W_Uf:
+                self._shared = SharedU(self.W_Uf)
+            yield 0, self.W_O[layer].shape[0], HeadsB(self.W_O[layer], self._shared)
+            return
         W_O = self.W_O[layer]
         H, dh, d = W_O.shape
         V = self.W_Uf.shape[1]
@@ -98,13 +105,13 @@ class HeadReadout:
         self.b_V = [None if b is None else b.to(device) for b in self.b_V]
         self.offset = [None if o is None else o.to(device) for o in self.offset]
         self.kv_group = [g.to(device) for g in self.kv_group]
-        self._order = None
+        self._order, self._shared = None, None
         return self
 
     def block_ranks(
         self,
         layer: int,
-        block: torch.Tensor,
+        block: torch.Tensor | HeadsB,
         z: torch.Tensor,
         targets: torch.Tensor,
         k: int | None = None,
@@ -112,16 +119,17 @@ class HeadReadout:
         """(up, down) ranks [B, h] of each row's target for z [B, h, dh] against a block from
         :meth:`blocks`: up = #others >= target, down = #others < target (the map's tie rule).
         With ``k`` (and ``pruned``) only rank < k is decided: ranks come back capped at k."""
-        if self._order is None or self._order[0] is not block:
-            order = spread_order(block, sum(STAGES)) if self.pruned else block[:0, 0]
-            self._order = (block, order)
+        fresh = self._order is None or self._order[0] is not block
+        if self.pruned and fresh and self.W_Uf.device.type != "meta":
+            self._order = (block, spread_order(block, sum(STAGES)))
+        dev = self.W_Uf.device
         up, down = batched_ranks(
-            z.to(device=block.device, dtype=self.dtype).transpose(0, 1),
+            z.to(device=dev, dtype=self.dtype).transpose(0, 1),
             block,
-            targets.to(block.device),
+            targets.to(dev),
             k if self.pruned else None,
             self.offset[layer],
-            self._order[1] if self.pruned else None,
+            self._order[1] if self.pruned and self._order is not None else None,
         )
         return up.T, down.T
 
