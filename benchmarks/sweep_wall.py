@@ -3,9 +3,12 @@ one run, and a check that both stores hold the same scores.
 
 Maps SmolLM2, Gemma 3 270M and two tiny random models (GPT-2 and Pythia layouts, saved to a
 temporary folder with the GPT-2 tokenizer): first one after another in this process (``--ray
-off``, torch using every core), then as Ray tasks (one CPU each) on a fresh local cluster.
+off``, torch using ``--threads`` threads, default every core), then as Ray tasks (one CPU,
+one torch thread each) on a fresh local cluster. On a machine shared with other work, torch's
+default of one thread per core oversubscribes the cores and slows the one-process run; pass
+``--threads 1`` for a baseline that does not.
 
-    python benchmarks/sweep_wall.py [--models smollm2 gemma3-270m] [--cpus N]
+    python benchmarks/sweep_wall.py [--models smollm2 gemma3-270m] [--cpus N] [--threads T]
 """
 
 from __future__ import annotations
@@ -25,18 +28,18 @@ from headatlas.weights.packaged import gpt2_tokenizer
 
 
 def tiny_models(root: Path) -> list[str]:
-    """Two small random models (6 layers, GPT-2 vocabulary), saved as folders."""
+    """Two small random models (4 layers, GPT-2 vocabulary), saved as folders."""
     from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
 
     tok = gpt2_tokenizer()
     torch.manual_seed(0)
     models = {
         "tiny-gpt2": GPT2LMHeadModel(
-            GPT2Config(vocab_size=50257, n_embd=128, n_layer=6, n_head=4, n_positions=64)
+            GPT2Config(vocab_size=50257, n_embd=64, n_layer=4, n_head=4, n_positions=64)
         ),
         "tiny-pythia": GPTNeoXForCausalLM(
-            GPTNeoXConfig(vocab_size=50257, hidden_size=128, num_hidden_layers=6,
-                          num_attention_heads=4, intermediate_size=256)
+            GPTNeoXConfig(vocab_size=50257, hidden_size=64, num_hidden_layers=4,
+                          num_attention_heads=4, intermediate_size=128)
         ),  # fmt: skip
     }
     out = []
@@ -51,7 +54,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="*", default=["smollm2", "gemma3-270m"])
     p.add_argument("--cpus", type=int, default=os.cpu_count(), help="CPUs of the Ray cluster")
+    p.add_argument("--threads", type=int, default=None, help="torch threads, one-process run")
     args = p.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    print(f"one-process run: {torch.get_num_threads()} torch threads")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         entries = sweep_entries([*args.models, *tiny_models(root)])
