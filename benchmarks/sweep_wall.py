@@ -38,9 +38,14 @@ def tiny_models(root: Path) -> list[str]:
             GPT2Config(vocab_size=50257, n_embd=64, n_layer=4, n_head=4, n_positions=64)
         ),
         "tiny-pythia": GPTNeoXForCausalLM(
-            GPTNeoXConfig(vocab_size=50257, hidden_size=64, num_hidden_layers=4,
-                          num_attention_heads=4, intermediate_size=128)
-        ),  # fmt: skip
+            GPTNeoXConfig(
+                vocab_size=50257,
+                hidden_size=64,
+                num_hidden_layers=4,
+                num_attention_heads=4,
+                intermediate_size=128,
+            )
+        ),
     }
     out = []
     for name, model in models.items():

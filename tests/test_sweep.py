@@ -43,7 +43,9 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     root = tmp_path_factory.mktemp("models")
-    out = {name: _save(tiny_model(name), root / name) for name in ("gpt2", "pythia-parallel", "phi")}
+    out = {
+        name: _save(tiny_model(name), root / name) for name in ("gpt2", "pythia-parallel", "phi")
+    }
     torch.manual_seed(7)
     deep = GPT2LMHeadModel(
         GPT2Config(vocab_size=50257, n_embd=64, n_layer=SLOW_LAYERS, n_head=4, n_positions=64)
@@ -63,9 +65,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[None]:
     """One real local Ray cluster for the module: loopback only, 2 CPUs."""
-    ray.init(
-        num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False
-    )
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     yield
     ray.shutdown()
 

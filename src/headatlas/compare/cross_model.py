@@ -38,9 +38,7 @@ def depth_profile(categories: pd.DataFrame, bins: int = 5) -> pd.DataFrame:
     df = categories.copy()
     df["bin"] = np.minimum((df["relative_depth"] * bins).astype(int), bins - 1)
     cats = [c for c in CATEGORIES if df["categories"].str.contains(c, regex=False).any()]
-    extra = sorted(
-        {c for s in df["categories"] for c in str(s).split(",") if c} - set(CATEGORIES)
-    )
+    extra = sorted({c for s in df["categories"] for c in str(s).split(",") if c} - set(CATEGORIES))
     rows = []
     for (entry, b), g in df.groupby(["entry", "bin"], sort=False):
         held = g["categories"].fillna("").str.split(",")

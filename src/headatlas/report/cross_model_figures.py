@@ -39,9 +39,7 @@ def plot_relation_by_model(
     cols = [names[e] for e in best.columns]
     n_rel, n_mod = best.shape
     cell_w = max(0.55, max(len(c) for c in cols) * 0.07)
-    fig = Figure(
-        figsize=(2 * n_mod * cell_w + 5.0, 0.28 * n_rel + 2.2), layout="constrained"
-    )
+    fig = Figure(figsize=(2 * n_mod * cell_w + 5.0, 0.28 * n_rel + 2.2), layout="constrained")
     axes = fig.subplots(1, 2, squeeze=False)[0]
     panels = (
         (best, "best head's score", score_colormap(), 1.0, "{:.2f}"),
@@ -127,9 +125,7 @@ def plot_checkpoint_evolution(
         ax.grid(alpha=0.3)
     what = "top head" if top == 1 else f"mean of the top {top} heads"
     axes[0].set_ylabel(f"score ({what})")
-    handles = [
-        axes[0].plot([], [], color=c, label=cat)[0] for cat, c in colors.items()
-    ]
+    handles = [axes[0].plot([], [], color=c, label=cat)[0] for cat, c in colors.items()]
     fig.legend(handles=handles, loc="outside right center", fontsize=8, frameon=False)
     fig.suptitle("Relation heads across training checkpoints", fontsize=12)
     if out is not None:
@@ -142,6 +138,4 @@ def _model_colors(entries: list[str]) -> dict[str, tuple[float, ...]]:
 
     cmap = colormaps["tab10" if len(entries) <= 10 else "viridis"]
     n = max(len(entries) - 1, 1)
-    return {
-        e: cmap(i if len(entries) <= 10 else i / n) for i, e in enumerate(entries)
-    }
+    return {e: cmap(i if len(entries) <= 10 else i / n) for i, e in enumerate(entries)}

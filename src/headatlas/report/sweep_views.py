@@ -57,7 +57,9 @@ def _png(fig: Figure) -> str:
 
 
 def _figure(fig: Figure, alt: str) -> str:
-    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{_png(fig)}"></figure>'
+    return (
+        f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{_png(fig)}"></figure>'
+    )
 
 
 def _models_table(scores: pd.DataFrame, folders: Mapping[str, str], page_dir: Path) -> str:
@@ -130,9 +132,7 @@ def render_sweep_html(
     return text.encode("ascii", "xmlcharrefreplace").decode("ascii")
 
 
-def write_sweep_views(
-    folder: Path, folders: Mapping[str, str], threshold: float
-) -> list[Path]:
+def write_sweep_views(folder: Path, folders: Mapping[str, str], threshold: float) -> list[Path]:
     """Write the figures and ``atlas.html`` of a sweep into ``folder`` (``OUT/sweep/``, where
     the combined tables are) for the maps in ``folders`` (entry -> results folder), and
     return their paths."""

@@ -46,7 +46,7 @@ class InProcessEngine:
                 try:
                     result = map_task(job)
                     break
-                except Exception as exc:  # noqa: BLE001 - anything not a HeadAtlasError retries
+                except Exception as exc:  # anything not a HeadAtlasError may heal on a retry
                     result = TaskResult(job.spec, "failed", error=_one_line(exc))
                     if attempt == self.retries:
                         break
@@ -104,10 +104,6 @@ class RayEngine:
     def describe(self) -> str:
         """One line for the terminal."""
         where = "local Ray cluster" if self.started else "Ray cluster"
-        try:
-            where += f" at {self.ray.get_runtime_context().gcs_address}"
-        except Exception:  # noqa: BLE001 - only decoration
-            pass
         return (
             f"{where}, {self.cpus:g} CPUs, {self.cpus_per_task:g} per map "
             f"(up to {int(self.cpus // self.cpus_per_task)} at once)"

@@ -1,10 +1,10 @@
 """The sweep's own records in the store, beside the per-model folders::
 
-    OUT/sweep/sweep.json          one entry per map: status, folder, attempts, seconds, error,
-                                  and the request it answered (so a re-run skips it)
-    OUT/sweep/events.jsonl        task starts and ends, appended by the tasks themselves
-    OUT/sweep/scores.parquet      every finished map's scores, one dataset
-    OUT/sweep/categories.parquet  every finished map's head labels, one dataset
+OUT/sweep/sweep.json          one entry per map: status, folder, attempts, seconds, error,
+                              and the request it answered (so a re-run skips it)
+OUT/sweep/events.jsonl        task starts and ends, appended by the tasks themselves
+OUT/sweep/scores.parquet      every finished map's scores, one dataset
+OUT/sweep/categories.parquet  every finished map's head labels, one dataset
 """
 
 from __future__ import annotations
@@ -135,4 +135,3 @@ def write_combined(
     write_parquet_atomic(pd.concat(scores, ignore_index=True), paths[0])
     write_parquet_atomic(pd.concat(categories, ignore_index=True), paths[1])
     return paths
-
