@@ -17,6 +17,7 @@ from typing import Any
 
 from headatlas.errors import OptionError
 from headatlas.weights.hub import split_revision, with_revision
+from headatlas.weights.packaged import PACKAGED_NAMES
 
 SPEC_SUFFIXES = (".txt", ".json", ".toml")
 _STEP = re.compile(r"step[-_]?(\d+)", re.IGNORECASE)
@@ -48,6 +49,8 @@ def parse_entry(text: str, base: Path | None = None) -> SweepEntry:
     so tasks on other processes find it."""
     text = text.strip()
     model, revision = split_revision(text)
+    if model in PACKAGED_NAMES:  # a packaged name wins over a folder of that name, as in map
+        return SweepEntry(model, revision)
     for root in ([base] if base is not None else []) + [Path.cwd()]:
         candidate = (root / model).expanduser()
         if candidate.exists() and not Path(model).is_absolute():
