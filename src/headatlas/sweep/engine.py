@@ -75,7 +75,8 @@ class RayEngine:
         if ray.is_initialized():
             pass  # a cluster this process already joined (a notebook, a test): use it
         elif address == LOCAL:
-            # Loopback only: a local cluster has no business listening on other interfaces.
+            # Ask for loopback. Ray (2.60) still advertises the node's own address and listens
+            # on every interface; its token authentication (on by default) guards the ports.
             ray.init(
                 num_cpus=num_cpus,
                 include_dashboard=False,
