@@ -47,7 +47,10 @@ def depth_profile(categories: pd.DataFrame, bins: int = 5) -> pd.DataFrame:
             rows.append({"entry": entry, "category": cat, "bin": int(b), "share": share})
     out = pd.DataFrame(rows, columns=["entry", "category", "bin", "share"])
     out["depth"] = (out["bin"] + 0.5) / bins
-    return out.sort_values(["entry", "category", "bin"], kind="stable").reset_index(drop=True)
+    rank = {e: i for i, e in enumerate(entry_order(df))}
+    out["_order"] = out["entry"].map(rank)
+    out = out.sort_values(["_order", "category", "bin"], kind="stable").drop(columns="_order")
+    return out.reset_index(drop=True)
 
 
 def base_model(scores: pd.DataFrame) -> pd.Series:

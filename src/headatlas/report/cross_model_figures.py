@@ -99,34 +99,34 @@ def plot_depth_profile(categories: pd.DataFrame, bins: int = 5, out: Path | None
 def plot_checkpoint_evolution(
     scores: pd.DataFrame, top: int = 1, out: Path | None = None
 ) -> Figure | None:
-    """Per model with two or more ``step<N>`` checkpoints: each relation's top-head score vs
-    training step (lines coloured by category). None when no model has two checkpoints."""
+    """A row per model with two or more ``step<N>`` checkpoints, a column per category: each
+    relation's top-head score vs training step. None when no model has two checkpoints."""
     if out is not None:
         check_output(out)
     evo = checkpoint_evolution(scores, top)
     if evo.empty:
         return None
     models = list(dict.fromkeys(evo["model"]))
-    fig = Figure(figsize=(5.5 * len(models) + 2.0, 3.8), layout="constrained")
-    axes = fig.subplots(1, len(models), squeeze=False, sharey=True)[0]
-    colors = label_colors(dict.fromkeys(evo["category"]))
-    for ax, model in zip(axes, models):
-        part = evo[evo["model"] == model]
-        for (rel, cat), g in part.groupby(["relation", "category"], sort=False):
-            ax.plot(g["step"], g["score"], marker="o", ms=3, lw=1.1, color=colors[cat],
-                    alpha=0.85, label=rel)  # fmt: skip
-            ax.annotate(rel, (g["step"].iloc[-1], g["score"].iloc[-1]), fontsize=6,
-                        xytext=(3, 0), textcoords="offset points", va="center")  # fmt: skip
-        if part["step"].min() > 0 and part["step"].max() / part["step"].min() > 50:
-            ax.set_xscale("log")
-        ax.set_title(model, fontsize=10)
-        ax.set_xlabel("training step")
-        ax.set_ylim(0, 1)
-        ax.grid(alpha=0.3)
+    cats = list(dict.fromkeys(evo["category"]))
+    fig = Figure(figsize=(3.6 * len(cats) + 0.8, 3.0 * len(models) + 0.8), layout="constrained")
+    axes = fig.subplots(len(models), len(cats), squeeze=False, sharey=True)
     what = "top head" if top == 1 else f"mean of the top {top} heads"
-    axes[0].set_ylabel(f"score ({what})")
-    handles = [axes[0].plot([], [], color=c, label=cat)[0] for cat, c in colors.items()]
-    fig.legend(handles=handles, loc="outside right center", fontsize=8, frameon=False)
+    log = evo["step"].min() > 0 and evo["step"].max() / evo["step"].min() > 50
+    for row, model in zip(axes, models):
+        for ax, cat in zip(row, cats):
+            part = evo[(evo["model"] == model) & (evo["category"] == cat)]
+            for rel, g in part.groupby("relation", sort=False):
+                ax.plot(g["step"], g["score"], marker="o", ms=3, lw=1.2, label=rel)
+            if log:
+                ax.set_xscale("log")
+            ax.set_title(f"{model} — {cat}", fontsize=9, color=label_colors([cat])[cat])
+            ax.set_ylim(0, 1)
+            ax.grid(alpha=0.3)
+            if len(part):
+                ax.legend(fontsize=6, loc="upper left", frameon=False)
+        row[0].set_ylabel(f"score ({what})")
+    for ax in axes[-1]:
+        ax.set_xlabel("training step")
     fig.suptitle("Relation heads across training checkpoints", fontsize=12)
     if out is not None:
         save_figure(fig, out)
