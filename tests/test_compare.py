@@ -190,3 +190,26 @@ def test_sweep_page_is_self_contained(combined: tuple[pd.DataFrame, pd.DataFrame
     assert "ckpt@step2000" in text
     loaded = load_results(Path(page.parent.parent / "pythia"))
     assert loaded.n_layers == 2
+
+
+@pytest.mark.browser
+def test_sweep_page_renders_in_chromium_without_csp_errors(
+    combined: tuple[pd.DataFrame, pd.DataFrame, Path],
+) -> None:
+    from report_fixtures import launch_chromium
+
+    browser_gen = launch_chromium()
+    browser = next(browser_gen)
+    try:
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(combined[2].as_uri())
+        widths = page.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")
+        assert len(widths) == 3 and all(w > 100 for w in widths)
+        # The page's own stylesheet applied (allowed by its hash): table cells have borders.
+        border = page.eval_on_selector("td", "e => getComputedStyle(e).borderTopStyle")
+        assert border == "solid"
+        assert not errors, errors
+    finally:
+        next(browser_gen, None)  # runs the generator to its end: closes Chromium
