@@ -88,3 +88,11 @@ def test_bad_revisions_are_one_line(
     assert "\n" not in msg
     for needle in needles:
         assert needle in msg, msg
+
+
+def test_inference_model_loads_the_same_revision(offline: Path) -> None:
+    from headatlas.validate import load_hf_model
+
+    hf = load_hf_model(f"{REPO}@step1000")
+    key = "model.layers.0.self_attn.k_proj.weight"
+    assert torch.equal(hf.state_dict()[key], tiny_model("llama-mqa").state_dict()[key])
