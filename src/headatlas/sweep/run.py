@@ -19,6 +19,7 @@ from typing import Any
 
 from headatlas.errors import OptionError
 from headatlas.scoring.options import MapOptions
+from headatlas.store import model_slug
 from headatlas.sweep.engine import LOCAL, make_engine
 from headatlas.sweep.ledger import Ledger, request_key, write_combined
 from headatlas.sweep.spec import SweepEntry
@@ -106,6 +107,7 @@ def run_sweep(
         raise OptionError(f"--retries must be 0 or more, got {retries}")
     if cpus_per_task <= 0:
         raise OptionError(f"--cpus-per-task must be positive, got {cpus_per_task}")
+    _refuse_shared_folders(entries)
     t0 = time.perf_counter()
     out = Path(out).resolve()
     ledger = Ledger(out)
@@ -177,6 +179,20 @@ def run_sweep(
         report.combined = write_combined(out, report.finished)
     report.wall_s = time.perf_counter() - t0
     return report
+
+
+def _refuse_shared_folders(entries: Sequence[SweepEntry]) -> None:
+    """Two maps whose results would land in one folder (``/a/model`` and ``/b/model``) would
+    overwrite each other: refuse before anything runs."""
+    seen: dict[str, str] = {}
+    for entry in entries:
+        slug = model_slug(entry.spec)
+        if slug in seen:
+            raise OptionError(
+                f"'{seen[slug]}' and '{entry.spec}' would both write OUT/{slug}/: rename one "
+                "folder, or sweep them into different --out stores"
+            )
+        seen[slug] = entry.spec
 
 
 class _Progress:
