@@ -17,7 +17,11 @@ def add_model_source_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="load pickle *.bin weights (can run arbitrary code; only for trusted files)",
     )
-    p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+    p.add_argument(
+        "--revision",
+        default=None,
+        help="hub revision (branch, tag or commit); the same as MODEL@REVISION",
+    )
 
 
 def open_circuits(args: argparse.Namespace) -> ModelCircuits:

@@ -11,7 +11,17 @@ from headatlas.errors import HeadAtlasError
 
 # Each module defines ``add_parser(subparsers)`` which registers its subcommand and sets
 # ``func(args) -> int`` as the parser default.
-COMMANDS = ("info", "map", "figure", "report", "salient", "describe", "validate")
+COMMANDS = (
+    "info",
+    "map",
+    "figure",
+    "report",
+    "salient",
+    "describe",
+    "validate",
+    "sweep",
+    "diff",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -67,7 +67,8 @@ class ValidationResults:
 
 
 def load_hf_model(model: ModelSpec) -> torch.nn.Module:
-    """The ``transformers`` model (float32, eval) for a packaged name, .gguf, folder or hub id."""
+    """The ``transformers`` model (float32, eval) for a packaged name, .gguf, folder or hub id
+    (``org/name@REVISION`` included)."""
     if isinstance(model, torch.nn.Module):
         return model
     from transformers import AutoModelForCausalLM
@@ -83,7 +84,14 @@ def load_hf_model(model: ModelSpec) -> torch.nn.Module:
         path = Path(spec).expanduser()
         source, kwargs["gguf_file"] = str(path.parent), path.name
     else:
-        source = spec
+        from headatlas.weights.hub import hub_cache_dir, hub_offline, split_revision
+
+        source, revision = split_revision(spec)  # org/name@REVISION: that hub revision
+        if revision is not None:
+            kwargs["revision"] = revision
+        if not Path(source).exists():  # a hub id: the cache and offline switch as read now
+            kwargs["cache_dir"] = hub_cache_dir()
+            kwargs["local_files_only"] = hub_offline()
     try:
         hf: torch.nn.Module = AutoModelForCausalLM.from_pretrained(
             source, dtype=torch.float32, **kwargs

@@ -9,7 +9,7 @@ from typing import Any, TypeAlias
 from headatlas.errors import WeightSourceError
 from headatlas.weights.base import WeightSource
 from headatlas.weights.gguf_file import GGUFSource
-from headatlas.weights.hub import HubSource, looks_like_hub_id
+from headatlas.weights.hub import HubSource, looks_like_hub_id, split_revision
 from headatlas.weights.inmemory import InMemorySource
 from headatlas.weights.packaged import PACKAGED_DISPLAY, PACKAGED_NAMES, packaged_path
 from headatlas.weights.safetensors_dir import SafetensorsDirSource
@@ -25,14 +25,30 @@ def open_source(
     revision: str | None = None,
     tokenizer: Any = None,
 ) -> WeightSource:
-    """Open whatever the user named as a :class:`WeightSource`."""
+    """Open whatever the user named as a :class:`WeightSource`.
+
+    A hub id may carry its revision as ``org/name@REVISION`` (branch, tag or commit), the same
+    as passing ``revision``.
+    """
     import torch
 
     if isinstance(model, WeightSource):
         return model
     if isinstance(model, torch.nn.Module):
         return InMemorySource(model, tokenizer=tokenizer)
-    spec = str(model)
+    spec, pinned = split_revision(str(model))
+    if pinned is not None:
+        if revision is not None and revision != pinned:
+            raise WeightSourceError(
+                f"model '{model}' names revision '{pinned}' but --revision is '{revision}': "
+                "give the revision once"
+            )
+        if not looks_like_hub_id(spec):
+            raise WeightSourceError(
+                f"model '{model}': a revision (@{pinned}) applies only to hub ids (org/name), "
+                f"and '{spec}' is not one"
+            )
+        revision = pinned
     if spec in PACKAGED_NAMES:
         return GGUFSource(packaged_path(spec), name=spec, display=PACKAGED_DISPLAY[spec])
     path = Path(spec).expanduser()

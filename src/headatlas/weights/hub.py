@@ -30,6 +30,25 @@ def looks_like_hub_id(spec: str) -> bool:
     return len(parts) == 2 and all(parts) and not Path(spec).exists()
 
 
+def split_revision(spec: str) -> tuple[str, str | None]:
+    """``MODEL@REVISION`` -> (MODEL, REVISION); a spec without ``@`` (or an existing path that
+    holds one) -> (spec, None). The revision is a branch, tag or commit of a hub repository."""
+    if "@" not in spec or Path(spec).exists():
+        return spec, None
+    model, _, revision = spec.rpartition("@")
+    if not model or not revision:
+        raise WeightSourceError(
+            f"model '{spec}' has an empty side around '@': write MODEL@REVISION, "
+            "e.g. EleutherAI/pythia-70m@step1000"
+        )
+    return model, revision
+
+
+def with_revision(repo_id: str, revision: str | None) -> str:
+    """The ``MODEL@REVISION`` name of a hub model (just MODEL without a revision)."""
+    return f"{repo_id}@{revision}" if revision else repo_id
+
+
 def hub_cache_dir(cache_dir: str | Path | None = None) -> str | None:
     """The hub cache folder: ``cache_dir`` if given, else ``HF_HUB_CACHE``, else
     ``$HF_HOME/hub``, read now (``huggingface_hub`` reads them once, at import)."""
@@ -67,6 +86,7 @@ def download_needed(
             EntryNotFoundError,
             LocalEntryNotFoundError,
             RepositoryNotFoundError,
+            RevisionNotFoundError,
         )
     except ImportError as exc:  # pragma: no cover - a declared dependency
         raise WeightSourceError(
@@ -96,9 +116,14 @@ def download_needed(
         except (EntryNotFoundError, LocalEntryNotFoundError):
             patterns.append("model.safetensors")
         folder = snapshot_download(repo_id, allow_patterns=patterns, **where)
+    except RevisionNotFoundError as exc:
+        raise WeightSourceError(
+            f"hub model '{repo_id}' has no revision '{revision}': check the branch, tag or "
+            "commit name on the model's hub page"
+        ) from exc
     except LocalEntryNotFoundError as exc:
         raise WeightSourceError(
-            f"hub model '{repo_id}' is not in the local cache and downloads are off "
+            f"hub model '{with_revision(repo_id, revision)}' is not in the local cache and downloads are off "
             "(HF_HUB_OFFLINE=1 or no network): download it once with network access, "
             "or pass a local folder"
         ) from exc
@@ -122,14 +147,21 @@ class HubSource(SafetensorsDirSource):
     ):
         folder = download_needed(repo_id, needed, revision, cache_dir)
         self.repo_id = repo_id
+        self.revision = revision
         # Only the shards holding needed tensors were fetched: the index lists more.
         super().__init__(folder, require_all_shards=False)
-        self.name = repo_id
+        self.name = with_revision(repo_id, revision)
 
     def describe(self) -> dict[str, Any]:
-        """Manifest entry."""
-        return {"kind": "hub", "repo_id": self.repo_id, "snapshot": str(self.path)}
+        """Manifest entry (``commit``: the snapshot folder's name, the resolved commit)."""
+        return {
+            "kind": "hub",
+            "repo_id": self.repo_id,
+            "revision": self.revision,
+            "commit": self.path.name,
+            "snapshot": str(self.path),
+        }
 
     def display_name(self) -> str:
-        """The repository name."""
-        return self.repo_id.split("/")[-1]
+        """The repository name (``name@revision`` for a revision)."""
+        return with_revision(self.repo_id.split("/")[-1], self.revision)
