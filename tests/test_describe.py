@@ -98,7 +98,7 @@ def server():
 
 
 def backend_for(srv: ChatServer, **kwargs: Any) -> OpenAIChatBackend:
-    kwargs = {"model": "test-model", "timeout": 5, "max_retries": 2, "backoff": 0.01, **kwargs}
+    kwargs = {"model": "test-model", "timeout": 5, "max_retries": 2, **kwargs}
     return OpenAIChatBackend(base_url=srv.url, **kwargs)
 
 
@@ -306,7 +306,7 @@ def test_other_4xx_is_not_retried_and_shows_server_message(server: ChatServer) -
 
 
 def test_wrong_path_is_404_with_hint(server: ChatServer) -> None:
-    backend = OpenAIChatBackend(base_url=server.url[: -len("/v1")], model="m", backoff=0.01)
+    backend = OpenAIChatBackend(base_url=server.url[: -len("/v1")], model="m")
     with pytest.raises(DescribeError, match="check --base-url"):
         backend.complete([{"role": "user", "content": "hi"}])
 
@@ -331,7 +331,7 @@ def test_slow_then_fast_succeeds(server: ChatServer) -> None:
 def test_connection_refused_retries_then_fails() -> None:
     with ChatServer() as srv:
         url = srv.url
-    backend = OpenAIChatBackend(base_url=url, model="m", max_retries=2, backoff=0.01, timeout=1)
+    backend = OpenAIChatBackend(base_url=url, model="m", max_retries=2, timeout=1)
     with pytest.raises(DescribeError, match=r"after 3 attempts.*cannot connect"):
         backend.complete([{"role": "user", "content": "hi"}])
 
@@ -594,7 +594,7 @@ def test_cli_one_head_and_table(results: Path, server: ChatServer, capsys) -> No
 
     assert run_cli([*argv, "--layer", "0", "--concurrency", "2"]) == 0
     assert len(server.requests) == 3
-    assert run_cli([*argv, "--heads", "all"]) == 0
+    assert run_cli([*argv, "--all"]) == 0
     assert "3 ok, 0 unclear, 0 failed (3 from cache)" in capsys.readouterr().out
     assert run_cli([*argv, "--no-cache", "--layer", "1", "--head", "0"]) == 0
     assert len(server.requests) == 4
@@ -604,7 +604,7 @@ def test_cli_option_errors(results: Path, server: ChatServer) -> None:
     argv = [str(results), "--base-url", server.url, "--model", "m", "--quiet"]
     with pytest.raises(DescribeError, match="--head needs --layer"):
         run_cli([*argv, "--head", "1"])
-    with pytest.raises(DescribeError, match="cannot be combined"):
+    with pytest.raises(DescribeError, match="cannot be combined with --layer"):
         run_cli([*argv, "--heads", "all", "--layer", "0"])
     assert not server.requests
 
