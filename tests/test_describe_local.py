@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from headatlas.describe import TransformersChatBackend, build_prompt, parse_answer
+from headatlas.describe import MalformedAnswer, TransformersChatBackend, build_prompt, parse_answer
 from headatlas.describe.answer_schema import FIELD_MAX_CHARS, answer_schema, answer_token_budget
 from headatlas.errors import DescribeError
 
@@ -79,7 +79,7 @@ def test_free_decoding_of_a_random_model_does_not_parse(tiny_chat_model: Path) -
     )
     assert "schema" not in backend.params()
     raw = backend.complete(build_prompt(4, 0, OPS))
-    with pytest.raises(Exception, match="JSON|string|empty"):
+    with pytest.raises(MalformedAnswer):
         parse_answer(raw)
 
 
@@ -94,6 +94,8 @@ def test_system_turn_cache_gives_the_same_answers(tiny_chat_model: Path) -> None
 
 
 def test_budget_too_small_for_the_schema_is_refused() -> None:
-    with pytest.raises(DescribeError, match=r"could cut a structured answer short.*--no-structured"):
+    with pytest.raises(
+        DescribeError, match=r"could cut a structured answer short.*--no-structured"
+    ):
         TransformersChatBackend(max_new_tokens=40)
     assert TransformersChatBackend(max_new_tokens=40, structured=False).max_new_tokens == 40
