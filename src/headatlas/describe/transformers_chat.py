@@ -133,7 +133,9 @@ class TransformersChatBackend:
                 self.use_system_cache = False
                 return None
             with torch.no_grad():
-                cache = model(ids, use_cache=True).past_key_values
+                out = model(ids, use_cache=True)
+            # transformers 5 names the output's cache `cache`; 4.x `past_key_values`.
+            cache = out.cache if _cache_argument() == "cache" else out.past_key_values
             self._system = (system, ids, cache)
         _, ids, cache = self._system
         n = ids.shape[1]
