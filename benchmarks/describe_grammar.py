@@ -7,7 +7,11 @@ time as a share of one SmolLM2 forward step on the same CPU (measured here with 
 the overhead reads as a ratio from one run. xgrammar is optional (pip install xgrammar; it pulls
 in triton); the shipped backend uses llguidance.
 
-    PYTHONPATH=src python benchmarks/describe_grammar.py [--threads 1] [--no-model]
+With ``--heads N``, also describes N synthetic heads with the packaged SmolLM2 (structured),
+once reusing the system turn's key/value cache and once with a full prefill per head, and prints
+seconds per head for both.
+
+    PYTHONPATH=src python benchmarks/describe_grammar.py [--threads 1] [--no-model] [--heads N]
 """
 
 from __future__ import annotations
@@ -122,11 +126,29 @@ def forward_step_seconds(prompt_len: int = 600, steps: int = 20) -> float:
         return (time.perf_counter() - start) / steps
 
 
+def describe_seconds(n_heads: int) -> tuple[float, float]:
+    """Mean seconds per head of the structured SmolLM2 describer: (system cache, full prefill)."""
+    from headatlas.describe import TransformersChatBackend, build_prompt
+
+    ops = [(f" word{i}", [f" w{i}", f" W{i}", f"word{i}s"]) for i in range(15)]
+    means = []
+    for reuse in (True, False):
+        backend = TransformersChatBackend()
+        backend.use_system_cache = reuse
+        backend.complete(build_prompt(0, 0, ops[:2]))  # load the model, fill the cache
+        start = time.perf_counter()
+        for head in range(n_heads):
+            backend.complete(build_prompt(1, head, ops[head:] + ops[:head]))
+        means.append((time.perf_counter() - start) / n_heads)
+    return means[0], means[1]
+
+
 def main() -> None:
     """Run both walks and print the timings."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--no-model", action="store_true", help="skip the forward-step timing")
+    parser.add_argument("--heads", type=int, default=0, help="also time N real describe calls")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tokenizer = load_tokenizer()
@@ -154,6 +176,12 @@ def main() -> None:
         if forward is not None:
             line += f", {mean / forward:.1%} of a decoding step"
         print(line)
+    if args.heads:
+        cached, full = describe_seconds(args.heads)
+        print(
+            f"structured SmolLM2 describer: {cached:.2f} s/head with the system-turn cache, "
+            f"{full:.2f} s/head with a full prefill ({full / cached:.2f}x)"
+        )
 
 
 if __name__ == "__main__":

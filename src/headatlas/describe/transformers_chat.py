@@ -114,7 +114,8 @@ class TransformersChatBackend:
         """A fresh copy of the key/value cache of the system turn when ``input_ids`` starts with it.
 
         Every head's prompt opens with the same system message, so its keys and values are
-        computed once and copied for each answer; the result equals a full prefill.
+        computed once and copied for each answer: what a full prefill computes, up to float
+        rounding.
         """
         import torch
 
