@@ -65,6 +65,11 @@ class Recorded:
     ended: float = 0.0
 
 
+def _title(name: str) -> str:
+    """``content-type`` → ``Content-Type``."""
+    return "-".join(part.capitalize() for part in name.split("-"))
+
+
 def answer_json(inputs: str, pattern: str, description: str) -> str:
     """A well-formed answer's content."""
     return json.dumps({"inputs": inputs, "pattern": pattern, "description": description})
@@ -155,7 +160,9 @@ class ChatServer:
                     body = json.loads(data)
                 except json.JSONDecodeError:
                     body = data.decode("utf-8", "replace")
-                record = Recorded(self.path, dict(self.headers.items()), body, time.monotonic())
+                # Header names are case-insensitive; record them as Title-Case (HTTP clients differ).
+                headers = {_title(name): value for name, value in self.headers.items()}
+                record = Recorded(self.path, headers, body, time.monotonic())
                 with server._lock:
                     server.requests.append(record)
                     server.in_flight += 1

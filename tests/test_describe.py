@@ -98,7 +98,7 @@ def server():
 
 
 def backend_for(srv: ChatServer, **kwargs: Any) -> OpenAIChatBackend:
-    kwargs = {"model": "test-model", "timeout": 5, "max_retries": 2, "backoff": 0.01, **kwargs}
+    kwargs = {"model": "test-model", "timeout": 5, "max_retries": 2, **kwargs}
     return OpenAIChatBackend(base_url=srv.url, **kwargs)
 
 
@@ -306,7 +306,7 @@ def test_other_4xx_is_not_retried_and_shows_server_message(server: ChatServer) -
 
 
 def test_wrong_path_is_404_with_hint(server: ChatServer) -> None:
-    backend = OpenAIChatBackend(base_url=server.url[: -len("/v1")], model="m", backoff=0.01)
+    backend = OpenAIChatBackend(base_url=server.url[: -len("/v1")], model="m")
     with pytest.raises(DescribeError, match="check --base-url"):
         backend.complete([{"role": "user", "content": "hi"}])
 
@@ -331,7 +331,7 @@ def test_slow_then_fast_succeeds(server: ChatServer) -> None:
 def test_connection_refused_retries_then_fails() -> None:
     with ChatServer() as srv:
         url = srv.url
-    backend = OpenAIChatBackend(base_url=url, model="m", max_retries=2, backoff=0.01, timeout=1)
+    backend = OpenAIChatBackend(base_url=url, model="m", max_retries=2, timeout=1)
     with pytest.raises(DescribeError, match=r"after 3 attempts.*cannot connect"):
         backend.complete([{"role": "user", "content": "hi"}])
 
@@ -594,7 +594,7 @@ def test_cli_one_head_and_table(results: Path, server: ChatServer, capsys) -> No
 
     assert run_cli([*argv, "--layer", "0", "--concurrency", "2"]) == 0
     assert len(server.requests) == 3
-    assert run_cli([*argv, "--heads", "all"]) == 0
+    assert run_cli([*argv, "--all"]) == 0
     assert "3 ok, 0 unclear, 0 failed (3 from cache)" in capsys.readouterr().out
     assert run_cli([*argv, "--no-cache", "--layer", "1", "--head", "0"]) == 0
     assert len(server.requests) == 4
@@ -604,7 +604,7 @@ def test_cli_option_errors(results: Path, server: ChatServer) -> None:
     argv = [str(results), "--base-url", server.url, "--model", "m", "--quiet"]
     with pytest.raises(DescribeError, match="--head needs --layer"):
         run_cli([*argv, "--head", "1"])
-    with pytest.raises(DescribeError, match="cannot be combined"):
+    with pytest.raises(DescribeError, match="cannot be combined with --layer"):
         run_cli([*argv, "--heads", "all", "--layer", "0"])
     assert not server.requests
 
@@ -627,15 +627,37 @@ def one_torch_thread():
 
 
 @pytest.mark.real
-def test_smollm2_describes_one_head_end_to_end(tmp_path: Path, one_torch_thread) -> None:
+def test_smollm2_describes_heads_end_to_end(tmp_path: Path, one_torch_thread) -> None:
+    """The packaged describer with structured decoding: every answer parses, none fails."""
     try:
         smollm2_path()
     except WeightSourceError as exc:
         pytest.skip(str(exc))
-    directory = make_results(tmp_path / "m", heads=[(0, 0)], n_tokens=4, n_mappings=3)
-    backend = TransformersChatBackend(max_new_tokens=48)
+    directory = make_results(tmp_path / "m", heads=[(0, 0), (1, 0)], n_tokens=4, n_mappings=3)
+    backend = TransformersChatBackend()
     table = describe_heads(directory, backend, tokens=4, mappings=3, progress=False)
-    (rec,) = stored(directory)
-    assert rec["status"] in {"ok", "unclear", "failed"}
-    assert rec["raw"].strip() and rec["backend"] == "transformers" and rec["model"] == "smollm2"
-    assert table.loc[0, "status"] == rec["status"]
+    records = stored(directory)
+    assert [r["status"] for r in records] == table["status"].tolist()
+    for rec in records:
+        assert rec["status"] in {"ok", "unclear"} and rec["attempts"] == 1, rec["raw"]
+        assert parse_answer(rec["raw"]).status == rec["status"]
+        assert rec["backend"] == "transformers" and rec["model"] == "smollm2"
+        assert rec["seconds"] > 0
+
+
+def test_cli_exits_1_when_every_head_failed(results: Path, server: ChatServer, capsys) -> None:
+    server.default = Reply("I think this head copies tokens.")  # prose, never the JSON
+    argv = [str(results), "--base-url", server.url, "--model", "m", "--quiet", "--all"]
+    assert run_cli(argv) == 1
+    captured = capsys.readouterr()
+    assert "0 ok, 0 unclear, 3 failed" in captured.out
+    assert "every head failed" in captured.err
+    server.push(Reply(answer_json("a", "b", "c.")))  # one good answer: not every head failed
+    assert run_cli(argv) == 0
+
+
+def test_429_asking_too_long_a_wait_is_not_retried(server: ChatServer) -> None:
+    server.push(Status(429, "quota", headers={"Retry-After": "3600"}))
+    with pytest.raises(DescribeError, match="asks to wait 3600 s"):
+        backend_for(server).complete([{"role": "user", "content": "hi"}])
+    assert len(server.requests) == 1

@@ -51,10 +51,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layer", type=int, help="describe heads of this layer only")
     p.add_argument("--head", type=int, help="with --layer: describe this one head")
     p.add_argument(
-        "--heads",
-        choices=["all"],
-        help="describe every head with salient operations (the default)",
+        "--all",
+        action="store_true",
+        help="describe every head with salient operations (the default when no head is named)",
     )
+    p.add_argument("--heads", choices=["all"], help="same as --all")
     p.add_argument(
         "--concurrency", type=int, default=4, help="requests at once (openai backend; default: 4)"
     )
@@ -75,8 +76,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-new-tokens",
         type=int,
-        default=200,
-        help="answer length limit of the transformers backend (default: 200)",
+        help="answer length limit of the transformers backend (default: a budget that always "
+        "fits the structured answer; 200 with --no-structured)",
+    )
+    p.add_argument(
+        "--no-structured",
+        action="store_true",
+        help="transformers backend: decode freely instead of following the answer's JSON schema",
     )
     p.add_argument("--no-cache", action="store_true", help="ask again even for described heads")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -87,9 +93,9 @@ def selected_heads(
     args: argparse.Namespace, available: list[tuple[int, int]]
 ) -> list[tuple[int, int]] | None:
     """The heads named by --layer/--head/--heads; None means all."""
-    if args.heads == "all":
+    if args.all or args.heads == "all":
         if args.layer is not None or args.head is not None:
-            raise DescribeError("--heads all cannot be combined with --layer/--head")
+            raise DescribeError("--all cannot be combined with --layer/--head: drop one")
         return None
     if args.head is not None and args.layer is None:
         raise DescribeError("--head needs --layer: pass --layer L --head H")
@@ -115,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         json_mode=args.json_mode,
         max_new_tokens=args.max_new_tokens,
+        structured=not args.no_structured,
     )
     table = describe_heads(
         args.dir,
@@ -133,6 +140,13 @@ def run(args: argparse.Namespace) -> int:
         f"{counts.get('failed', 0)} failed ({int(table['cached'].sum())} from cache); "
         f"records in {Path(args.dir) / store.DESCRIPTIONS}"
     )
+    if len(table) and counts.get("failed", 0) == len(table):
+        print(
+            "error: every head failed (no answer was the requested JSON): see the records' "
+            "`error` and `raw`; try a larger model or the default structured decoding",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

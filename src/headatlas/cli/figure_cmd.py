@@ -30,6 +30,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     kind.add_argument(
         "--relation", metavar="NAME", help="one model: heatmaps of a relation's scores"
     )
+    kind.add_argument(
+        "--patterns",
+        action="store_true",
+        help="per model: the share of heads per layer whose description (from `headatlas "
+        "describe`) found a pattern, i.e. is not 'Unclear' (MAPS section 5)",
+    )
     p.add_argument(
         "--out",
         type=Path,
@@ -47,6 +53,8 @@ def default_out(directory: Path, args: argparse.Namespace) -> Path:
         name = f"relation-{slug}"
     elif args.per_category:
         name = "category-series"
+    elif getattr(args, "patterns", False):
+        name = "pattern-shares"
     else:
         name = "category-atlas"
     return directory / "figures" / f"{name}.png"
@@ -67,6 +75,12 @@ def run(args: argparse.Namespace) -> int:
         )
     panel_grid(len(args.dirs))  # rejects more than six before anything is read
     out = check_output(args.out) if args.out is not None else default_out(args.dirs[0], args)
+    if args.patterns:  # needs only the manifests and descriptions, not the scores
+        from headatlas.report.pattern_figure import plot_pattern_shares
+
+        plot_pattern_shares(args.dirs, out)
+        print(out)
+        return 0
     results = [load_results(d) for d in args.dirs]
     if args.relation is not None:
         plot_relation(results[0], args.relation, out)

@@ -7,9 +7,10 @@ Data path: ``salient.parquet`` → :func:`build_prompt` → a :class:`ChatBacken
 from __future__ import annotations
 
 from headatlas.describe.answer import Answer, MalformedAnswer, MalformedResponse, parse_answer
-from headatlas.describe.backends import ChatBackend, make_backend
+from headatlas.describe.backends import make_backend
 from headatlas.describe.openai_chat import OpenAIChatBackend
 from headatlas.describe.prompt import build_prompt
+from headatlas.describe.protocol import ChatBackend
 from headatlas.describe.run import cache_key, describe_head, describe_heads, load_operations
 from headatlas.describe.transformers_chat import TransformersChatBackend
 

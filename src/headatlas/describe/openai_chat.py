@@ -1,23 +1,19 @@
-"""A chat backend speaking the OpenAI chat-completions protocol over HTTP (standard library only).
+"""A chat backend speaking the OpenAI chat-completions protocol, through the official ``openai`` client.
 
 The same protocol is served by hosted APIs and by local servers: vLLM, llama.cpp's
-``llama-server``, Ollama's ``/v1``, LM Studio, text-generation-inference.
+``llama-server``, Ollama's ``/v1``, LM Studio, text-generation-inference. Retries (429, 5xx,
+connection errors, timeouts; exponential backoff with jitter; ``Retry-After`` honoured up to two
+minutes) are the client's own; this module turns what is left into one-line DescribeErrors.
 """
 
 from __future__ import annotations
 
-import email.utils
-import http.client
 import json
 import os
-import random
-import time
-import urllib.error
-import urllib.request
-from typing import Any, NoReturn
+from typing import Any
 
 from headatlas.describe.answer import MalformedResponse
-from headatlas.describe.backends import Message
+from headatlas.describe.protocol import Message
 from headatlas.errors import DescribeError
 
 ENV_BASE_URL = "HEADATLAS_LLM_BASE_URL"
@@ -25,26 +21,14 @@ ENV_MODEL = "HEADATLAS_LLM_MODEL"
 ENV_API_KEY = "HEADATLAS_LLM_API_KEY"
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 
-# A server asking for a longer pause than this is treated as unavailable rather than waited on.
-MAX_RETRY_AFTER_S = 120.0
-
-
-class _Retryable(Exception):
-    """A failure worth another try: 429, 5xx, a refused or dropped connection, a timeout."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
 
 class OpenAIChatBackend:
     """Chat completions from ``{base_url}/chat/completions``.
 
     Arguments left as None come from the environment: ``HEADATLAS_LLM_BASE_URL`` (else
     ``OPENAI_BASE_URL``, else OpenAI's API when a key is set), ``HEADATLAS_LLM_MODEL`` and
-    ``HEADATLAS_LLM_API_KEY`` (else ``OPENAI_API_KEY``). Requests are retried ``max_retries``
-    times on 429, 5xx, connection errors and timeouts, waiting ``backoff * 2**i`` seconds plus
-    jitter, or what the server's ``Retry-After`` asks for. ``json_mode`` sends
+    ``HEADATLAS_LLM_API_KEY`` (else ``OPENAI_API_KEY``). The ``openai`` client retries a request
+    ``max_retries`` times on 429, 5xx, connection errors and timeouts. ``json_mode`` sends
     ``response_format={"type": "json_object"}``, which not every server accepts.
     """
 
@@ -58,7 +42,6 @@ class OpenAIChatBackend:
         api_key: str | None = None,
         timeout: float = 60.0,
         max_retries: int = 4,
-        backoff: float = 1.0,
         json_mode: bool = False,
     ) -> None:
         self.api_key = api_key or os.environ.get(ENV_API_KEY) or os.environ.get("OPENAI_API_KEY")
@@ -90,8 +73,8 @@ class OpenAIChatBackend:
             raise DescribeError(f"timeout must be positive, got {timeout}")
         self.timeout = float(timeout)
         self.max_retries = max(0, int(max_retries))
-        self.backoff = float(backoff)
         self.json_mode = json_mode
+        self._client = _make_client(self.base_url, self.api_key, self.timeout, self.max_retries)
 
     @property
     def url(self) -> str:
@@ -113,74 +96,79 @@ class OpenAIChatBackend:
         return body
 
     def complete(self, messages: list[Message]) -> str:
-        """The answer's text (``choices[0].message.content``), after retries as needed."""
-        data = json.dumps(self.request_body(messages)).encode("utf-8")
-        last = ""
-        for attempt in range(self.max_retries + 1):
-            try:
-                return self._post_once(data)
-            except _Retryable as exc:
-                last = str(exc)
-                if attempt == self.max_retries:
-                    break
-                delay = self.backoff * 2**attempt + random.uniform(0, self.backoff)
-                if exc.retry_after is not None:
-                    if exc.retry_after > MAX_RETRY_AFTER_S:
-                        raise DescribeError(
-                            f"{self.url} asks to wait {exc.retry_after:.0f} s ({last}): "
-                            "try again later or lower --concurrency"
-                        ) from exc
-                    delay = max(delay, exc.retry_after)
-                time.sleep(delay)
-        raise DescribeError(
-            f"no answer from {self.url} after {self.max_retries + 1} attempts (last: {last}); "
-            "check that the server is up, or raise --timeout for a slow model"
-        )
+        """The answer's text (``choices[0].message.content``), after the client's retries."""
+        import openai
 
-    def _post_once(self, data: bytes) -> str:
-        headers = {
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-            "User-Agent": "headatlas",
-        }
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
+        attempts = f"after {self.max_retries + 1} attempts"
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                body = response.read()
-        except urllib.error.HTTPError as exc:
-            self._raise_for_status(exc)
-        except TimeoutError as exc:
-            raise _Retryable(f"no answer within {self.timeout:g} s") from exc
-        except urllib.error.URLError as exc:
-            if isinstance(exc.reason, TimeoutError):
-                raise _Retryable(f"no answer within {self.timeout:g} s") from exc
-            raise _Retryable(f"cannot connect: {exc.reason}") from exc
-        except (http.client.HTTPException, ConnectionError) as exc:
-            raise _Retryable(f"connection failed: {exc!r}") from exc
-        return _completion_text(body)
-
-    def _raise_for_status(self, exc: urllib.error.HTTPError) -> NoReturn:
-        try:
-            raw = exc.read()
-        except (OSError, http.client.HTTPException):
-            raw = b""
-        message = _server_message(raw) or exc.reason or ""
-        status = f"HTTP {exc.code}: {message}" if message else f"HTTP {exc.code}"
-        if exc.code == 429 or exc.code >= 500:
-            raise _Retryable(status, _retry_after(exc.headers.get("Retry-After"))) from exc
-        if exc.code in (401, 403):
+            # The raw reply: a body that is not a chat completion is kept, not coerced.
+            response = self._client.chat.completions.with_raw_response.create(
+                **self.request_body(messages), extra_headers=self._auth_override()
+            )
+        except openai.APITimeoutError as exc:
             raise DescribeError(
+                f"no answer from {self.url} {attempts} (last: no answer within "
+                f"{self.timeout:g} s): raise --timeout for a slow model"
+            ) from exc
+        except openai.APIConnectionError as exc:
+            raise DescribeError(
+                f"no answer from {self.url} {attempts} (last: cannot connect: {exc.__cause__ or exc}); "
+                "check that the server is up and --base-url"
+            ) from exc
+        except openai.APIStatusError as exc:
+            raise self._status_error(exc, attempts) from exc
+        return _completion_text(response.http_response.content)
+
+    def _auth_override(self) -> dict[str, Any]:
+        """Without a key, no ``Authorization`` header at all (local servers need none)."""
+        if self.api_key:
+            return {}
+        import openai
+
+        return {"Authorization": openai.Omit()}
+
+    def _status_error(self, exc: Any, attempts: str) -> DescribeError:
+        """The DescribeError for an HTTP error status the client gave up on."""
+        code = int(exc.status_code)
+        message = _server_message(exc.response.content)
+        status = f"HTTP {code}: {message}" if message else f"HTTP {code}"
+        if code in (401, 403):
+            return DescribeError(
                 f"the server refused the API key ({status}): set HEADATLAS_LLM_API_KEY "
                 "or pass --api-key"
-            ) from exc
-        if exc.code == 404:
-            raise DescribeError(
+            )
+        if code == 404:
+            return DescribeError(
                 f"{self.url} was not found ({status}): check --base-url (usually ending in /v1) "
                 f"and that the server serves model {self.name!r}"
-            ) from exc
-        raise DescribeError(f"{self.url} rejected the request ({status})") from exc
+            )
+        if code == 429 or code >= 500:
+            wait = exc.response.headers.get("Retry-After")
+            hint = (
+                f"the server asks to wait {wait} s; try again later or lower --concurrency"
+                if code == 429 and wait
+                else "check that the server is up, or lower --concurrency"
+            )
+            return DescribeError(f"no answer from {self.url} {attempts} (last: {status}): {hint}")
+        return DescribeError(f"{self.url} rejected the request ({status})")
+
+
+def _make_client(base_url: str, api_key: str | None, timeout: float, max_retries: int) -> Any:
+    """An ``openai.OpenAI`` client for one server."""
+    try:
+        import openai
+    except ImportError as exc:
+        raise DescribeError(
+            f"the openai backend needs the openai package ({exc}): pip install openai"
+        ) from exc
+    return openai.OpenAI(
+        base_url=base_url,
+        # The client insists on a key; without one, requests omit the header (_auth_override).
+        api_key=api_key or "unused",
+        timeout=timeout,
+        max_retries=max_retries,
+        default_headers={"User-Agent": "headatlas"},
+    )
 
 
 def _completion_text(body: bytes) -> str:
@@ -215,18 +203,3 @@ def _server_message(raw: bytes) -> str:
             if isinstance(value, str):
                 return value[:300]
     return text[:300]
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds asked for by a ``Retry-After`` header (a number, or an HTTP date)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())

@@ -31,8 +31,10 @@ RECORD_FIELDS = (
     "attempts",
     "cache_key",
     "error",
+    "seconds",
 )
-"""Keys of a record; ``error`` says why a head failed and is None otherwise."""
+"""Keys of a record; ``error`` says why a head failed and is None otherwise; ``seconds`` is the
+wall time spent asking for it (all attempts)."""
 
 
 def read_records(path: Path) -> dict[HeadKey, dict[str, Any]]:

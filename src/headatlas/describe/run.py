@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -14,8 +15,8 @@ from tqdm import tqdm
 
 from headatlas import store
 from headatlas.describe.answer import MalformedAnswer, MalformedResponse, parse_answer
-from headatlas.describe.backends import ChatBackend, Message
 from headatlas.describe.prompt import build_prompt, correction_messages
+from headatlas.describe.protocol import ChatBackend, Message
 from headatlas.describe.records import (
     RECORD_FIELDS,
     HeadKey,
@@ -97,7 +98,9 @@ def describe_head(
         "attempts": 0,
         "cache_key": cache_key(messages, backend),
         "error": None,
+        "seconds": 0.0,
     }
+    started = time.perf_counter()
     request = messages
     for attempt in (1, 2):
         record["attempts"] = attempt
@@ -121,6 +124,7 @@ def describe_head(
             error=None,
         )
         break
+    record["seconds"] = round(time.perf_counter() - started, 3)
     return record
 
 

@@ -82,6 +82,7 @@ _PAGE = """<!DOCTYPE html>
 <body>
 <noscript>This atlas needs JavaScript to draw its grids.</noscript>
 <div id="app"></div>
+{patterns}
 <script type="application/json" id="atlas-data">{data}</script>
 <script>{js}</script>
 </body>
@@ -352,7 +353,16 @@ def render_atlas_html(results: Sequence[MapResults]) -> str:
         css=css,
         data=embed_json(data),
         js=js,
+        patterns=_pattern_sections(results),
     )
+
+
+def _pattern_sections(results: Sequence[MapResults]) -> str:
+    """The per-layer pattern-share sections of models with descriptions (pure ASCII)."""
+    from headatlas.report.pattern_figure import pattern_section_html
+
+    sections = "".join(pattern_section_html(r.directory) for r in results)
+    return sections.encode("ascii", "xmlcharrefreplace").decode("ascii")
 
 
 def write_atlas_html(results: Sequence[MapResults], out: Path) -> Path:
