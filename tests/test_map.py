@@ -16,7 +16,7 @@ from tiny_models import gpt2_tokenizer, save_tiny, tiny_model
 
 from headatlas.cli.main import main
 from headatlas.scoring.categories import LABELS
-from headatlas.store import load_results
+from headatlas.store import load_results, model_slug
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ def test_map_writes_tables_and_manifest_then_reuses(
     out = tmp_path / "out"
     rc = run_cli("map", gpt2_dir, "--out", out, "--relations", "copying", "Knowledge", "--quiet")
     assert rc == 0
-    folder = out / gpt2_dir.name
+    folder = out / model_slug(str(gpt2_dir))
     results = load_results(folder)
     m = results.manifest
     assert m["model"]["architecture"] == "gpt2" and m["model"]["n_layers"] == 2
@@ -86,7 +86,7 @@ def test_user_relation_file_and_threshold(gpt2_dir: Path, tmp_path: Path) -> Non
         "--threshold", "0.0", "--quiet",
     )  # fmt: skip
     assert rc == 0
-    results = load_results(out / gpt2_dir.name)
+    results = load_results(out / model_slug(str(gpt2_dir)))
     echo = results.scores[results.scores.relation == "echo"]
     assert (echo["category"] == "Custom").all() and (echo["n_pairs"] == len(words)).all()
     # Threshold 0: every head implements both relations -> "2 categories".
@@ -97,9 +97,13 @@ def test_user_relation_file_and_threshold(gpt2_dir: Path, tmp_path: Path) -> Non
     ("args", "expected"),
     [
         (["--relations", "no_such_relation"], "no_such_relation"),
-        (["--k", "0"], "--k must be at least 1"),
-        (["--threshold", "2"], "--threshold must be between 0 and 1"),
+        (["--k", "0"], "option k (--k) must be a whole number >= 1, got 0"),
+        (["--k", "100000"], "option k=100000 exceeds the vocabulary size"),
+        (["--threshold", "2"], "option threshold (--threshold) must be a number between 0 and 1"),
+        (["--min-pairs", "0"], "option min_pairs (--min-pairs) must be a whole number >= 1"),
         (["--k-relation", "copying"], "NAME=K"),
+        (["--k-relation", "copying=0"], "k_per_relation[copying] (--k-relation copying=K)"),
+        (["--k-relation", "nosuch=3"], "--k-relation names relation(s) not in this map: nosuch"),
         (["--device", "cuda:0"], "no CUDA GPU"),
         (["--device", "potato"], "device 'potato' is not valid"),
         (["--device", "meta"], "device 'meta' holds no values"),
@@ -197,7 +201,7 @@ def test_tokens_beyond_the_model_vocabulary_are_dropped_with_a_note(
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "beyond the model's vocabulary" in captured.err
-    m = json.loads((tmp_path / "out" / "tiny-llama" / "manifest.json").read_text())
+    m = json.loads((tmp_path / "out" / model_slug(str(folder)) / "manifest.json").read_text())
     (rel,) = m["relations"]
     assert (
         rel["out_of_vocabulary"] > 0 and rel["n_pairs"] + rel["out_of_vocabulary"] <= rel["n_raw"]
@@ -207,7 +211,7 @@ def test_tokens_beyond_the_model_vocabulary_are_dropped_with_a_note(
 def test_a_new_map_keeps_sections_other_steps_added(gpt2_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert run_cli("map", gpt2_dir, "--out", out, "--relations", "copying", "--quiet") == 0
-    path = out / gpt2_dir.name / "manifest.json"
+    path = out / model_slug(str(gpt2_dir)) / "manifest.json"
     m = json.loads(path.read_text())
     m["salient"] = {"tokens": 15}
     path.write_text(json.dumps(m))

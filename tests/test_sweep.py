@@ -20,6 +20,7 @@ from tiny_models import gpt2_tokenizer, save_tiny, tiny_model
 
 from headatlas import MapOptions, load_results
 from headatlas.cli.main import main
+from headatlas.store import model_slug
 from headatlas.sweep import SweepEntry, run_sweep, sweep_entries
 from headatlas.sweep.ledger import EVENTS, SWEEP_DIR
 
@@ -106,12 +107,12 @@ def test_sweep_survives_a_killed_worker_and_maps_nothing_twice(
     deadline = time.time() + 60
     pid = None
     while time.time() < deadline and pid is None:
-        if (out / SWEEP_DIR / EVENTS).is_file() and _layer_files(out, "deep"):
+        if (out / SWEEP_DIR / EVENTS).is_file() and _layer_files(out, model_slug(models["deep"])):
             starts = [e for e in _events(out) if e["spec"] == deep and e["event"] == "start"]
             pid = starts[0]["pid"] if starts else None
         time.sleep(0.01)
     assert pid is not None, "the deep model's task never started a layer"
-    seen = len(_layer_files(out, "deep"))
+    seen = len(_layer_files(out, model_slug(models["deep"])))
     os.kill(pid, signal.SIGKILL)
     sweep.join(timeout=120)
     report = box["report"]

@@ -58,12 +58,17 @@ def test_missing_spec_file_and_empty_sweep(tmp_path: Path) -> None:
 
 
 def test_two_maps_for_one_results_folder_are_refused(tmp_path: Path) -> None:
+    from headatlas.store import model_slug
     from headatlas.sweep import run_sweep
 
     for parent in ("a", "b"):
         (tmp_path / parent / "model").mkdir(parents=True)
-    entries = sweep_entries([str(tmp_path / "a" / "model"), str(tmp_path / "b" / "model")])
-    with pytest.raises(OptionError, match="would both write OUT/model/") as err:
+    # Two folders of one name get results folders of their own (issue 12)...
+    assert model_slug(str(tmp_path / "a" / "model")) != model_slug(str(tmp_path / "b" / "model"))
+    # ...and one folder named twice would still share one: refused.
+    one = str(tmp_path / "a" / "model")
+    entries = sweep_entries([one, one + "/"])
+    with pytest.raises(OptionError, match="would both write OUT/model-") as err:
         run_sweep(entries, tmp_path / "out", ray="off")
     assert "\n" not in str(err.value)
     assert not (tmp_path / "out").exists()  # refused before anything was written

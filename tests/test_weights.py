@@ -380,7 +380,7 @@ def test_safetensors_header_shape_disagrees_with_bytes(tmp_path: Path) -> None:
     path.write_bytes(struct.pack("<Q", len(header)) + header.encode() + bytes(16))
     with pytest.raises(WeightSourceError) as err:
         SafetensorsFile(path).read("w")
-    _one_line(err.value, str(path), "tensor w", "re-download")
+    _one_line(err.value, str(path), "tensor", "re-download")
 
 
 def test_garbage_gguf(tmp_path: Path) -> None:

@@ -12,6 +12,8 @@ embeddings plus about one layer's value and output weights.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +25,14 @@ from headatlas.arch import ArchConfig, ArchSpec, resolve_config, spec_for
 from headatlas.arch.config import text_config
 from headatlas.errors import ShapeMismatchError, WeightSourceError
 from headatlas.weights import ModelSpec, WeightSource, open_source
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """SHA-256 of a tensor's dtype, shape and bytes."""
+    flat = t.detach().contiguous().reshape(-1).view(torch.uint8)
+    h = hashlib.sha256(f"{t.dtype}:{list(t.shape)}:".encode())
+    h.update(flat.numpy().data)
+    return h.hexdigest()[:32]
 
 
 @dataclass
@@ -113,6 +123,9 @@ class LayerOV:
     out_norm: Norm | None
     """Gemma 2/3: the attention output passes this norm before the residual add."""
     group_size: int
+    digest: str = ""
+    """Hash of the content of every tensor read to build this layer (see
+    :meth:`ModelCircuits.layer`): equal digests mean equal OV circuits."""
 
     @property
     def n_heads(self) -> int:
@@ -153,6 +166,7 @@ class LayerOV:
             attn_norm=self.attn_norm.to(device, dtype),
             out_norm=None if self.out_norm is None else self.out_norm.to(device, dtype),
             group_size=self.group_size,
+            digest=self.digest,
         )
 
 
@@ -169,6 +183,11 @@ class ModelCircuits:
         self._W_U: torch.Tensor | None = None
         self._mlp0: tuple[Norm, MLP, Norm | None] | None = None
         self._tokenizer: Any = None
+        self._digests: dict[str, str] = {}
+        self._embed_name: str | None = None
+        self._unembed_stored: str | None = None
+        self._reading: list[str] | None = None
+        self._layer_names: set[str] = set()
 
     @classmethod
     def load(cls, model: ModelSpec, **kwargs: Any) -> ModelCircuits:
@@ -185,12 +204,41 @@ class ModelCircuits:
             )
         return name
 
+    def read(self, name: str) -> torch.Tensor:
+        """Read one stored tensor and hash its content on the way (no second pass): the
+        fingerprints of results are made of these hashes."""
+        t = self.source.read(name)
+        self._digests[name] = tensor_digest(t)
+        if self._reading is not None:
+            self._reading.append(name)
+        return t
+
     def tensor(
         self, module: str, kind: str = "weight", required: bool = True
     ) -> torch.Tensor | None:
         """Read ``module.kind`` as float32 (None when optional and absent)."""
         name = self._name(module, kind, required)
-        return None if name is None else self.source.read(name).float()
+        return None if name is None else self.read(name).float()
+
+    def weights_fingerprint(self, layer_digests: list[str]) -> str:
+        """The model's fingerprint in manifests: config, embedding, unembedding and every
+        layer's OV tensors, by content (two passes over all layers agree whatever else their
+        options made them read)."""
+        names = [n for n in (self._embed_name, self._unembed_stored) if n is not None]
+        return hashlib.sha256(
+            json.dumps([self.content_fingerprint(names), layer_digests]).encode()
+        ).hexdigest()[:16]
+
+    def content_fingerprint(self, names: list[str] | None = None) -> str:
+        """Hash of the config and of the content of ``names``; by default of every tensor read
+        so far outside :meth:`layer` (embeddings, unembedding, norms, block-0 MLP: what every
+        layer's readout shares)."""
+        h = hashlib.sha256(json.dumps(self.raw_config, sort_keys=True, default=str).encode())
+        if names is None:
+            names = [n for n in self._digests if n not in self._layer_names]
+        for name in sorted(names):
+            h.update(f"{name}:{self._digests[name]};".encode())
+        return h.hexdigest()[:16]
 
     def _need(self, module: str, kind: str = "weight") -> torch.Tensor:
         t = self.tensor(module, kind, required=True)
@@ -212,6 +260,28 @@ class ModelCircuits:
             w = self._check(module, w, (in_dim, out_dim)).T.contiguous()
         return self._check(module, w, (out_dim, in_dim))
 
+    def _part(
+        self, module: str, kind: str, start: int, stop: int, rows: int | None = None
+    ) -> torch.Tensor | None:
+        """Output rows ``start:stop`` of a projection (weight in Linear layout [stop-start,
+        rows], or bias), read without the rest of the tensor where the source allows.
+        Conv1D checkpoints store the weight as [in, out], so the slice is on columns."""
+        name = self._name(module, kind, required=kind == "weight")
+        if name is None:
+            return None
+        dim = 1 if (kind == "weight" and self.spec.conv1d) else 0
+        t = self.source.read_slice(name, dim, start, stop)
+        part_name = f"{name}[{dim}:{start}:{stop}]"
+        self._digests[part_name] = tensor_digest(t)
+        if self._reading is not None:
+            self._reading.append(part_name)
+        t = t.float()
+        if dim == 1:
+            t = t.T.contiguous()
+        if kind == "weight" and rows is not None:
+            t = self._check(module, t, (stop - start, rows))
+        return t
+
     def norm(self, module: str) -> Norm:
         """A norm layer by module path."""
         w = self.tensor(module, "weight", required=False)
@@ -225,6 +295,7 @@ class ModelCircuits:
     def W_E(self) -> torch.Tensor:
         """Token embeddings [V, d] as stored (before any embedding scale)."""
         if self._W_E is None:
+            self._embed_name = self._name(self.spec.embed, "weight")
             w = self._need(self.spec.embed)
             if w.shape[1] != self.cfg.d_model or w.shape[0] < self.cfg.vocab_size:
                 self._check(self.spec.embed, w, (self.cfg.vocab_size, self.cfg.d_model))
@@ -250,7 +321,8 @@ class ModelCircuits:
             module, name = self._unembed_name()
             if name is None and not self.cfg.tied:
                 self._name(module, "weight", required=True)  # raises, naming the tensor
-            w = self.W_E if name is None else self.source.read(name).float()
+            self._unembed_stored = name
+            w = self.W_E if name is None else self.read(name).float()
             if w.shape[1] != self.cfg.d_model:
                 self._check(self.spec.unembed, w, (self.cfg.vocab_size, self.cfg.d_model))
             self._W_U = w.T
@@ -300,19 +372,33 @@ class ModelCircuits:
             act=ACT2FN[self.cfg.activation],
         )
 
-    def effective_embedding(self, x: torch.Tensor) -> torch.Tensor:
-        """MLP0(norm2_0(x)) of block 0 (Gemma 2/3: followed by its post-MLP norm). [n, d]"""
+    def block0_mlp(self) -> tuple[Norm, MLP, Norm | None]:
+        """Block 0's (pre-MLP norm, MLP, post-MLP norm or None), read once."""
         if self._mlp0 is None:
             s = self.spec
             out_norm = self.norm(s.layer_path(0, s.mlp_out_norm)) if s.mlp_out_norm else None
             self._mlp0 = (self.norm(s.layer_path(0, s.mlp_norm)), self.mlp(0), out_norm)
-        norm, mlp, out_norm = self._mlp0
+        return self._mlp0
+
+    def effective_embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """MLP0(norm2_0(x)) of block 0 (Gemma 2/3: followed by its post-MLP norm). [n, d]"""
+        norm, mlp, out_norm = self.block0_mlp()
         y = mlp(norm(x))
         return out_norm(y) if out_norm is not None else y
 
     # ---- attention OV ------------------------------------------------------------------------
     def layer(self, layer: int) -> LayerOV:
-        """Read one layer's OV factors."""
+        """Read one layer's OV factors; ``digest`` hashes the content of what was read."""
+        self._reading = []
+        try:
+            ov = self._layer(layer)
+        finally:
+            names, self._reading = self._reading, None
+        self._layer_names.update(names)
+        ov.digest = self.content_fingerprint(names)
+        return ov
+
+    def _layer(self, layer: int) -> LayerOV:
         c, s = self.cfg, self.spec
         d, dh, nh, nkv = c.d_model, c.d_head, c.n_heads, c.n_kv_heads
         v_mod = s.attn_path(layer, s.v_proj)
@@ -322,11 +408,12 @@ class ModelCircuits:
             W_V = w.reshape(nkv, dh, d).transpose(1, 2)
             b = self.tensor(v_mod, "bias", required=False)
             b_v = None if b is None else b.reshape(nkv, dh)
-        elif s.qkv_layout == "gpt2_fused":
-            w = self._linear(v_mod, 3 * nh * dh, d)  # rows: q | k | v
-            W_V = w[2 * nh * dh :].reshape(nh, dh, d).transpose(1, 2)
-            b = self.tensor(v_mod, "bias", required=False)
-            b_v = None if b is None else b[2 * nh * dh :].reshape(nh, dh)
+        elif s.qkv_layout == "gpt2_fused":  # rows q | k | v: read only the v third
+            v = self._part(v_mod, "weight", 2 * nh * dh, 3 * nh * dh, rows=d)
+            assert v is not None  # a weight is required
+            W_V = v.reshape(nh, dh, d).transpose(1, 2)
+            b = self._part(v_mod, "bias", 2 * nh * dh, 3 * nh * dh)
+            b_v = None if b is None else b.reshape(nh, dh)
         else:  # neox_fused: rows grouped per head as (q, k, v)
             w = self._linear(v_mod, 3 * nh * dh, d)
             W_V = w.reshape(nh, 3, dh, d)[:, 2].transpose(1, 2)
@@ -366,7 +453,6 @@ class ModelCircuits:
             "name": self.source.name,
             "display_name": self.source.display_name(),
             "source": self.source.describe(),
-            "fingerprint": self.source.fingerprint(),
             "architecture": self.cfg.model_type,
             "family": self.spec.family,
             "n_layers": self.cfg.n_layers,

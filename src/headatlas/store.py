@@ -18,11 +18,12 @@ either the old version or the new one, never half-written.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,14 +38,48 @@ SCORES = "scores.parquet"
 CATEGORIES = "categories.parquet"
 SALIENT = "salient.parquet"
 DESCRIPTIONS = "descriptions.jsonl"
+SCORE_COLUMNS = (
+    "model",
+    "layer",
+    "head",
+    "relation",
+    "category",
+    "k",
+    "n_pairs",
+    "score",
+    "suppression_score",
+)
+"""Columns of scores.parquet."""
 
 
 def model_slug(name: str) -> str:
-    """A file-system-safe folder name for a model name, hub id or path."""
+    """A file-system-safe folder name for a model name, hub id or path, one per source: a
+    local path keeps its last part and gains a hash of its full resolved path, so
+    ``runs/a/final`` and ``runs/b/final`` never share a results folder."""
     base = name.rstrip("/\\")
-    base = base.split("/")[-1] if os.path.exists(name) else base.replace("/", "--")
+    if os.path.exists(name):
+        where = str(Path(name).expanduser().resolve())
+        tag = hashlib.sha256(where.encode()).hexdigest()[:8]
+        last = re.split(r"[/\\]", base)[-1] or "model"
+        base = f"{last}-{tag}"
+    else:
+        base = base.replace("/", "--")
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-.")
     return slug or "model"
+
+
+def results_folder(out: str | Path, name: str) -> Path:
+    """``out/<model-slug>/``, created now, so an unusable output path is named before any
+    work is done."""
+    directory = Path(out) / model_slug(name)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ResultsError(
+            f"cannot create the results folder {directory} ({exc.strerror or exc}): choose a "
+            "writable --out folder"
+        ) from exc
+    return directory
 
 
 _UMASK = os.umask(0)
@@ -53,8 +88,13 @@ os.umask(_UMASK)
 
 @contextmanager
 def _atomic_path(path: Path) -> Iterator[Path]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise ResultsError(
+            f"cannot write {path} ({exc.strerror or exc}): choose a writable output folder"
+        ) from exc
     os.close(fd)
     try:
         yield Path(tmp)
@@ -104,6 +144,28 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     return data
 
 
+def read_table(path: Path, columns: Sequence[str] = ()) -> pd.DataFrame:
+    """A parquet results file, or a ResultsError naming it when it is unreadable or lacks
+    ``columns`` (a file cut short, overwritten or from another tool)."""
+    path = Path(path)
+    try:
+        df = pd.read_parquet(path)
+    except FileNotFoundError as exc:
+        raise ResultsError(f"{path} does not exist: re-run the command that writes it") from exc
+    except Exception as exc:  # pyarrow raises many types for a damaged file
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ResultsError(
+            f"{path} is unreadable ({first}): delete it and re-run the command that wrote it"
+        ) from exc
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ResultsError(
+            f"{path} lacks column(s) {', '.join(missing)}: delete it and re-run the command "
+            "that wrote it"
+        )
+    return df
+
+
 @dataclass
 class MapResults:
     """The map of one model: scores per (layer, head, relation) and a label per head."""
@@ -132,7 +194,7 @@ class MapResults:
     def salient(self) -> pd.DataFrame | None:
         """Salient operations stored beside the map, if any."""
         path = self.directory / SALIENT
-        return pd.read_parquet(path) if path.is_file() else None
+        return read_table(path) if path.is_file() else None
 
     def descriptions(self) -> list[dict[str, Any]]:
         """LLM descriptions stored beside the map (may be empty)."""
@@ -161,6 +223,6 @@ def load_results(directory: str | Path) -> MapResults:
     return MapResults(
         directory=directory,
         manifest=manifest,
-        scores=pd.read_parquet(directory / SCORES),
-        categories=pd.read_parquet(directory / CATEGORIES),
+        scores=read_table(directory / SCORES, SCORE_COLUMNS),
+        categories=read_table(directory / CATEGORIES, ("layer", "head", "label")),
     )

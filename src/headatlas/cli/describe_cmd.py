@@ -140,10 +140,18 @@ def run(args: argparse.Namespace) -> int:
         f"{counts.get('failed', 0)} failed ({int(table['cached'].sum())} from cache); "
         f"records in {Path(args.dir) / store.DESCRIPTIONS}"
     )
-    if len(table) and counts.get("failed", 0) == len(table):
+    failed = int(counts.get("failed", 0))
+    if len(table) and failed == len(table):
         print(
             "error: every head failed (no answer was the requested JSON): see the records' "
             "`error` and `raw`; try a larger model or the default structured decoding",
+            file=sys.stderr,
+        )
+        return 1
+    if failed:  # the work did not fully succeed: say so in the exit status, not only the table
+        print(
+            f"headatlas: {failed} of {len(table)} heads failed; re-run to retry them "
+            "(finished answers are cached)",
             file=sys.stderr,
         )
         return 1

@@ -47,6 +47,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HeadAtlasError as exc:
         print(f"headatlas: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a path the system refused (unwritable, too long, not a folder...)
+        where = f" {exc.filename}" if exc.filename else ""
+        print(
+            f"headatlas: error: cannot use{where}: {exc.strerror or exc}; check the path",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         print(
             "headatlas: interrupted; finished work is saved and a re-run resumes from it",

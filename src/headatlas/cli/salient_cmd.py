@@ -8,8 +8,20 @@ from typing import Any
 import pandas as pd
 
 from headatlas.circuits import ModelCircuits
+from headatlas.cli.dataclass_args import add_dataclass_args, dataclass_from_args
 from headatlas.errors import HeadAtlasError
 from headatlas.scoring.options import MapOptions
+
+# The MapOptions fields that shape salient operations.
+SALIENT_SWITCHES = (
+    "effective_embedding",
+    "effective_embedding_layer0",
+    "pre_norm",
+    "final_norm",
+    "value_bias",
+    "dtype",
+    "device",
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -56,39 +68,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--allow-pickle", action="store_true", help="load pickle *.bin weights")
     g = p.add_argument_group("method switches (as for `headatlas map`)")
-    g.add_argument(
-        "--no-effective-embedding",
-        action="store_true",
-        help="feed layers >= 1 raw token embeddings instead of MLP0(norm(W_E))",
-    )
-    g.add_argument(
-        "--effective-embedding-layer0",
-        action="store_true",
-        help="use the effective embedding for layer 0 too",
-    )
-    g.add_argument(
-        "--no-pre-norm", action="store_true", help="skip the pre-attention norm before W_V"
-    )
-    g.add_argument(
-        "--no-final-norm", action="store_true", help="do not fold the final norm into W_U"
-    )
-    g.add_argument("--no-value-bias", action="store_true", help="leave out b_V")
-    g.add_argument("--dtype", default="float32", help="float32, float64 or bfloat16")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1...")
+    add_dataclass_args(g, MapOptions, only=SALIENT_SWITCHES)
     p.set_defaults(func=run)
 
 
 def options_from(args: argparse.Namespace) -> MapOptions:
     """The MapOptions the command line asks for."""
-    return MapOptions(
-        effective_embedding=not args.no_effective_embedding,
-        effective_embedding_layer0=args.effective_embedding_layer0,
-        pre_norm=not args.no_pre_norm,
-        final_norm=not args.no_final_norm,
-        value_bias=not args.no_value_bias,
-        dtype=args.dtype,
-        device=args.device,
-    )
+    options: MapOptions = dataclass_from_args(MapOptions, args)
+    return options
 
 
 def run(args: argparse.Namespace) -> int:

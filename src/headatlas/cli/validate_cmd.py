@@ -12,8 +12,8 @@ from headatlas.cli.common import (
     open_circuits,
     options_from_args,
 )
+from headatlas.cli.dataclass_args import add_dataclass_args, dataclass_from_args
 from headatlas.validate.options import EXPERIMENTS, ValidationOptions
-from headatlas.validate.prompts import DEFAULT_TEMPLATES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -59,38 +59,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="results folder, as for `headatlas map`: the map is reused from (or written to) "
         "OUT/<model-slug>/ and validation goes to OUT/<model-slug>/validation/ (default: atlas)",
     )
-    p.add_argument(
-        "--templates",
-        nargs="+",
-        metavar="TEMPLATE",
-        help="context templates with a <X> slot (default: the four of MAPS: "
-        + "; ".join(f"'{t}'" for t in DEFAULT_TEMPLATES)
-        + ")",
-    )
-    p.add_argument(
-        "--max-prompts", type=int, help="pairs per relation, a seeded sample (default: all)"
-    )
-    p.add_argument(
-        "--seed", type=int, default=0, help="seed of samples and random heads (default: 0)"
-    )
-    p.add_argument(
-        "--batch-size", type=int, default=32, help="prompts per forward pass (default: 32)"
-    )
-    p.add_argument(
-        "--steps",
-        type=int,
-        nargs="+",
-        help="causal: numbers of heads ablated (default: 1 2 4 ... m)",
-    )
-    p.add_argument("--max-heads", type=int, help="causal: m (default: 30/50/100/150/250 by size)")
-    p.add_argument(
-        "--random-draws", type=int, default=5, help="causal: random head sets (default: 5)"
-    )
-    p.add_argument(
-        "--causal-templates",
-        type=int,
-        help="causal: use the first N few-shot templates per relation (default: all)",
-    )
+    add_dataclass_args(p.add_argument_group("experiment switches"), ValidationOptions)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_source_args(p)
     add_method_args(p)
@@ -101,16 +70,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the experiments and print the tables."""
     from headatlas.validate.run import validate
 
-    options = ValidationOptions(
-        templates=tuple(args.templates) if args.templates else DEFAULT_TEMPLATES,
-        max_prompts=args.max_prompts,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        steps=tuple(args.steps) if args.steps else None,
-        max_heads=args.max_heads,
-        random_draws=args.random_draws,
-        causal_templates=args.causal_templates,
-    )
+    options = dataclass_from_args(ValidationOptions, args)
     experiments = args.experiment or list(EXPERIMENTS)
     map_options = options_from_args(args)
     res = validate(

@@ -46,12 +46,7 @@ def load_operations(
         )
     if tokens < 1 or mappings < 1:
         raise ResultsError(f"tokens and mappings must be at least 1, got {tokens}, {mappings}")
-    table = pd.read_parquet(path)
-    missing = [c for c in _SALIENT_COLUMNS if c not in table.columns]
-    if missing:
-        raise ResultsError(
-            f"{path} lacks columns {', '.join(missing)}: re-run `headatlas salient MODEL --all`"
-        )
+    table = store.read_table(path, _SALIENT_COLUMNS)
     operations: dict[HeadKey, Operations] = {}
     table = table.sort_values(["layer", "head", "rank"], kind="stable")
     for (layer, head), group in table.groupby(["layer", "head"], sort=True):

@@ -12,13 +12,12 @@ from __future__ import annotations
 import copy
 import functools
 import threading
-from pathlib import Path
 from typing import Any
 
 from headatlas.describe.answer_schema import answer_schema, answer_token_budget
 from headatlas.describe.grammar import SchemaGrammar
 from headatlas.describe.protocol import Message
-from headatlas.errors import DescribeError, WeightSourceError
+from headatlas.errors import DescribeError
 
 
 class TransformersChatBackend:
@@ -75,27 +74,10 @@ class TransformersChatBackend:
         if self._loaded is not None:
             return self._loaded
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        kwargs: dict[str, Any] = {}
-        if self.name == "smollm2":
-            from headatlas.weights.packaged import smollm2_path
+        from headatlas.weights.hf_model import load_causal_lm
 
-            path = smollm2_path()
-            source, kwargs["gguf_file"] = str(path.parent), path.name
-        elif self.name.endswith(".gguf") and Path(self.name).is_file():
-            path = Path(self.name)
-            source, kwargs["gguf_file"] = str(path.parent), path.name
-        else:
-            source = self.name
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-            model: Any = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
-        except (OSError, ValueError) as exc:
-            raise WeightSourceError(
-                f"cannot load chat model {self.name!r} ({exc}): pass 'smollm2', a .gguf file, "
-                "a local model folder, or a hub id already downloaded"
-            ) from exc
+        model, tokenizer = load_causal_lm(self.name, with_tokenizer=True, purpose="chat")
         if getattr(tokenizer, "chat_template", None) is None:
             raise DescribeError(
                 f"model {self.name!r} has no chat template: use an instruction-tuned chat model"

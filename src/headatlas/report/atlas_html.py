@@ -32,7 +32,7 @@ from headatlas.errors import OutputFormatError
 from headatlas.report.grid_axes import MAX_MODELS
 from headatlas.report.head_grids import relation_names
 from headatlas.report.palette import label_colors, label_order, score_colormap
-from headatlas.scoring.categories import CATEGORIES
+from headatlas.scoring.categories import CATEGORIES, DEFAULT_THRESHOLD
 from headatlas.store import MapResults, write_text_atomic
 
 MAX_SALIENT_TOKENS = 8
@@ -285,6 +285,7 @@ def atlas_data(results: MapResults) -> dict[str, Any]:
         "display_name": results.display_name,
         "n_layers": n_layers,
         "n_heads": n_heads,
+        "threshold": map_threshold(results),
         "labels": labels,
         "label_colors": [colors[label] for label in labels],
         "categories": categories,
@@ -304,6 +305,15 @@ def atlas_data(results: MapResults) -> dict[str, Any]:
         ],
         "validation": _validation(results),
     }
+
+
+def map_threshold(results: MapResults) -> int:
+    """The map's threshold in thousandths (the score at which a head implements a relation)."""
+    value = results.manifest.get("options", {}).get("threshold", DEFAULT_THRESHOLD)
+    try:
+        return round(float(value) * 1000)
+    except (TypeError, ValueError):
+        return round(DEFAULT_THRESHOLD * 1000)
 
 
 def _score_scale() -> list[str]:

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from headatlas.circuits import ModelCircuits
-from headatlas.errors import HeadAtlasError, OptionError
+from headatlas.errors import HeadAtlasError, OptionError, ResultsError
 from headatlas.relations import (
     Relation,
     TokenizedRelation,
@@ -35,27 +35,18 @@ from headatlas.scoring.relation_scores import layer_ranks, layer_scores
 from headatlas.store import (
     CATEGORIES,
     MANIFEST,
+    SCORE_COLUMNS,
     SCORES,
     MapResults,
-    model_slug,
     read_manifest,
+    read_table,
+    results_folder,
     write_json_atomic,
     write_parquet_atomic,
 )
 from headatlas.weights import ModelSpec
 
 PARTIAL = "partial"
-SCORE_COLUMNS = [
-    "model",
-    "layer",
-    "head",
-    "relation",
-    "category",
-    "k",
-    "n_pairs",
-    "score",
-    "suppression_score",
-]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -113,14 +104,52 @@ def tokenize_all(
     return out
 
 
-def _cache_key(summary: dict[str, Any], options: MapOptions, plan: ScoringPlan) -> str:
+def _cache_key(weights: str, options: MapOptions, plan: ScoringPlan) -> str:
+    """What a layer's scores depend on besides the layer's own tensors: the content of the
+    embedding-side tensors (``weights``), the scoring switches and the tokenised pairs."""
     h = hashlib.sha256()
-    h.update(str(summary["fingerprint"]).encode())
+    h.update(weights.encode())
     h.update(options.scoring_key().encode())
     h.update(options.dtype.encode())
     for r in plan.relations:
         h.update(json.dumps([r.name, r.category, r.k, r.source_ids, r.target_ids]).encode())
     return h.hexdigest()[:16]
+
+
+def _finished_layers(
+    directory: Path | None, key: str, say: Any
+) -> tuple[dict[int, pd.DataFrame], list[str]]:
+    """Layer tables of a finished map computed with the same key, and their weight digests
+    (empty when there is none, or its files cannot be read: then they are named)."""
+    if directory is None or not (directory / MANIFEST).is_file():
+        return {}, []
+    try:
+        old = read_manifest(directory)
+    except HeadAtlasError as exc:
+        say(f"ignoring the earlier map: {exc}")
+        return {}, []
+    digests = old.get("layer_digests")
+    if old.get("cache_key") != key or not isinstance(digests, list):
+        return {}, []
+    try:
+        scores = read_table(directory / SCORES, SCORE_COLUMNS)
+    except ResultsError as exc:
+        say(f"recomputing: {exc}")
+        return {}, []
+    return {int(i): g.reset_index(drop=True) for i, g in scores.groupby("layer")}, digests
+
+
+def _partial_layer(path: Path, say: Any) -> pd.DataFrame | None:
+    """A finished layer's table from an interrupted run; None (and the file removed) when it
+    is missing or unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        return read_table(path, SCORE_COLUMNS)
+    except ResultsError as exc:
+        say(f"recomputing layer: {exc}")
+        path.unlink(missing_ok=True)
+        return None
 
 
 def map_heads(
@@ -148,6 +177,7 @@ def map_heads(
     t_load = time.perf_counter()
 
     rels = resolve_relations(relations, relation_files)
+    options.check_for([r.name for r in rels], circuits.cfg.vocab_size)
     tokenized = tokenize_all(rels, circuits.tokenizer, options, relation_files)
     relations_info: list[dict[str, Any]] = []
     usable: list[RelationPairs] = []
@@ -193,19 +223,7 @@ def map_heads(
             "lower --min-pairs, or give relations with single-token words"
         )
     plan = ScoringPlan.build(usable)
-    key = _cache_key(summary, options, plan)
-    directory = Path(out) / model_slug(str(summary["name"])) if out is not None else None
-
-    if directory is not None and (directory / MANIFEST).is_file():
-        try:
-            old = read_manifest(directory)
-        except HeadAtlasError:
-            old = {}
-        if old.get("cache_key") == key and (directory / SCORES).is_file():
-            say(f"reusing the finished map in {directory} (same model, options and relations)")
-            from headatlas.store import load_results
-
-            return load_results(directory)
+    directory = results_folder(out, str(summary["name"])) if out is not None else None
 
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.dtype)
@@ -218,20 +236,31 @@ def map_heads(
         plan.pair_rows, plan.pair_targets, len(plan.source_ids), W_Uf.shape[1], k=plan.pair_k
     )
     layout.to(device)
+    # Everything read so far (config, embeddings, unembedding, norms, block-0 MLP) was hashed
+    # while it was read; each layer adds the hash of its own tensors below.
+    key = _cache_key(circuits.content_fingerprint(), options, plan)
     t_prep = time.perf_counter()
 
+    finished, old_digests = _finished_layers(directory, key, say)
     partial = directory / PARTIAL / key if directory is not None else None
     frames: list[pd.DataFrame] = []
+    digests: list[str] = []
     layers = range(circuits.cfg.n_layers)
     bar = _progress(layers, progress, summary["display_name"])
     layer_seconds: list[float] = []
     for i in bar:
-        path = partial / f"layer_{i:04d}.parquet" if partial is not None else None
-        if path is not None and path.is_file():
-            frames.append(pd.read_parquet(path))
-            continue
         t0 = time.perf_counter()
-        layer = circuits.layer(i).to(device, dtype)  # stored in dtype, computed in `compute`
+        layer = circuits.layer(i)  # read (and hashed) in any case: reuse needs a true match
+        digests.append(layer.digest)
+        if i in finished and i < len(old_digests) and old_digests[i] == layer.digest:
+            frames.append(finished[i])
+            continue
+        path = partial / f"layer_{i:04d}-{layer.digest}.parquet" if partial is not None else None
+        saved = _partial_layer(path, say) if path is not None else None
+        if saved is not None:
+            frames.append(saved)
+            continue
+        layer = layer.to(device, dtype)  # stored in dtype, computed in `compute`
         X = (X0 if i == 0 else Xe).to(device=device, dtype=dtype)
         with torch.no_grad():
             up, down = layer_ranks(layer, X, W_Uf, layout, options, logit_bias, final_norm)
@@ -242,13 +271,17 @@ def map_heads(
         frames.append(frame)
         layer_seconds.append(time.perf_counter() - t0)
     t_scores = time.perf_counter()
+    summary["fingerprint"] = circuits.weights_fingerprint(digests)
+    if directory is not None and not layer_seconds:
+        say(f"reusing the finished map in {directory} (same weights, options and relations)")
 
-    scores = pd.concat(frames, ignore_index=True)[SCORE_COLUMNS]
+    scores = pd.concat(frames, ignore_index=True)[list(SCORE_COLUMNS)]
     categories = categorize_heads(scores, options.threshold, options.use_suppression)
     manifest = {
         "model": summary,
         "options": options.as_dict(),
         "cache_key": key,
+        "layer_digests": digests,
         "relations": relations_info,
         "versions": package_versions(),
         "device": str(device),
@@ -263,7 +296,8 @@ def map_heads(
     }
     if directory is not None:
         manifest = _keep_other_sections(directory, manifest)
-        write_parquet_atomic(scores, directory / SCORES)
+        if layer_seconds or len(finished) != len(frames):  # else scores.parquet is current
+            write_parquet_atomic(scores, directory / SCORES)
         write_parquet_atomic(categories, directory / CATEGORIES)
         write_json_atomic(manifest, directory / MANIFEST)
         shutil.rmtree(directory / PARTIAL, ignore_errors=True)
@@ -304,7 +338,7 @@ def _layer_frame(
                     float(sup[h, r]),
                 )
             )
-    return pd.DataFrame(rows, columns=SCORE_COLUMNS)
+    return pd.DataFrame(rows, columns=list(SCORE_COLUMNS))
 
 
 def _progress(it: range, enabled: bool, name: str) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -32,6 +32,15 @@ def compute_dtype(storage: torch.dtype) -> torch.dtype:
     return torch.float64 if storage == torch.float64 else torch.float32
 
 
+def _whole(name: str, value: Any, allow_none: bool = False, switch: str | None = None) -> None:
+    """Refuse anything but a whole number >= 1 (None too when allowed)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        spelled = switch or "--" + name.replace("_", "-")
+        raise OptionError(f"option {name} ({spelled}) must be a whole number >= 1, got {value!r}")
+
+
 @dataclass(frozen=True)
 class MapOptions:
     """How relation scores are computed. Defaults follow the MAPS paper."""
@@ -39,8 +48,10 @@ class MapOptions:
     k: int | None = None
     """Top-k for every relation; None: 1 for copying relations, else 10 (3 and 25 when the
     vocabulary exceeds 100k tokens)."""
-    k_per_relation: Mapping[str, int] = field(default_factory=dict)
-    """Per-relation overrides of k (win over ``k``)."""
+    k_per_relation: Mapping[str, int] = field(
+        default_factory=dict, metadata={"cli": "--k-relation", "metavar": "NAME=K"}
+    )
+    """Per-relation top-k overrides, NAME=K (win over ``k``)."""
     effective_embedding: bool = True
     """Feed layers >= 1 with MLP0(norm2_0(W_E)) instead of raw token embeddings."""
     effective_embedding_layer0: bool = False
@@ -66,11 +77,69 @@ class MapOptions:
     """A head implements a relation when its score is at least this."""
     use_suppression: bool = False
     """Let suppression scores count towards categories too."""
-    dtype: str = "float32"
+    dtype: str = field(default="float32", metadata={"choices": tuple(_DTYPES)})
     """Storage dtype of weights and inputs: float32, float64 or bfloat16. Ranks are computed in
     float32 (float64 when asked for) whatever this is; see :func:`compute_dtype`."""
     device: str = "auto"
     """'auto' (a CUDA GPU when present, else CPU), 'cpu', 'cuda', 'cuda:1'..."""
+
+    def __post_init__(self) -> None:
+        """Refuse values no map can use, naming the option (the API and CLI share this)."""
+        _whole("k", self.k, allow_none=True)
+        if not isinstance(self.k_per_relation, Mapping):
+            raise OptionError(
+                f"option k_per_relation (--k-relation) must map relation names to k, "
+                f"got {self.k_per_relation!r}"
+            )
+        for name, k in self.k_per_relation.items():
+            if not isinstance(name, str) or not name:
+                raise OptionError(f"option k_per_relation (--k-relation) has a bad name {name!r}")
+            _whole(f"k_per_relation[{name}]", k, switch=f"--k-relation {name}=K")
+        _whole("min_pairs", self.min_pairs)
+        if (
+            isinstance(self.threshold, bool)
+            or not isinstance(self.threshold, (int, float))
+            or not 0 <= self.threshold <= 1
+        ):
+            raise OptionError(
+                f"option threshold (--threshold) must be a number between 0 and 1, "
+                f"got {self.threshold!r}"
+            )
+        for name in (
+            "effective_embedding",
+            "effective_embedding_layer0",
+            "pre_norm",
+            "final_norm",
+            "value_bias",
+            "output_bias",
+            "unembed_bias",
+            "leading_space",
+            "first_token",
+            "use_suppression",
+        ):
+            if not isinstance(getattr(self, name), bool):
+                raise OptionError(
+                    f"option {name} must be True or False, got {getattr(self, name)!r}"
+                )
+        resolve_dtype(self.dtype)
+        if not isinstance(self.device, str):  # the device itself is checked where it is used
+            raise OptionError(f"option device (--device) must be a string, got {self.device!r}")
+
+    def check_for(self, relations: Sequence[str], vocab_size: int) -> None:
+        """Check the options against what a map will use: k_per_relation names must be among
+        ``relations`` and every k at most the vocabulary size."""
+        unknown = sorted(set(self.k_per_relation) - set(relations))
+        if unknown:
+            raise OptionError(
+                f"--k-relation names relation(s) not in this map: {', '.join(unknown)}; "
+                f"choose among {', '.join(relations)}"
+            )
+        for name, k in [("k", self.k), *self.k_per_relation.items()]:
+            if k is not None and k > vocab_size:
+                raise OptionError(
+                    f"option {name}={k} exceeds the vocabulary size {vocab_size}: choose "
+                    f"a k of at most {vocab_size}"
+                )
 
     def k_for(self, relation: str, copying: bool, vocab_size: int) -> int:
         """The k used for one relation."""

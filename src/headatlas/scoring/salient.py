@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 
 from headatlas.circuits import LayerOV, ModelCircuits, Norm
-from headatlas.errors import HeadAtlasError
+from headatlas.errors import HeadAtlasError, ResultsError
 from headatlas.relations import resolve_relations
 from headatlas.scoring.mapping import resolve_device
 from headatlas.scoring.options import MapOptions, compute_dtype, resolve_dtype
@@ -44,8 +44,9 @@ from headatlas.scoring.salient_match import match_head, relation_matchers
 from headatlas.store import (
     MANIFEST,
     SALIENT,
-    model_slug,
     read_manifest,
+    read_table,
+    results_folder,
     write_json_atomic,
     write_parquet_atomic,
 )
@@ -487,10 +488,10 @@ def salient_operations(
 
 
 def _run_key(
-    summary: dict[str, Any], options: MapOptions, params: dict[str, Any], relations: list[str]
+    weights: str, options: MapOptions, params: dict[str, Any], relations: list[str]
 ) -> str:
     h = hashlib.sha256()
-    h.update(str(summary["fingerprint"]).encode())
+    h.update(weights.encode())
     h.update(options.scoring_key().encode())
     h.update(options.dtype.encode())
     h.update(json.dumps([params, relations], sort_keys=True).encode())
@@ -533,19 +534,30 @@ def all_salient_operations(
     sp = SalientPass(circuits, options, exclude_special)
     _check_counts(tokens, mappings, sp.vocab)
     params = {"tokens": tokens, "mappings": mappings, "exclude_special": exclude_special}
-    key = _run_key(summary, sp.options, params, [r.name for r in rels])
-    directory = Path(out) / model_slug(str(summary["name"])) if out is not None else None
+    if sp.options.effective_embedding or sp.options.effective_embedding_layer0:
+        circuits.block0_mlp()  # read now, so the key below covers it
+    # Content hash of what the pass read so far (embeddings, unembedding, block-0 MLP); each
+    # layer's own tensors are hashed as they are read below.
+    key = _run_key(circuits.content_fingerprint(), sp.options, params, [r.name for r in rels])
+    directory = results_folder(out, str(summary["name"])) if out is not None else None
     partial = directory / PARTIAL / key if directory is not None else None
     t_prep = time.perf_counter()
 
     frames = []
+    digests: list[str] = []
     computed = 0
     for i in _progress(which, progress, str(summary["display_name"])):
-        path = partial / f"layer_{i:04d}.parquet" if partial is not None else None
+        layer = circuits.layer(i)
+        digests.append(layer.digest)
+        path = partial / f"layer_{i:04d}-{layer.digest}.parquet" if partial is not None else None
         if path is not None and path.is_file():
-            frames.append(pd.read_parquet(path))
-            continue
-        rows = sp.layer(circuits.layer(i), None, tokens, mappings)
+            try:
+                frames.append(read_table(path, SALIENT_COLUMNS))
+                continue
+            except ResultsError as exc:
+                say(f"recomputing layer {i}: {exc}")
+                path.unlink(missing_ok=True)
+        rows = sp.layer(layer, None, tokens, mappings)
         frame = pd.DataFrame(rows)
         head_summary: list[str] = []
         token_rels: list[list[str]] = []
@@ -561,6 +573,8 @@ def all_salient_operations(
         frames.append(frame)
         computed += 1
     table = pd.concat(frames, ignore_index=True)[SALIENT_COLUMNS]
+    if len(digests) == n_layers:  # every layer read: the fingerprint a map would record
+        summary["fingerprint"] = circuits.weights_fingerprint(digests)
     t_end = time.perf_counter()
     section = {
         "tokens": tokens,
@@ -578,6 +592,7 @@ def all_salient_operations(
             "total_s": round(t_end - t_start, 3),
         },
         "run_key": key,
+        "fingerprint": summary.get("fingerprint"),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     table.attrs["salient"] = section

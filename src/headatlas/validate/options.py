@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from headatlas.validate.prompts import DEFAULT_TEMPLATES
+from headatlas.errors import ValidationInputError
+from headatlas.validate.prompts import DEFAULT_TEMPLATES, check_template
 
 EXPERIMENTS = ("correlative", "causal", "multi-token")
 
@@ -14,12 +15,22 @@ _M_BY_SIZE = ((300, 30), (600, 50), (1200, 100), (2500, 150))
 _M_LARGEST = 250
 
 
+def _whole(name: str, value: Any, low: int = 1, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValidationInputError(
+            f"option {name} (--{name.replace('_', '-')}) must be a whole number >= {low}, "
+            f"got {value!r}"
+        )
+
+
 @dataclass(frozen=True)
 class ValidationOptions:
     """How the inference-time checks run. Readout switches (k, norms, biases) are the map's
     :class:`~headatlas.scoring.options.MapOptions`, so static and dynamic scores agree."""
 
-    templates: tuple[str, ...] = DEFAULT_TEMPLATES
+    templates: tuple[str, ...] = field(default=DEFAULT_TEMPLATES, metadata={"metavar": "TEMPLATE"})
     """Context templates of the correlative experiments, each with one ``<X>`` slot."""
     max_prompts: int | None = None
     """At most this many pairs per relation (a seeded sample); None: every pair."""
@@ -32,7 +43,7 @@ class ValidationOptions:
     max_heads: int | None = None
     """Causal: the most heads ablated (m); None: 30/50/100/150/250 by the model's head count.
     m is also capped by the number of heads with a positive static score."""
-    steps: tuple[int, ...] | None = None
+    steps: tuple[int, ...] | None = field(default=None, metadata={"metavar": "N"})
     """Causal: numbers of ablated heads on the curve; None: 1, 2, 4, 8, ... and m."""
     random_draws: int = 5
     """Causal: random head sets per relation."""
@@ -45,6 +56,41 @@ class ValidationOptions:
     """Causal: a control relation's base accuracy is within this of the relation's."""
     max_controls: int = 3
     """Causal: at most this many control relations per relation (closest base accuracy)."""
+
+    def __post_init__(self) -> None:
+        """Refuse values no experiment can use, naming the option (API and CLI share this)."""
+        if isinstance(self.templates, str) or not self.templates:
+            raise ValidationInputError(
+                f"option templates (--templates) must be one or more templates with a <X> "
+                f"slot, got {self.templates!r}"
+            )
+        for t in self.templates:
+            check_template(t)
+        for name in ("batch_size", "min_multi_token", "random_draws"):
+            _whole(name, getattr(self, name))
+        for name in ("max_prompts", "max_heads", "causal_templates"):
+            _whole(name, getattr(self, name), allow_none=True)
+        _whole("seed", self.seed, low=0)
+        _whole("max_controls", self.max_controls, low=0)
+        if self.steps is not None:
+            if isinstance(self.steps, (str, bytes)) or not self.steps:
+                raise ValidationInputError(
+                    f"option steps (--steps) must be one or more whole numbers >= 1, "
+                    f"got {self.steps!r}"
+                )
+            for s in self.steps:
+                _whole("steps", s)
+        for name in ("control_max_overlap", "control_max_acc_gap"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not 0 <= value <= 1
+            ):
+                raise ValidationInputError(
+                    f"option {name} (--{name.replace('_', '-')}) must be a number between 0 "
+                    f"and 1, got {value!r}"
+                )
 
     def m_for(self, total_heads: int) -> int:
         """The ablation size cap for a model with ``total_heads`` heads."""

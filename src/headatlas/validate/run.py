@@ -25,13 +25,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+import headatlas.validate.causal as causal_mod
 from headatlas.circuits import ModelCircuits
-from headatlas.errors import ValidationInputError
+from headatlas.errors import ValidationInputError, WeightSourceError
 from headatlas.relations import Relation, resolve_relations, tokenize_relation
 from headatlas.scoring.mapping import map_heads
 from headatlas.scoring.options import MapOptions
 from headatlas.store import MapResults, write_json_atomic, write_text_atomic
-from headatlas.validate import causal as causal_mod
 from headatlas.validate.dynamic import (
     CORRELATION_COLUMNS,
     DynamicJob,
@@ -45,7 +45,6 @@ from headatlas.validate.dynamic import (
 )
 from headatlas.validate.hooks import AttentionHooks, eval_mode
 from headatlas.validate.options import EXPERIMENTS, ValidationOptions
-from headatlas.validate.prompts import check_template
 from headatlas.weights import ModelSpec
 
 VALIDATION = "validation"
@@ -71,37 +70,13 @@ def load_hf_model(model: ModelSpec) -> torch.nn.Module:
     (``org/name@REVISION`` included)."""
     if isinstance(model, torch.nn.Module):
         return model
-    from transformers import AutoModelForCausalLM
+    from headatlas.weights.hf_model import load_causal_lm
 
-    from headatlas.weights.packaged import PACKAGED_NAMES, packaged_path
-
-    spec = str(model)
-    kwargs: dict[str, Any] = {}
-    if spec in PACKAGED_NAMES:
-        path = packaged_path(spec)
-        source, kwargs["gguf_file"] = str(path.parent), path.name
-    elif spec.endswith(".gguf"):
-        path = Path(spec).expanduser()
-        source, kwargs["gguf_file"] = str(path.parent), path.name
-    else:
-        from headatlas.weights.hub import hub_cache_dir, hub_offline, split_revision
-
-        source, revision = split_revision(spec)  # org/name@REVISION: that hub revision
-        if revision is not None:
-            kwargs["revision"] = revision
-        if not Path(source).exists():  # a hub id: the cache and offline switch as read now
-            kwargs["cache_dir"] = hub_cache_dir()
-            kwargs["local_files_only"] = hub_offline()
     try:
-        hf: torch.nn.Module = AutoModelForCausalLM.from_pretrained(
-            source, dtype=torch.float32, **kwargs
-        )
-    except (OSError, ValueError) as exc:
-        raise ValidationInputError(
-            f"cannot load {spec!r} with transformers for inference ({exc}); validation needs a "
-            "model transformers can run: a packaged name, a .gguf, a folder or a cached hub id"
-        ) from exc
-    return hf.eval()
+        hf: torch.nn.Module = load_causal_lm(str(model), purpose="validation")
+    except WeightSourceError as exc:
+        raise ValidationInputError(str(exc)) from exc
+    return hf
 
 
 def validate(
@@ -132,10 +107,6 @@ def validate(
         raise ValidationInputError(
             f"unknown experiment '{unknown[0]}': choose from {', '.join(EXPERIMENTS)}"
         )
-    for t in options.templates:
-        check_template(t)
-    if options.batch_size < 1 or (options.max_prompts is not None and options.max_prompts < 1):
-        raise ValidationInputError("batch size and max prompts must be at least 1")
     t0 = time.perf_counter()
     circuits = model if isinstance(model, ModelCircuits) else ModelCircuits.load(model)
     if hf_model is None:

@@ -37,6 +37,15 @@ def open_source(
     if isinstance(model, torch.nn.Module):
         return InMemorySource(model, tokenizer=tokenizer)
     spec, pinned = split_revision(str(model))
+    if "://" in spec:
+        raise WeightSourceError(
+            f"'{spec}' is a URL: headatlas reads a packaged name ({', '.join(PACKAGED_NAMES)}), "
+            "a local folder or .gguf file, or a hub id (org/name); download the model first"
+        )
+    if not spec.strip():
+        raise WeightSourceError(
+            "no model given (empty name): pass a packaged name, a folder, a .gguf file or a hub id"
+        )
     if pinned is not None:
         if revision is not None and revision != pinned:
             raise WeightSourceError(

@@ -35,9 +35,10 @@ class WeightSource(ABC):
     def tokenizer(self) -> Any:
         """The model's tokenizer (a ``transformers`` tokenizer)."""
 
-    @abstractmethod
-    def fingerprint(self) -> str:
-        """A string that changes whenever the weights change (sizes, hashes of headers)."""
+    def read_slice(self, name: str, dim: int, start: int, stop: int) -> torch.Tensor:
+        """``read(name).narrow(dim, start, stop - start)``; sources that can read a part
+        without the whole (safetensors) do so."""
+        return self.read(name).narrow(dim, start, stop - start)
 
     def describe(self) -> dict[str, Any]:
         """What the manifest records about the source."""

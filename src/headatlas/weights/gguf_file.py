@@ -199,11 +199,11 @@ class GGUFSource(WeightSource):
 
         Building it from GGUF metadata is slow for large vocabularies (about 20 s for Gemma's
         262k tokens), so the result is saved under ``$HEADATLAS_CACHE`` (default
-        ``~/.cache/headatlas``) keyed by the file's fingerprint, and loaded from there next time.
+        ``~/.cache/headatlas``) keyed by the file's size and tensor table, and loaded from there next time.
         """
         from transformers import AutoTokenizer
 
-        cache = tokenizer_cache_dir() / f"{self.path.stem}-{self.fingerprint()}"
+        cache = tokenizer_cache_dir() / f"{self.path.stem}-{self._file_key()}"
         if (cache / "tokenizer_config.json").is_file():
             try:
                 return AutoTokenizer.from_pretrained(cache)
@@ -219,8 +219,9 @@ class GGUFSource(WeightSource):
             pass
         return tok
 
-    def fingerprint(self) -> str:
-        """Hash of size and tensor table (names, types, shapes, offsets)."""
+    def _file_key(self) -> str:
+        """Hash of size and tensor table (names, types, shapes, offsets): names the cached
+        tokenizer (the results' fingerprint hashes tensor content instead)."""
         h = hashlib.sha256(str(self.path.stat().st_size).encode())
         for t in self._reader.tensors:
             h.update(f"{t.name}:{t.tensor_type}:{list(t.shape)}:{t.data_offset}".encode())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import torch
@@ -40,15 +39,6 @@ class InMemorySource(WeightSource):
 
             self._tokenizer = AutoTokenizer.from_pretrained(self.name)
         return self._tokenizer
-
-    def fingerprint(self) -> str:
-        """Hash of parameter names, shapes and a few values (changes when weights change)."""
-        h = hashlib.sha256()
-        for key, t in sorted(self._tensors.items()):
-            flat = t.detach().reshape(-1)
-            h.update(f"{key}:{list(t.shape)}:{t.dtype}".encode())
-            h.update(flat[:: max(1, flat.numel() // 64)].float().numpy().tobytes())
-        return h.hexdigest()[:16]
 
     def describe(self) -> dict[str, Any]:
         """Manifest entry."""

@@ -1,107 +1,72 @@
 """A local Hugging Face folder: config.json, tokenizer files, and safetensors weights
-(single file or shards with ``model.safetensors.index.json``), read tensor by tensor.
+(single file or shards with ``model.safetensors.index.json``), read tensor by tensor with
+``safetensors.safe_open``.
 
-Each file is memory-mapped; a tensor is copied out of the map and the pages it occupied are
-released at once (``madvise(MADV_DONTNEED)``), so reading every layer in turn never holds more
-than the tensor being read. Folders with only pickle ``*.bin`` weights are refused unless the
-user opts in, because unpickling can execute arbitrary code.
+Each read opens the shard, takes one tensor (or, with :meth:`SafetensorsFile.read_slice`, only
+a slice of it: the V third of a fused qkv) and closes the shard again, so the memory a pass holds
+is the tensor being read, never the shard. Folders with only pickle ``*.bin`` weights are
+refused unless the user opts in, because unpickling can execute arbitrary code.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
-import mmap
 import os
-import struct
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from headatlas.errors import UnsafeWeightsError, WeightSourceError
 from headatlas.weights.base import WeightSource
 
-_DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-    "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E5M2": torch.float8_e5m2,
-}
-_PAGE = mmap.PAGESIZE
+# Any of these makes a folder's tokenizer loadable (the fast JSON, BPE vocab, SentencePiece).
+_TOKENIZER_MARKERS = (
+    "tokenizer.json",
+    "vocab.json",
+    "tokenizer.model",
+    "vocab.txt",
+    "spiece.model",
+)
 
 
 class SafetensorsFile:
-    """One ``.safetensors`` file: its header parsed eagerly, tensors read on demand."""
+    """One ``.safetensors`` file: its tensor names read at open, tensors read on demand."""
 
     def __init__(self, path: Path):
         self.path = path
-        size = path.stat().st_size
         try:
-            with open(path, "rb") as f:
-                raw = f.read(8)
-                if len(raw) < 8:
-                    raise ValueError("shorter than its 8-byte header length")
-                (hlen,) = struct.unpack("<Q", raw)
-                if hlen > size - 8:
-                    raise ValueError(f"header claims {hlen} bytes but the file has {size}")
-                header = json.loads(f.read(hlen))
-        except (ValueError, UnicodeDecodeError) as exc:
+            with safe_open(path, framework="pt") as f:
+                self.names: list[str] = list(f.keys())
+        except (SafetensorError, OSError) as exc:
             raise WeightSourceError(
                 f"{path} is not a valid safetensors file ({exc}): re-download or re-save it"
             ) from exc
-        header.pop("__metadata__", None)
-        self.header: dict[str, Any] = header
-        self.data_start = 8 + hlen
-        end = max((v["data_offsets"][1] for v in header.values()), default=0)
-        if self.data_start + end > size:
-            raise WeightSourceError(
-                f"{path} is truncated: its header needs {self.data_start + end} bytes, the file "
-                f"has {size}; re-download it"
-            )
-        self.header_digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()
-        self._mm: mmap.mmap | None = None
-
-    def _map(self) -> mmap.mmap:
-        if self._mm is None:
-            with open(self.path, "rb") as f:
-                # ACCESS_COPY gives a writable private view torch can wrap; the file never changes.
-                self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-        return self._mm
 
     def read(self, name: str) -> torch.Tensor:
-        """Copy one tensor out of the file and release the pages it used."""
-        info = self.header[name]
-        dtype = _DTYPES.get(info["dtype"])
-        if dtype is None:
+        """One whole tensor."""
+        try:
+            with safe_open(self.path, framework="pt") as f:
+                return f.get_tensor(name)
+        except (SafetensorError, OSError, TypeError, ValueError) as exc:
             raise WeightSourceError(
-                f"{self.path}: tensor {name} has unsupported dtype {info['dtype']}"
-            )
-        start, end = info["data_offsets"]
-        mm = self._map()
-        offset = self.data_start + start
-        count = (end - start) // torch.empty((), dtype=dtype).element_size()
-        if count != math.prod(info["shape"]):
+                f"{self.path}: tensor {name} cannot be read ({exc}): re-download the file"
+            ) from exc
+
+    def read_slice(self, name: str, dim: int, start: int, stop: int) -> torch.Tensor:
+        """``tensor.narrow(dim, start, stop - start)``, reading only that part of the file."""
+        try:
+            with safe_open(self.path, framework="pt") as f:
+                part = f.get_slice(name)
+                index = tuple([slice(None)] * dim + [slice(start, stop)])
+                return part[index]
+        except (SafetensorError, OSError, TypeError, ValueError) as exc:
             raise WeightSourceError(
-                f"{self.path}: tensor {name} has shape {info['shape']} but {end - start} bytes "
-                f"of {info['dtype']}; the file is corrupt, re-download it"
-            )
-        if count == 0:
-            return torch.empty(info["shape"], dtype=dtype)
-        tensor = torch.frombuffer(mm, dtype=dtype, count=count, offset=offset).clone()
-        lo = offset - offset % _PAGE
-        if hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-            mm.madvise(mmap.MADV_DONTNEED, lo, self.data_start + end - lo)
-        return tensor.reshape(info["shape"])
+                f"{self.path}: tensor {name} cannot be read ({exc}): re-download the file"
+            ) from exc
 
 
 class SafetensorsDirSource(WeightSource):
@@ -151,7 +116,7 @@ class SafetensorsDirSource(WeightSource):
             for shard in shards:
                 f = SafetensorsFile(shard)
                 self._files[shard.name] = f
-                for key in f.header:
+                for key in f.names:
                     self._where[key] = shard.name
             return
         bins = sorted(self.path.glob("*.bin"))
@@ -166,10 +131,8 @@ class SafetensorsDirSource(WeightSource):
                 "torch.load(weights_only=True)"
             )
         for b in bins:
-            sd = torch.load(b, map_location="cpu", weights_only=True, mmap=True)
-            for key in sd:
+            for key in _load_pickle(b):
                 self._pickle[key] = b.name
-            del sd
 
     def config(self) -> dict[str, Any]:
         """config.json as a dict."""
@@ -194,25 +157,33 @@ class SafetensorsDirSource(WeightSource):
             return self._files[self._where[name]].read(name)
         file = self._pickle[name]
         if self._pickle_cache is None or self._pickle_cache[0] != file:
-            sd = torch.load(self.path / file, map_location="cpu", weights_only=True, mmap=True)
-            self._pickle_cache = (file, sd)
+            self._pickle_cache = (file, _load_pickle(self.path / file))
         return self._pickle_cache[1][name].clone()
+
+    def read_slice(self, name: str, dim: int, start: int, stop: int) -> torch.Tensor:
+        """Part of one tensor; from safetensors only that part is read."""
+        if name in self._where:
+            return self._files[self._where[name]].read_slice(name, dim, start, stop)
+        return super().read_slice(name, dim, start, stop)
 
     def tokenizer(self) -> Any:
         """The folder's tokenizer."""
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(self.path)
-
-    def fingerprint(self) -> str:
-        """Hash of every shard's header and size."""
-        h = hashlib.sha256()
-        for name, f in sorted(self._files.items()):
-            h.update(f"{name}:{f.path.stat().st_size}:{f.header_digest}".encode())
-        for name in sorted(set(self._pickle.values())):
-            h.update(f"{name}:{(self.path / name).stat().st_size}".encode())
-        h.update((self.path / "config.json").read_bytes())
-        return h.hexdigest()[:16]
+        if not any((self.path / f).is_file() for f in _TOKENIZER_MARKERS):
+            raise WeightSourceError(
+                f"{self.path} holds no tokenizer files ({', '.join(_TOKENIZER_MARKERS)}): copy "
+                "them from the base model, or save them with tokenizer.save_pretrained"
+            )
+        try:
+            return AutoTokenizer.from_pretrained(self.path)
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise WeightSourceError(
+                f"{self.path} has no usable tokenizer files ({first[:200]}): copy the "
+                "tokenizer files (tokenizer.json or vocab/merges, tokenizer_config.json) from "
+                "the base model, or save it with tokenizer.save_pretrained"
+            ) from exc
 
     def describe(self) -> dict[str, Any]:
         """Manifest entry."""
@@ -225,6 +196,24 @@ class SafetensorsDirSource(WeightSource):
     def display_name(self) -> str:
         """Folder name."""
         return self.path.resolve().name
+
+
+def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
+    """A pickle ``*.bin`` state dict through ``torch.load(weights_only=True)``; a file that is
+    not one is named instead of raising the unpickler's error."""
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightSourceError(
+            f"{path} is not a loadable PyTorch state dict ({first[:200]}): re-save the model "
+            "with save_pretrained (safetensors), or re-download it"
+        ) from exc
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise WeightSourceError(
+            f"{path} does not hold a state dict of tensors: re-save the model with save_pretrained"
+        )
+    return sd
 
 
 def is_hf_dir(path: str | os.PathLike[str]) -> bool:

@@ -3,7 +3,6 @@
 (function () {
   "use strict";
   var DATA = JSON.parse(document.getElementById("atlas-data").textContent);
-  var THRESHOLD = 150; /* thousandths: a head implements a relation at score >= 0.15 */
   var TICK_STEPS = [1, 2, 4, 5, 8, 10, 16, 20, 25, 32, 50, 64, 100, 128, 200, 256, 500];
   var TOP_IN_TOOLTIP = 5;
 
@@ -395,7 +394,8 @@
     table.appendChild(thead);
     var tbody = el("tbody");
     rows.forEach(function (row) {
-      var tr = el("tr", row[1] >= THRESHOLD ? "hit" : null);
+      /* m.threshold (thousandths): the map's own --threshold, at which a head implements a relation */
+      var tr = el("tr", row[1] >= m.threshold ? "hit" : null);
       tr.appendChild(el("td", "rel", m.relations[row[0]]));
       if (withCategory) tr.appendChild(el("td", "muted", m.relation_categories[row[0]]));
       tr.appendChild(el("td", "num score", fmt(row[1])));
@@ -448,7 +448,7 @@
     side.appendChild(unpin);
     side.appendChild(el("div", "head-title", this.headName(i)));
     side.appendChild(this.labelLine(i));
-    side.appendChild(el("h3", null, "Scores (bold: score \u2265 0.15)"));
+    side.appendChild(el("h3", null, "Scores (bold: score \u2265 " + fmt(m.threshold) + ")"));
     side.appendChild(this.scoreTable(this.rankedRelations(i), true));
     var ops = m.salient[String(i)];
     if (ops && ops.length) {
