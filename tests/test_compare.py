@@ -178,7 +178,9 @@ def test_checkpoint_evolution_follows_the_top_head(
         pd.testing.assert_series_equal(got.sort_index(), own.sort_index(), check_names=False)
 
 
-def test_sweep_page_is_self_contained(combined: tuple[pd.DataFrame, pd.DataFrame, Path]) -> None:
+def test_sweep_page_is_self_contained(
+    combined: tuple[pd.DataFrame, pd.DataFrame, Path], maps: dict[str, MapResults]
+) -> None:
     page = combined[2]
     text = page.read_text()
     assert text.isascii()
@@ -188,7 +190,7 @@ def test_sweep_page_is_self_contained(combined: tuple[pd.DataFrame, pd.DataFrame
     for name in ("relations_by_model.png", "depth_profile.png", "checkpoint_evolution.png"):
         assert (page.parent / name).stat().st_size > 1000
     assert "ckpt@step2000" in text
-    loaded = load_results(Path(page.parent.parent / "pythia"))
+    loaded = load_results(maps["pythia"].directory)
     assert loaded.n_layers == 2
 
 
