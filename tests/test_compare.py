@@ -190,8 +190,10 @@ def test_sweep_page_is_self_contained(
     for name in ("relations_by_model.png", "depth_profile.png", "checkpoint_evolution.png"):
         assert (page.parent / name).stat().st_size > 1000
     assert "ckpt@step2000" in text
-    loaded = load_results(maps["pythia"].directory)
-    assert loaded.n_layers == 2
+    links = re.findall(r'<a href="\.\./([^"]+)/">', text)
+    assert len(links) == 3
+    for link in links:  # every map's row links its results folder
+        assert load_results(page.parent.parent / link).n_layers == 2
 
 
 @pytest.mark.browser

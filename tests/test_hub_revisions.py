@@ -56,9 +56,11 @@ def test_each_revision_reads_its_own_snapshot(offline: Path) -> None:
     digest = lambda src: ModelCircuits(src).layer(0).digest  # noqa: E731  content of what is read
     assert digest(main) != digest(step)
     assert digest(by_commit) == digest(step)
+    assert by_commit.path == step.path  # type: ignore[attr-defined]
     key = "model.layers.0.self_attn.k_proj.weight"
     mqa = dict(tiny_model("llama-mqa").state_dict())[key]
     assert torch.equal(step.read(step.resolve(key)), mqa)  # type: ignore[arg-type]
+    assert torch.equal(by_commit.read(by_commit.resolve(key)), mqa)  # type: ignore[arg-type]
     assert main.read(main.resolve(key)).shape != mqa.shape  # type: ignore[arg-type]
 
 
