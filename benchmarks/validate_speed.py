@@ -32,6 +32,13 @@ def main() -> None:
     p.add_argument("--max-prompts", type=int, default=None, help="pairs per relation")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument(
+        "--layers",
+        type=int,
+        default=0,
+        help="read out the first N layers only (0: all); the "
+        "read-out times are scaled to all layers for the end-to-end ratio",
+    )
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -61,22 +68,24 @@ def main() -> None:
         t0 = time.perf_counter()
         captured = capture(hooks, circuits.tokenizer, jobs, args.batch_size)
         forward_s = time.perf_counter() - t0
+    print(f"hooked forward passes (shared): {forward_s:.1f} s", flush=True)
     old, new = HeadReadout(circuits, options, pruned=False), HeadReadout(circuits, options)
-    read_out(new, jobs[:1], captured[:1], L, H)  # warm-up of both paths
-    read_out(old, jobs[:1], captured[:1], L, H)
+    n_read = args.layers or L
     t0 = time.perf_counter()
-    found_old = read_out(old, jobs, captured, L, H)
-    old_s = time.perf_counter() - t0
+    found_old = read_out(old, jobs, captured, n_read, H)
+    old_s = (time.perf_counter() - t0) * L / n_read
     t0 = time.perf_counter()
-    found_new = read_out(new, jobs, captured, L, H)
-    new_s = time.perf_counter() - t0
+    found_new = read_out(new, jobs, captured, n_read, H)
+    new_s = (time.perf_counter() - t0) * L / n_read
     for a, b in zip(found_old, found_new, strict=True):
         for name in ("with_context", "without_context"):
             for suffix in ("", "_suppression"):
                 x, y = getattr(a, name + suffix), getattr(b, name + suffix)
                 assert np.array_equal(x, y), f"{a.relation}/{a.template}: {name + suffix} differs"
-    print(f"hooked forward passes (shared): {forward_s:.1f} s")
-    print(f"read-out: full {old_s:.1f} s, pruned {new_s:.1f} s: {old_s / new_s:.1f}x")
+    print(
+        f"read-out ({n_read} of {L} layers, scaled to {L}): full {old_s:.1f} s, pruned "
+        f"{new_s:.1f} s: {old_s / new_s:.1f}x"
+    )
     print(
         f"correlative experiment (forward + read-out): {forward_s + old_s:.1f} s -> "
         f"{forward_s + new_s:.1f} s: {(forward_s + old_s) / (forward_s + new_s):.1f}x; "
