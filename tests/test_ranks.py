@@ -96,7 +96,10 @@ def test_target_logit_comes_from_the_same_product_as_its_competitors() -> None:
 
 
 @pytest.mark.parametrize("variant", ["llama-gqa", "gemma3", "phi"])
-def test_layer_scores_pruned_equal_full_kernel(variant: str) -> None:
+def test_layer_scores_pruned_equal_full_kernel(
+    variant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HEADATLAS_NO_COMPILE", "1")  # the previous kernel, eager: no compile wait
     circuits = ModelCircuits.load(tiny_model(variant))
     plan = random_plan(circuits.cfg.vocab_size, 400, seed=3)
     for options in (MapOptions(), MapOptions(output_bias=True, unembed_bias=True)):
@@ -141,8 +144,9 @@ def test_dynamic_read_out_pruned_equals_full() -> None:
     assert torch.equal(part[0], full[0].clamp(max=2)) and torch.equal(part[1], full[1].clamp(max=2))
 
 
-def test_kernels_keep_every_output_on_the_meta_device() -> None:
+def test_kernels_keep_every_output_on_the_meta_device(monkeypatch: pytest.MonkeyPatch) -> None:
     """Device mixing would raise here: a meta tensor combines with no CPU tensor."""
+    monkeypatch.setenv("HEADATLAS_NO_COMPILE", "1")
     circuits = ModelCircuits.load(tiny_model("gemma3"))
     plan = random_plan(circuits.cfg.vocab_size, 100, seed=1)
     meta = torch.device("meta")

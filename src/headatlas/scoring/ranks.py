@@ -285,18 +285,40 @@ def candidate_columns(Z: torch.Tensor, B: ReadoutB, n: int, rank: int = 8) -> to
     ``rank`` singular directions of C^½ W (B = W U; W = I for a plain B), at rank·d·V cost.
     """
     if isinstance(B, FactoredB):
-        W, U, mean = B.W, B.U, B.shared.mean
+        U, mean = B.U, B.shared.mean
     else:
-        W, U, mean = None, B, B.mean(1, keepdim=True)
-    n = min(n, U.shape[1])
+        U, mean = B, B.mean(1, keepdim=True)
+    P = candidate_directions(Z, B, rank)
+    proj = P @ U - P @ mean
+    return (proj * proj).sum(0).topk(min(n, U.shape[1]), sorted=True).indices
+
+
+def candidate_directions(Z: torch.Tensor, B: ReadoutB, rank: int = 8) -> torch.Tensor:
+    """The top ``rank`` singular directions of C^½ W scaled by their singular values,
+    [rank, d] (see :func:`candidate_columns`); stacking several heads' lets one product with
+    the shared U score every head's columns at once."""
+    W = B.W if isinstance(B, FactoredB) else None
     C = (Z.T @ Z) / max(1, Z.shape[0])
     lam, Q = torch.linalg.eigh(C)
     half = Q * lam.clamp_min(0).sqrt()  # C = half @ half.T
     M = half.T if W is None else half.T @ W  # [r, d]
     _, sv, Vh = torch.linalg.svd(M, full_matrices=False)
-    P = sv[:rank, None] * Vh[:rank]  # [rank, d]
-    proj = P @ U - P @ mean
-    return (proj * proj).sum(0).topk(n, sorted=True).indices
+    return sv[:rank, None] * Vh[:rank]
+
+
+def candidate_columns_shared(
+    directions: list[torch.Tensor], shared: SharedU, n: int
+) -> list[torch.Tensor]:
+    """:func:`candidate_columns` of several heads sharing U, from their
+    :func:`candidate_directions`, in one pass over U."""
+    P = torch.cat(directions, 0)
+    proj = P @ shared.U - P @ shared.mean
+    out, i = [], 0
+    for d in directions:
+        part = proj[i : i + d.shape[0]]
+        i += d.shape[0]
+        out.append((part * part).sum(0).topk(min(n, proj.shape[1]), sorted=True).indices)
+    return out
 
 
 def rounding_margin(Z: torch.Tensor, B: ReadoutB, rows: torch.Tensor) -> torch.Tensor:
@@ -324,6 +346,7 @@ def pair_ranks(
     layout: PairLayout,
     k: torch.Tensor | int | None = None,
     stages: tuple[int, ...] = STAGES,
+    order: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Relation and suppression ranks of every pair (in the original pair order).
 
@@ -358,7 +381,8 @@ def pair_ranks(
         below = torch.zeros(n_pairs, dtype=torch.int64, device=Z.device)
         t = (Z[src] * _columns(B, tgt).T).sum(1)
         margin = rounding_margin(Z, B, src)
-        order = candidate_columns(Z, B, sum(stages))
+        if order is None:  # the candidate columns, best first (Σ stages of them)
+            order = candidate_columns(Z, B, sum(stages))
         c0 = 0
         for size in stages:
             cols = order[c0 : c0 + size]

@@ -8,7 +8,16 @@ import torch
 from headatlas.circuits import LayerOV, Norm
 from headatlas.scoring.options import MapOptions
 from headatlas.scoring.plan import ScoringPlan
-from headatlas.scoring.ranks import FactoredB, PairLayout, SharedU, pair_ranks, pair_ranks_full
+from headatlas.scoring.ranks import (
+    STAGES,
+    FactoredB,
+    PairLayout,
+    SharedU,
+    candidate_columns_shared,
+    candidate_directions,
+    pair_ranks,
+    pair_ranks_full,
+)
 
 # Heads whose W_O·W_U block is formed in one matmul; bounded so B stays under ~512 MB.
 _B_BYTES = 512 * 2**20
@@ -61,7 +70,7 @@ def layer_ranks(
         return _layer_ranks_full(layer, Zg, W_O, b_O, W_Uf, post_bias, layout, final_norm)
     # B = W @ U stays factored; a post-norm logit bias is one more row of U.
     U = _shared_readout(W_Uf, logit_bias, post_bias)
-    ups, downs = [], []
+    heads = []
     for h in range(W_O.shape[0]):
         Z, W = Zg[layer.kv_group(h)], W_O[h]
         if b_O is not None:  # y = [z, 1] @ [W_O; b_O]
@@ -75,7 +84,14 @@ def layer_ranks(
             one = torch.zeros(1, W.shape[1], dtype=dtype, device=device)
             one[0, -1] = 1
             W = torch.cat([W, one], 0)
-        up, down = pair_ranks(Z.contiguous(), FactoredB(W, U), layout)
+        heads.append((Z.contiguous(), FactoredB(W, U)))
+    orders: list[torch.Tensor | None] = [None] * len(heads)
+    if layout.k is not None and device.type != "meta":  # every head's columns, one pass over U
+        dirs = [candidate_directions(Z, B) for Z, B in heads]
+        orders = list(candidate_columns_shared(dirs, U, sum(STAGES)))
+    ups, downs = [], []
+    for (Z, B), order in zip(heads, orders, strict=True):
+        up, down = pair_ranks(Z, B, layout, order=order)
         ups.append(up)
         downs.append(down)
     return torch.stack(ups), torch.stack(downs)
