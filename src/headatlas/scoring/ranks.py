@@ -494,13 +494,15 @@ def batched_ranks(
     offset: torch.Tensor | None = None,
     order: torch.Tensor | None = None,
     stages: tuple[int, ...] = STAGES,
+    order_columns: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(up, down) ranks [h, n] of each row's target in logits Z[i] @ block[i] (+ offset), for
     Z [h, n, r], block [h, r, V], targets [n], offset [V] — the dynamic read-out's kernel.
 
     With ``k``, pruned like :func:`pair_ranks` (columns in ``order`` [h, ≥ Σ stages], from
-    :func:`spread_order` when None) and capped at k; without, every row in full. The target's
-    logit is always read from the product its competitors come from.
+    :func:`spread_order` when None; ``order_columns`` [h, r, Σ stages]: those columns of B,
+    when the caller keeps them across calls) and capped at k; without, every row in full. The
+    target's logit is always read from the product its competitors come from.
     """
     h, n, r = Z.shape
     V = block.shape[2]
@@ -537,7 +539,9 @@ def batched_ranks(
             c0 += size
             if cols.shape[1] == 0:
                 break
-            if isinstance(block, HeadsB):
+            if order_columns is not None:  # B_h[:, order] prepared once per block
+                Bc = order_columns[:, :, c0 - size : c0]
+            elif isinstance(block, HeadsB):
                 Bc = torch.bmm(block.W, block.shared.UT[cols].transpose(1, 2))
             else:
                 Bc = torch.gather(block, 2, cols[:, None, :].expand(h, r, cols.shape[1]))

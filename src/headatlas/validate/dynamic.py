@@ -56,7 +56,7 @@ class HeadReadout:
         self.pruned = pruned
         """With k, decide rank < k from a first pass over candidate columns (exact; see
         :func:`headatlas.scoring.ranks.batched_ranks`); off: every row in full."""
-        self._order: tuple[torch.Tensor | HeadsB, torch.Tensor] | None = None
+        self._order: tuple[torch.Tensor | HeadsB, torch.Tensor, torch.Tensor] | None = None
         self._shared: SharedU | None = None
         self.W_Uf = folded_unembedding(circuits, options).to(dtype).contiguous()  # [d, V]
         d = self.W_Uf.shape[0]
@@ -121,7 +121,13 @@ class HeadReadout:
         With ``k`` (and ``pruned``) only rank < k is decided: ranks come back capped at k."""
         fresh = self._order is None or self._order[0] is not block
         if self.pruned and fresh and self.W_Uf.device.type != "meta":
-            self._order = (block, spread_order(block, sum(STAGES)))
+            order = spread_order(block, sum(STAGES))
+            if isinstance(block, HeadsB):
+                cols = torch.bmm(block.W, block.shared.UT[order].transpose(1, 2))
+            else:
+                h, r = block.shape[0], block.shape[1]
+                cols = torch.gather(block, 2, order[:, None, :].expand(h, r, order.shape[1]))
+            self._order = (block, order, cols)
         dev = self.W_Uf.device
         up, down = batched_ranks(
             z.to(device=dev, dtype=self.dtype).transpose(0, 1),
@@ -130,6 +136,7 @@ class HeadReadout:
             k if self.pruned else None,
             self.offset[layer],
             self._order[1] if self.pruned and self._order is not None else None,
+            order_columns=self._order[2] if self.pruned and self._order is not None else None,
         )
         return up.T, down.T
 
