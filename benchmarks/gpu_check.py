@@ -113,7 +113,7 @@ def synthetic_llama(n_layers: int, reduced: bool) -> Any:
 
 
 def llama8b(device: str, reduced: bool) -> None:
-    from headatlas.scoring.plan import folded_unembedding, source_embeddings
+    from headatlas.scoring.plan import source_embeddings
     from headatlas.scoring.ranks import PairLayout
     from headatlas.scoring.relation_scores import layer_ranks, layer_scores
 
@@ -148,7 +148,8 @@ def llama8b(device: str, reduced: bool) -> None:
             pairs.append(RelationPairs(rel.name, rel.category, k, tk.source_ids, tk.target_ids))
     plan = ScoringPlan.build(pairs)
     _, Xe = source_embeddings(circuits, plan.source_ids, options)
-    W_Uf = folded_unembedding(circuits, options, torch.float32).to(device).contiguous()
+    readout = options.recipe().bind(circuits, device, torch.float32)
+    W_Uf = readout.W_Uf
     layout = PairLayout(
         plan.pair_rows, plan.pair_targets, len(plan.source_ids), W_Uf.shape[1], k=plan.pair_k
     ).to(torch.device(device))
@@ -159,7 +160,7 @@ def llama8b(device: str, reduced: bool) -> None:
         _sync(device)
         t0 = time.perf_counter()
         with torch.no_grad():
-            out[kernel] = layer_ranks(layer, Xe, W_Uf, layout, options, kernel=kernel)
+            out[kernel] = layer_ranks(layer, Xe, readout, layout, kernel=kernel)
         _sync(device)
         times[kernel] = time.perf_counter() - t0
     a = layer_scores(plan, *[x.cpu() for x in out["full"]])

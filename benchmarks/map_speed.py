@@ -26,7 +26,6 @@ from headatlas.scoring.options import MapOptions
 from headatlas.scoring.plan import (
     RelationPairs,
     ScoringPlan,
-    folded_unembedding,
     source_embeddings,
 )
 from headatlas.scoring.ranks import PairLayout
@@ -70,7 +69,8 @@ def main() -> None:
             pairs.append(RelationPairs(rel.name, rel.category, k, tok.source_ids, tok.target_ids))
     plan = ScoringPlan.build(pairs)
     X0, Xe = source_embeddings(circuits, plan.source_ids, options)
-    W_Uf = folded_unembedding(circuits, options).contiguous()
+    readout = options.recipe().bind(circuits)
+    W_Uf = readout.W_Uf
     layout = PairLayout(
         plan.pair_rows, plan.pair_targets, len(plan.source_ids), W_Uf.shape[1], k=plan.pair_k
     )
@@ -85,7 +85,7 @@ def main() -> None:
     layers = range(cfg.n_layers) if args.layers == "all" else range(int(args.layers))
     with torch.no_grad():  # warm both (the previous kernel compiles its count on first use)
         for kernel in ("full", "pruned"):
-            layer_ranks(circuits.layer(1), Xe, W_Uf, layout, options, kernel=kernel)
+            layer_ranks(circuits.layer(1), Xe, readout, layout, kernel=kernel)
     secs = {"full": 0.0, "pruned": 0.0}
     for i in layers:
         layer = circuits.layer(i)
@@ -95,7 +95,7 @@ def main() -> None:
             t0 = time.perf_counter()
             with torch.no_grad():
                 got[kernel] = layer_scores(
-                    plan, *layer_ranks(layer, X, W_Uf, layout, options, kernel=kernel)
+                    plan, *layer_ranks(layer, X, readout, layout, kernel=kernel)
                 )
             secs[kernel] += time.perf_counter() - t0
         for a, b in zip(got["full"], got["pruned"], strict=True):

@@ -11,7 +11,7 @@ from tiny_models import tiny_model
 
 from headatlas.circuits import ModelCircuits
 from headatlas.scoring.options import MapOptions, compute_dtype
-from headatlas.scoring.plan import folded_unembedding, source_embeddings
+from headatlas.scoring.plan import source_embeddings
 from headatlas.scoring.ranks import (
     FactoredB,
     PairLayout,
@@ -104,17 +104,19 @@ def test_layer_scores_pruned_equal_full_kernel(
     plan = random_plan(circuits.cfg.vocab_size, 400, seed=3)
     for options in (MapOptions(), MapOptions(output_bias=True, unembed_bias=True)):
         X0, Xe = source_embeddings(circuits, plan.source_ids, options)
-        W_Uf = folded_unembedding(circuits, options).contiguous()
-        bias = circuits.unembed_bias() if options.unembed_bias else None
-        norm = circuits.final_norm() if options.final_norm else None
+        readout = options.recipe().bind(circuits)
         layout = PairLayout(
-            plan.pair_rows, plan.pair_targets, len(plan.source_ids), W_Uf.shape[1], k=plan.pair_k
+            plan.pair_rows,
+            plan.pair_targets,
+            len(plan.source_ids),
+            readout.W_Uf.shape[1],
+            k=plan.pair_k,
         )
         for i in range(circuits.cfg.n_layers):
             layer = circuits.layer(i)
             X = X0 if i == 0 else Xe
-            new = layer_ranks(layer, X, W_Uf, layout, options, bias, norm)
-            old = layer_ranks(layer, X, W_Uf, layout, options, bias, norm, kernel="full")
+            new = layer_ranks(layer, X, readout, layout)
+            old = layer_ranks(layer, X, readout, layout, kernel="full")
             assert torch.equal(new[0], torch.minimum(old[0], plan.pair_k))
             assert torch.equal(new[1], torch.minimum(old[1], plan.pair_k))
             s_new, s_old = layer_scores(plan, *new), layer_scores(plan, *old)
@@ -152,16 +154,14 @@ def test_kernels_keep_every_output_on_the_meta_device(monkeypatch: pytest.Monkey
     meta = torch.device("meta")
     for options in (MapOptions(), MapOptions(output_bias=True, unembed_bias=True)):
         _, Xe = source_embeddings(circuits, plan.source_ids, options)
-        W_Uf = folded_unembedding(circuits, options).to(meta)
-        bias = circuits.unembed_bias() if options.unembed_bias else None
+        readout_meta = options.recipe().bind(circuits, meta)
+        V = readout_meta.W_Uf.shape[1]
         layout = PairLayout(
-            plan.pair_rows, plan.pair_targets, len(plan.source_ids), W_Uf.shape[1], k=plan.pair_k
+            plan.pair_rows, plan.pair_targets, len(plan.source_ids), V, k=plan.pair_k
         ).to(meta)
         layer = circuits.layer(1)  # on the CPU: layer_ranks moves it with one .to()
         for kernel in ("pruned", "full"):
-            up, down = layer_ranks(
-                layer, Xe, W_Uf, layout, options, bias, circuits.final_norm(), kernel=kernel
-            )
+            up, down = layer_ranks(layer, Xe, readout_meta, layout, kernel=kernel)
             assert up.device == meta and down.device == meta
     readout = HeadReadout(circuits, MapOptions(output_bias=True)).to(meta)
     c = circuits.cfg

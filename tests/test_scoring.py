@@ -14,7 +14,6 @@ from headatlas.scoring.options import MapOptions
 from headatlas.scoring.plan import (
     RelationPairs,
     ScoringPlan,
-    folded_unembedding,
     source_embeddings,
 )
 from headatlas.scoring.ranks import PairLayout, count_ge, pair_ranks
@@ -40,6 +39,9 @@ OPTION_SETS = {
         effective_embedding=False, pre_norm=False, final_norm=False, value_bias=False
     ),
     "effective-layer0": MapOptions(effective_embedding_layer0=True),
+    "maps-preset": MapOptions.preset("maps"),
+    "residual": MapOptions(embedding="residual", effective_embedding_layer0=True),
+    "forward": MapOptions(embedding="forward", output_gain=False, unembed_bias=True),
 }
 
 
@@ -59,15 +61,15 @@ def random_plan(vocab: int, n_pairs: int, seed: int) -> ScoringPlan:
 def fast_and_reference(
     circuits: ModelCircuits, plan: ScoringPlan, options: MapOptions, layer_index: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    X0, Xe = source_embeddings(circuits, plan.source_ids, options)
-    X = X0 if layer_index == 0 else Xe
     dtype = torch.float64 if options.dtype == "float64" else torch.float32
-    W_Uf = folded_unembedding(circuits, options).to(dtype).contiguous()
-    bias = circuits.unembed_bias() if options.unembed_bias else None
-    norm = circuits.final_norm() if options.final_norm else None
-    layout = PairLayout(plan.pair_rows, plan.pair_targets, len(plan.source_ids), W_Uf.shape[1])
+    readout = options.recipe().bind(circuits, "cpu", dtype)
+    # forward mode: the tiny models have no tokenizer; token 1 plays the start token
+    X = readout.source_inputs(plan.source_ids, start=1).layer(layer_index)
+    layout = PairLayout(
+        plan.pair_rows, plan.pair_targets, len(plan.source_ids), readout.W_Uf.shape[1]
+    )
     layer = circuits.layer(layer_index)
-    up, down = layer_ranks(layer, X, W_Uf, layout, options, bias, norm)
+    up, down = layer_ranks(layer, X, readout, layout)
     ref_up, ref_down = [], []
     for h in range(circuits.cfg.n_heads):
         ru, rd = reference_ranks(circuits, layer, h, X[plan.pair_rows], plan.pair_targets, options)
@@ -76,10 +78,13 @@ def fast_and_reference(
     return up, down, torch.stack(ref_up), torch.stack(ref_down)
 
 
-CASES = [(v, "default") for v in VARIANTS] + [
+# Every recipe on every family is the issue-11 guarantee; the older bias sets on five.
+RECIPES = ("default", "maps-preset", "residual", "forward")
+CASES = [(v, o) for v in VARIANTS for o in RECIPES] + [
     (v, o)
     for v in ("gpt2", "phi", "llama-mha-bias", "qwen2", "gemma3")
-    for o in list(OPTION_SETS)[1:]
+    for o in OPTION_SETS
+    if o not in RECIPES
 ]
 
 
@@ -168,15 +173,17 @@ def test_smollm2_fast_scores_match_reference() -> None:
         pairs.append(RelationPairs(rel.name, rel.category, k, tok.source_ids, tok.target_ids))
     plan = ScoringPlan.build(pairs)
     options = MapOptions()
+    readout = options.recipe().bind(circuits)
     X0, Xe = source_embeddings(circuits, plan.source_ids, options)
-    W_Uf = folded_unembedding(circuits, options).contiguous()
-    layout = PairLayout(plan.pair_rows, plan.pair_targets, len(plan.source_ids), W_Uf.shape[1])
+    layout = PairLayout(
+        plan.pair_rows, plan.pair_targets, len(plan.source_ids), readout.W_Uf.shape[1]
+    )
     k = plan.pair_k
     checked = 0
     for layer_index in (0, 15, 23):
         layer = circuits.layer(layer_index)
         X = X0 if layer_index == 0 else Xe
-        up, down = layer_ranks(layer, X, W_Uf, layout, options)
+        up, down = layer_ranks(layer, X, readout, layout)
         for h in range(circuits.cfg.n_heads):
             ref_up, ref_down = reference_ranks(
                 circuits, layer, h, X[plan.pair_rows], plan.pair_targets, options

@@ -21,6 +21,7 @@ COMMANDS = (
     "validate",
     "sweep",
     "diff",
+    "calibrate",
 )
 
 

@@ -7,6 +7,7 @@ import argparse
 from headatlas.cli.common import (
     add_method_args,
     add_model_source_args,
+    calibrated_recipe,
     open_circuits,
     options_from_args,
 )
@@ -51,8 +52,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Map the model and print a summary."""
-    options = options_from_args(args)
     circuits = open_circuits(args)
+    options = options_from_args(args, calibrated_recipe(args, circuits))
     results = map_heads(
         circuits,
         relations=args.relations,

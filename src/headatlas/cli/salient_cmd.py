@@ -16,9 +16,11 @@ from headatlas.scoring.options import MapOptions
 SALIENT_SWITCHES = (
     "effective_embedding",
     "effective_embedding_layer0",
+    "embedding",
     "pre_norm",
     "final_norm",
     "value_bias",
+    "output_gain",
     "dtype",
     "device",
 )

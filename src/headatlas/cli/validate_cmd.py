@@ -9,6 +9,7 @@ from typing import Any
 from headatlas.cli.common import (
     add_method_args,
     add_model_source_args,
+    calibrated_recipe,
     open_circuits,
     options_from_args,
 )
@@ -72,9 +73,10 @@ def run(args: argparse.Namespace) -> int:
 
     options = dataclass_from_args(ValidationOptions, args)
     experiments = args.experiment or list(EXPERIMENTS)
-    map_options = options_from_args(args)
+    circuits = open_circuits(args)
+    map_options = options_from_args(args, calibrated_recipe(args, circuits))
     res = validate(
-        open_circuits(args),
+        circuits,
         relations=args.relations,
         relation_files=args.relations_file,
         experiments=experiments,

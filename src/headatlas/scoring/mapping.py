@@ -29,7 +29,7 @@ from headatlas.relations import (
 )
 from headatlas.scoring.categories import categorize_heads
 from headatlas.scoring.options import MapOptions, compute_dtype, resolve_dtype
-from headatlas.scoring.plan import RelationPairs, ScoringPlan, folded_unembedding, source_embeddings
+from headatlas.scoring.plan import RelationPairs, ScoringPlan
 from headatlas.scoring.ranks import PairLayout
 from headatlas.scoring.relation_scores import layer_ranks, layer_scores
 from headatlas.store import (
@@ -160,6 +160,7 @@ def map_heads(
     out: str | Path | None = None,
     progress: bool = True,
     log: Any = None,
+    hf_model: Any = None,
 ) -> MapResults:
     """Score every attention head on every relation and label heads by category.
 
@@ -167,7 +168,9 @@ def map_heads(
     id, a ``transformers`` model or an open :class:`ModelCircuits`. ``relations``: built-in
     names or categories (all built-ins when None); ``relation_files``: user relation files.
     With ``out``, results go to ``out/<model-slug>/`` (reused when the inputs match, resumed
-    layer by layer after an interruption). Returns the scores and categories as DataFrames.
+    layer by layer after an interruption). ``hf_model``: the ``transformers`` model the
+    ``forward`` embedding mode runs (loaded from ``model`` when None). Returns the scores and
+    categories as DataFrames.
     """
     options = options or MapOptions()
     say = log or (lambda msg: print(msg, file=sys.stderr))
@@ -227,18 +230,20 @@ def map_heads(
 
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.dtype)
-    compute = compute_dtype(dtype)
-    X0, Xe = source_embeddings(circuits, plan.source_ids, options)
-    W_Uf = folded_unembedding(circuits, options).to(device=device).to(compute).contiguous()
-    logit_bias = circuits.unembed_bias() if options.unembed_bias else None
-    final_norm = circuits.final_norm() if options.final_norm else None
+    recipe = options.recipe()
+    readout = recipe.bind(circuits, device, compute_dtype(dtype))
+    inputs = readout.source_inputs(plan.source_ids, hf_model)
     layout = PairLayout(
-        plan.pair_rows, plan.pair_targets, len(plan.source_ids), W_Uf.shape[1], k=plan.pair_k
+        plan.pair_rows,
+        plan.pair_targets,
+        len(plan.source_ids),
+        readout.W_Uf.shape[1],
+        k=plan.pair_k,
     )
     layout.to(device)
     # Everything read so far (config, embeddings, unembedding, norms, block-0 MLP) was hashed
     # while it was read; each layer adds the hash of its own tensors below.
-    key = _cache_key(circuits.content_fingerprint(), options, plan)
+    key = _cache_key(circuits.content_fingerprint() + inputs.digest(), options, plan)
     t_prep = time.perf_counter()
 
     finished, old_digests = _finished_layers(directory, key, say)
@@ -261,9 +266,9 @@ def map_heads(
             frames.append(saved)
             continue
         layer = layer.to(device, dtype)  # stored in dtype, computed in `compute`
-        X = (X0 if i == 0 else Xe).to(device=device, dtype=dtype)
+        X = inputs.layer(i).to(device=device, dtype=dtype)
         with torch.no_grad():
-            up, down = layer_ranks(layer, X, W_Uf, layout, options, logit_bias, final_norm)
+            up, down = layer_ranks(layer, X, readout, layout)
         score, sup = layer_scores(plan, up, down)
         frame = _layer_frame(summary["name"], i, plan, score, sup)
         if path is not None:
@@ -280,6 +285,7 @@ def map_heads(
     manifest = {
         "model": summary,
         "options": options.as_dict(),
+        "recipe": {**dataclasses.asdict(recipe), "label": recipe.label()},
         "cache_key": key,
         "layer_digests": digests,
         "relations": relations_info,

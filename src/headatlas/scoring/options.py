@@ -6,7 +6,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -15,7 +15,25 @@ from headatlas.scoring.categories import DEFAULT_THRESHOLD
 
 LARGE_VOCAB = 100_000
 
+if TYPE_CHECKING:
+    from headatlas.scoring.recipe import Recipe
+
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+
+
+def recipe_fields(recipe: Recipe) -> dict[str, Any]:
+    """The MapOptions fields that give ``recipe``."""
+    return {
+        "effective_embedding": recipe.embedding != "none",
+        "embedding": recipe.embedding if recipe.embedding != "none" else "mlp0",
+        "effective_embedding_layer0": recipe.embedding_layer0,
+        "pre_norm": recipe.pre_norm,
+        "value_bias": recipe.value_bias,
+        "output_gain": recipe.output_gain,
+        "output_bias": recipe.output_bias,
+        "final_norm": recipe.final_norm,
+        "unembed_bias": recipe.unembed_bias,
+    }
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -56,6 +74,13 @@ class MapOptions:
     """Feed layers >= 1 with MLP0(norm2_0(W_E)) instead of raw token embeddings."""
     effective_embedding_layer0: bool = False
     """Also use the effective embedding for layer 0."""
+    embedding: str = field(
+        default="mlp0", metadata={"choices": ("mlp0", "none", "residual", "forward")}
+    )
+    """The effective embedding's mode (with ``effective_embedding``): mlp0 = MLP0(norm(x)) (the
+    paper's), none = the token embedding, residual = x + MLP0(norm(x)), forward = each
+    layer's input residual stream at s of a ``[BOS, s]`` forward pass (see
+    :mod:`headatlas.scoring.recipe`)."""
     pre_norm: bool = True
     """Apply each layer's pre-attention norm to the source embedding before W_V."""
     final_norm: bool = True
@@ -63,6 +88,8 @@ class MapOptions:
     The norm's 1/scale factor is a positive per-row scalar and does not change top-k."""
     value_bias: bool = True
     """Add b_V (a head's own value bias) to its value vectors."""
+    output_gain: bool = True
+    """Multiply a head's output by the post-attention norm's gain (Gemma 2/3; no-op elsewhere)."""
     output_bias: bool = False
     """Add the layer's shared b_O to every head's output (off: b_O belongs to no head)."""
     unembed_bias: bool = False
@@ -111,6 +138,7 @@ class MapOptions:
             "pre_norm",
             "final_norm",
             "value_bias",
+            "output_gain",
             "output_bias",
             "unembed_bias",
             "leading_space",
@@ -121,6 +149,13 @@ class MapOptions:
                 raise OptionError(
                     f"option {name} must be True or False, got {getattr(self, name)!r}"
                 )
+        from headatlas.scoring.recipe import EMBEDDINGS
+
+        if self.embedding not in EMBEDDINGS:
+            raise OptionError(
+                f"option embedding (--embedding) must be one of {', '.join(EMBEDDINGS)}, "
+                f"got {self.embedding!r}"
+            )
         resolve_dtype(self.dtype)
         if not isinstance(self.device, str):  # the device itself is checked where it is used
             raise OptionError(f"option device (--device) must be a string, got {self.device!r}")
@@ -140,6 +175,22 @@ class MapOptions:
                     f"option {name}={k} exceeds the vocabulary size {vocab_size}: choose "
                     f"a k of at most {vocab_size}"
                 )
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> MapOptions:
+        """Options of a named recipe: ``maps`` (the MAPS authors' exact switches: MLP0, no norm,
+        no bias, k by vocabulary) or ``default``; ``overrides`` change other fields."""
+        from headatlas.scoring.recipe import PRESETS
+
+        if name not in PRESETS:
+            raise OptionError(f"preset '{name}' is unknown: use one of {', '.join(PRESETS)}")
+        return cls(**{**recipe_fields(PRESETS[name]), **overrides})
+
+    def recipe(self) -> Recipe:
+        """The :class:`~headatlas.scoring.recipe.Recipe` these options describe."""
+        from headatlas.scoring.recipe import Recipe
+
+        return Recipe.of(self)
 
     def k_for(self, relation: str, copying: bool, vocab_size: int) -> int:
         """The k used for one relation."""

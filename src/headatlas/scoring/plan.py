@@ -9,6 +9,7 @@ import torch
 
 from headatlas.circuits import ModelCircuits
 from headatlas.scoring.options import MapOptions, resolve_dtype
+from headatlas.scoring.recipe import SourceInputs, fold_unembedding
 
 
 @dataclass
@@ -61,30 +62,16 @@ class ScoringPlan:
 def folded_unembedding(
     circuits: ModelCircuits, options: MapOptions, dtype: torch.dtype | None = None
 ) -> torch.Tensor:
-    """W_U with the final norm folded in: C · diag(γ) · W_U, [d, V].
-
-    C = I - 11ᵀ/d is LayerNorm's centring; the norm's 1/σ is a positive per-row scalar and
-    leaves top-k unchanged, and its bias β is not part of any head (as in TransformerLens'
-    fold_ln, where β moves to the logit bias).
-    """
+    """W_U with the final norm folded in (per ``options.final_norm``), [d, V]; see
+    :func:`headatlas.scoring.recipe.fold_unembedding`."""
     target = dtype if dtype is not None else resolve_dtype(options.dtype)
-    # Fold in float64 when computing in float64 (folding in float32 loses bits), else float32.
-    work = torch.float64 if target == torch.float64 else torch.float32
-    W_U = circuits.W_U.to(work)
-    if not options.final_norm:
-        return W_U.to(target)
-    norm = circuits.final_norm()
-    G = W_U * norm.scale(W_U.shape[0]).to(work)[:, None]
-    if norm.kind == "layernorm":
-        G = G - G.mean(0, keepdim=True)
-    return G.to(target)
+    return fold_unembedding(circuits, options.final_norm, target)
 
 
 def source_embeddings(
     circuits: ModelCircuits, ids: torch.Tensor, options: MapOptions
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(layer-0 input, layers >= 1 input) for the given tokens, [n, d] each."""
-    x = circuits.embed(ids)
-    eff = circuits.effective_embedding(x) if options.effective_embedding else x
-    first = circuits.effective_embedding(x) if options.effective_embedding_layer0 else x
-    return first, eff
+    """(layer-0 input, layer-1 input) for the given tokens, [n, d] each (the recipe's
+    :class:`~headatlas.scoring.recipe.SourceInputs` gives every layer's)."""
+    inputs = SourceInputs(options.recipe(), circuits, ids, None)
+    return inputs.layer(0), inputs.layer(min(1, circuits.cfg.n_layers - 1))

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from headatlas.circuits import LayerOV, ModelCircuits, Norm
+from headatlas.circuits import LayerOV, ModelCircuits
 from headatlas.scoring.options import MapOptions
+from headatlas.scoring.recipe import Recipe
 
 
 def reference_rows(
@@ -14,35 +15,16 @@ def reference_rows(
     layer: LayerOV,
     head: int,
     X: torch.Tensor,
-    options: MapOptions,
+    options: MapOptions | Recipe,
     dtype: torch.dtype = torch.float64,
 ) -> torch.Tensor:
     """Full logit rows x̃ · W_V · W_O · W_U [n, V] of one head for source embeddings ``X`` [n, d].
 
-    The final norm is applied as a function (without its bias), not folded; the post-attention
-    norm (Gemma 2/3) too.
+    Read through the recipe's plain path (:meth:`Readout.head_rows`): the final norm is applied
+    as a function (without its bias), not folded; the post-attention norm (Gemma 2/3) too.
     """
-    X = X.to(dtype)
-    u = layer.attn_norm(X) if options.pre_norm else X
-    z = u @ layer.head_W_V(head).to(dtype)
-    b_V = layer.head_b_V(head)
-    if options.value_bias and b_V is not None:
-        z = z + b_V.to(dtype)
-    y = z @ layer.W_O[head].to(dtype)
-    if options.output_bias and layer.b_O is not None:
-        y = y + layer.b_O.to(dtype)
-    if layer.out_norm is not None:
-        n = layer.out_norm
-        y = Norm(n.kind, _d(n.gain, dtype), None, n.eps)(y)
-    if options.final_norm:
-        n = circuits.final_norm()
-        y = Norm(n.kind, _d(n.gain, dtype), None, n.eps)(y)
-    rows = y @ circuits.W_U.to(dtype)
-    if options.unembed_bias:
-        b = circuits.unembed_bias()
-        if b is not None:
-            rows = rows + b.to(dtype)
-    return rows
+    recipe = options if isinstance(options, Recipe) else options.recipe()
+    return recipe.bind(circuits, "cpu", dtype).head_rows(layer, head, X)
 
 
 def reference_ranks(
@@ -51,7 +33,7 @@ def reference_ranks(
     head: int,
     X: torch.Tensor,
     targets: torch.Tensor,
-    options: MapOptions,
+    options: MapOptions | Recipe,
     dtype: torch.dtype = torch.float64,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(up, down) ranks of ``targets`` in each row: up = #others >= target, down = #others <
@@ -70,7 +52,7 @@ def reference_topk_scores(
     X: torch.Tensor,
     targets: torch.Tensor,
     k: int,
-    options: MapOptions,
+    options: MapOptions | Recipe,
     dtype: torch.dtype = torch.float32,
 ) -> tuple[float, float]:
     """(relation score, suppression score) of one head on one relation the plain way, as the
@@ -81,7 +63,3 @@ def reference_topk_scores(
     score = (top == targets[:, None]).any(1).double().mean().item()
     suppression = (bottom == targets[:, None]).any(1).double().mean().item()
     return score, suppression
-
-
-def _d(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    return None if t is None else t.to(dtype)

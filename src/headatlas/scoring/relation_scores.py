@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 
 from headatlas.circuits import LayerOV, Norm
-from headatlas.scoring.options import MapOptions
 from headatlas.scoring.plan import ScoringPlan
 from headatlas.scoring.ranks import (
     STAGES,
@@ -18,58 +17,45 @@ from headatlas.scoring.ranks import (
     pair_ranks,
     pair_ranks_full,
 )
+from headatlas.scoring.recipe import Readout
 
 # Heads whose W_O·W_U block is formed in one matmul; bounded so B stays under ~512 MB.
 _B_BYTES = 512 * 2**20
 
 
-def value_vectors(layer: LayerOV, X: torch.Tensor, options: MapOptions) -> torch.Tensor:
-    """z for every KV group: norm(X) @ W_V + b_V, [n_kv, n, d_head]."""
-    u = layer.attn_norm(X) if options.pre_norm else X
-    Z = torch.einsum("nd,gde->gne", u, layer.W_V.to(device=u.device, dtype=u.dtype))
-    if options.value_bias and layer.b_V is not None:
-        Z = Z + layer.b_V.to(device=u.device, dtype=u.dtype)[:, None, :]
-    return Z
-
-
 def layer_ranks(
     layer: LayerOV,
     X: torch.Tensor,
-    W_Uf: torch.Tensor,
+    readout: Readout,
     layout: PairLayout,
-    options: MapOptions,
-    logit_bias: torch.Tensor | None = None,
-    final_norm: Norm | None = None,
     kernel: str = "pruned",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Relation and suppression ranks [n_heads, n_pairs] for every head of a layer, on
-    ``W_Uf``'s device and in its dtype.
+    """Relation and suppression ranks [n_heads, n_pairs] for every head of a layer, on the
+    readout's device and in its dtype.
 
     ``kernel``: "pruned" (:func:`pair_ranks` with B kept factored; ranks capped at the
     layout's k when it has one) or "full" (the previous kernel, exact ranks, for
     benchmarks).
 
-    ``X`` [n_sources, d] are the layer's source embeddings, ``W_Uf`` [d, V] the folded
-    unembedding, ``logit_bias`` [V] the output head's bias (added after the final norm).
+    ``X`` [n_sources, d] are the layer's source embeddings; ``readout`` (a bound recipe) gives
+    the folded unembedding W_Uf [d, V], the output map and the logit bias b_U (added after
+    the final norm).
 
     logits = s · (z W_O + b_O) W_Uf + b_U, kept factored as Z [n, r] @ B [r, V]. The final
     norm's per-row factor s = 1/σ(y) is positive and cancels out of top-k, so it is computed
     (through a d_head x d_head Gram matrix) only when a bias follows it.
     """
+    W_Uf = readout.W_Uf
     dtype, device = W_Uf.dtype, W_Uf.device
-    d = W_Uf.shape[0]
     layer = layer.to(device, dtype)
-    Zg = value_vectors(layer, X.to(device=device, dtype=dtype), options)
-    gain = layer.out_gain(d)
-    W_O = layer.W_O * gain  # [H, dh, d]
-    b_O = None
-    if options.output_bias and layer.b_O is not None:
-        b_O = layer.b_O * gain  # [d]
-    post_bias = logit_bias.to(device=device, dtype=dtype) if logit_bias is not None else None
+    Zg = readout.value_vectors(layer, X)
+    W_O, b_O = readout.output_map(layer)  # [H, dh, d], [d]: post-attention gain applied
+    post_bias = readout.logit_bias
+    final_norm = readout.final_norm
     if kernel == "full":
         return _layer_ranks_full(layer, Zg, W_O, b_O, W_Uf, post_bias, layout, final_norm)
     # B = W @ U stays factored; a post-norm logit bias is one more row of U.
-    U = _shared_readout(W_Uf, logit_bias, post_bias)
+    U = _shared_readout(W_Uf, post_bias, post_bias)
     heads = []
     for h in range(W_O.shape[0]):
         Z, W = Zg[layer.kv_group(h)], W_O[h]

@@ -39,7 +39,7 @@ from headatlas.errors import HeadAtlasError, ResultsError
 from headatlas.relations import resolve_relations
 from headatlas.scoring.mapping import resolve_device
 from headatlas.scoring.options import MapOptions, compute_dtype, resolve_dtype
-from headatlas.scoring.plan import folded_unembedding
+from headatlas.scoring.recipe import embedding_of
 from headatlas.scoring.salient_match import match_head, relation_matchers
 from headatlas.store import (
     MANIFEST,
@@ -163,31 +163,29 @@ class SalientPass:
         self.device = resolve_device(self.options.device)
         self.dtype = compute_dtype(resolve_dtype(self.options.dtype))
         self.n_vocab = circuits.W_E.shape[0]
-        W_Uf = folded_unembedding(circuits, self.options)
-        self.W_Uf = W_Uf.to(device=self.device, dtype=self.dtype).contiguous()  # [d, V']
-        self.logit_offset: torch.Tensor | None = None
-        if self.options.unembed_bias:
-            b = circuits.unembed_bias()
-            if b is not None:
-                self.logit_offset = b.to(device=self.device, dtype=self.dtype)
+        self.recipe = self.options.recipe()
+        if "forward" in (self.recipe.mode_of(0), self.recipe.mode_of(1)):
+            raise SalientInputError(
+                "salient operations rank the whole vocabulary, which the 'forward' embedding "
+                "mode cannot afford (a forward pass per token): use mlp0, none or residual"
+            )
+        self.readout = self.recipe.bind(circuits, self.device, self.dtype)
+        self.W_Uf = self.readout.W_Uf  # [d, V']
+        self.logit_offset: torch.Tensor | None = self.readout.logit_bias
         n_targets = self.W_Uf.shape[1]
         self.vocab = vocabulary(circuits.tokenizer, max(self.n_vocab, n_targets), exclude_special)
         self.source_excluded = self.vocab.excluded[: self.n_vocab].to(self.device)
         self.target_excluded = self.vocab.excluded[:n_targets].to(self.device)
-        self._inputs: dict[tuple[bool, str, float], _Inputs] = {}
+        self._inputs: dict[tuple[str, str, float], _Inputs] = {}
         self.prepare_s = 0.0
 
     # -- inputs shared by every layer -------------------------------------------------------
-    def _uses_effective(self, layer: int) -> bool:
-        o = self.options
-        return o.effective_embedding_layer0 if layer == 0 else o.effective_embedding
-
     def inputs(self, layer: LayerOV) -> _Inputs:
         """The vocabulary's source embedding for a layer, normalised (computed once)."""
         norm = layer.attn_norm
         key = (
-            self._uses_effective(layer.layer),
-            norm.kind if self.options.pre_norm else "none",
+            self.recipe.mode_of(layer.layer),
+            norm.kind if self.recipe.pre_norm else "none",
             norm.eps,
         )
         if key not in self._inputs:
@@ -196,16 +194,14 @@ class SalientPass:
             self.prepare_s += time.perf_counter() - t0
         return self._inputs[key]
 
-    def _build_inputs(self, effective: bool, kind: str, eps: float) -> _Inputs:
+    def _build_inputs(self, mode: str, kind: str, eps: float) -> _Inputs:
         c = self.circuits
         work = torch.float64 if self.dtype == torch.float64 else torch.float32
         normed, norms = [], []
         with torch.no_grad():
             for start in range(0, self.n_vocab, _ROWS_PER_CHUNK):
                 ids = torch.arange(start, min(self.n_vocab, start + _ROWS_PER_CHUNK))
-                x = c.embed(ids).to(work)
-                if effective:
-                    x = c.effective_embedding(x)
+                x = embedding_of(c, c.embed(ids).to(work), mode)
                 norms.append(x.norm(dim=-1))
                 if kind != "none":  # the norm without its gain and bias (folded into W_V)
                     x = Norm(kind, None, None, eps)(x)
@@ -221,13 +217,13 @@ class SalientPass:
         pre-attention norm's gain and bias, and b_V, folded in."""
         W_V = layer.W_V.to(device=self.device, dtype=self.dtype)
         c: torch.Tensor | None = None
-        if self.options.pre_norm:
+        if self.recipe.pre_norm:
             n = layer.attn_norm
             if n.gain is not None:
                 W_V = W_V * n.gain.to(W_V)[None, :, None]
             if n.bias is not None:
                 c = torch.einsum("d,gde->ge", n.bias.to(W_V), layer.W_V.to(W_V))
-        if self.options.value_bias and layer.b_V is not None:
+        if self.recipe.value_bias and layer.b_V is not None:
             b = layer.b_V.to(W_V)
             c = b if c is None else c + b
         return W_V, c
@@ -236,7 +232,7 @@ class SalientPass:
         self, layer: LayerOV, d: int
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None] | None:
         """(γ², γβ, ‖β‖²) of the pre-attention norm, or None without ``pre_norm``."""
-        if not self.options.pre_norm:
+        if not self.recipe.pre_norm:
             return None
         n = layer.attn_norm
         g = n.scale(d).to(device=self.device, dtype=self.dtype)
@@ -246,14 +242,8 @@ class SalientPass:
         return g.square(), g * b, b.square().sum()
 
     def output_map(self, layer: LayerOV) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(W_O [H, dh, d] with the post-attention gain, b_O·gain [d] or None)."""
-        d = layer.W_O.shape[2]
-        gain = layer.out_gain(d).to(device=self.device, dtype=self.dtype)
-        W_O = layer.W_O.to(device=self.device, dtype=self.dtype) * gain
-        b_O = None
-        if self.options.output_bias and layer.b_O is not None:
-            b_O = layer.b_O.to(device=self.device, dtype=self.dtype) * gain
-        return W_O, b_O
+        """(W_O [H, dh, d] with the post-attention gain, b_O·gain [d] or None), per the recipe."""
+        return self.readout.output_map(layer)
 
     def sigma(self, layer: LayerOV, heads: Sequence[int]) -> torch.Tensor:
         """σ [len(heads), V] of the given heads (unmasked)."""
@@ -402,15 +392,16 @@ def plain_salient(
     [V'] masks ids out of both rankings.
     """
     dtype = W_Uf.dtype
+    recipe = options.recipe()
     X = X.to(dtype)
-    u = layer.attn_norm(X) if options.pre_norm else X
+    u = layer.attn_norm(X) if recipe.pre_norm else X
     z = u @ layer.head_W_V(head).to(dtype)
     b_V = layer.head_b_V(head)
-    if options.value_bias and b_V is not None:
+    if recipe.value_bias and b_V is not None:
         z = z + b_V.to(dtype)
-    gain = layer.out_gain(X.shape[1]).to(dtype)
+    gain = layer.out_gain(X.shape[1]).to(dtype) if recipe.output_gain else 1.0
     Y = z @ (layer.W_O[head].to(dtype) * gain)
-    if options.output_bias and layer.b_O is not None:
+    if recipe.output_bias and layer.b_O is not None:
         Y = Y + layer.b_O.to(dtype) * gain
     norms = u.norm(dim=-1)
     sigma = torch.where(norms > 0, Y.norm(dim=-1) / norms.clamp_min(1e-30), 0.0)

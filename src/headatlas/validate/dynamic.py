@@ -29,9 +29,10 @@ import pandas as pd
 import torch
 
 from headatlas.circuits import ModelCircuits
+from headatlas.errors import ValidationInputError
 from headatlas.scoring.options import MapOptions, compute_dtype
-from headatlas.scoring.plan import folded_unembedding
 from headatlas.scoring.ranks import STAGES, HeadsB, SharedU, batched_ranks, spread_order
+from headatlas.scoring.recipe import Recipe
 from headatlas.validate.hooks import AttentionHooks
 from headatlas.validate.prompts import batches, build_prompts, pad_id
 
@@ -42,39 +43,35 @@ _ROWS_PRUNED = 512  # prompts per pruned read-out (a first pass of [h, rows, col
 
 
 class HeadReadout:
-    """Per-head outputs read through the unembedding the way the static map reads them."""
+    """Per-head outputs read through the unembedding the way a recipe reads them (the static
+    map's by default; see :func:`dynamic_recipe` for the paper's dynamic readout)."""
 
     def __init__(
         self,
         circuits: ModelCircuits,
-        options: MapOptions,
+        options: MapOptions | Recipe,
         dtype: torch.dtype = torch.float32,
         pruned: bool = True,
     ):
-        self.options = options
+        self.recipe = options if isinstance(options, Recipe) else options.recipe()
         self.dtype = compute_dtype(dtype)
         self.pruned = pruned
         """With k, decide rank < k from a first pass over candidate columns (exact; see
         :func:`headatlas.scoring.ranks.batched_ranks`); off: every row in full."""
         self._order: tuple[torch.Tensor | HeadsB, torch.Tensor, torch.Tensor] | None = None
         self._shared: SharedU | None = None
-        self.W_Uf = folded_unembedding(circuits, options).to(dtype).contiguous()  # [d, V]
-        d = self.W_Uf.shape[0]
+        readout = self.recipe.bind(circuits, "cpu", self.dtype)
+        self.W_Uf = readout.W_Uf  # [d, V]
         self.W_O: list[torch.Tensor] = []  # per layer [H, dh, d], post-attention gain applied
         self.b_V: list[torch.Tensor | None] = []
         self.offset: list[torch.Tensor | None] = []  # per layer logit offset [V]
         self.kv_group: list[torch.Tensor] = []
-        unembed_bias = circuits.unembed_bias() if options.unembed_bias else None
         for layer in circuits.layers():
-            gain = layer.out_gain(d).to(dtype)
-            self.W_O.append(layer.W_O.to(dtype) * gain)
+            W_O, _ = readout.output_map(layer)
+            self.W_O.append(W_O)
             self.kv_group.append(torch.arange(layer.n_heads) // layer.group_size)
             self.b_V.append(layer.b_V)
-            offset = None if unembed_bias is None else unembed_bias.to(dtype)
-            if options.output_bias and layer.b_O is not None:
-                bo = (layer.b_O.to(dtype) * gain) @ self.W_Uf
-                offset = bo if offset is None else offset + bo
-            self.offset.append(offset)
+            self.offset.append(readout.logit_offset(layer))
 
     def head_outputs(self, layer: int, z: torch.Tensor) -> torch.Tensor:
         """z [B, H, dh] -> each head's output as the residual stream sees it, [B, H, d]."""
@@ -161,7 +158,7 @@ class HeadReadout:
         """The without-context z: each head's KV-group value at the source, [B, H, dh]
         (b_V removed when the map leaves value biases out)."""
         b_V = self.b_V[layer]
-        if not self.options.value_bias and b_V is not None:
+        if not self.recipe.value_bias and b_V is not None:
             values = values - b_V.to(values.dtype)
         return values[:, self.kv_group[layer]]
 
@@ -292,6 +289,25 @@ def read_out(
         )
         for job, acc in zip(jobs, hits, strict=True)
     ]
+
+
+DYNAMIC_READOUTS = ("map", "paper")
+"""How dynamic scores are read out: ``map`` = exactly as the static map's recipe; ``paper`` =
+MAPS' dynamic score: the head's output (with its b_V, as computed) through W_U, with no final
+norm, no b_O and no unembedding bias."""
+
+
+def dynamic_recipe(recipe: Recipe, readout: str = "map") -> Recipe:
+    """The recipe dynamic scores are read with, given the static map's recipe."""
+    if readout == "map":
+        return recipe
+    if readout == "paper":
+        return recipe.replace(
+            final_norm=False, output_bias=False, unembed_bias=False, value_bias=True
+        )
+    raise ValidationInputError(
+        f"dynamic readout '{readout}' is unknown: use one of {', '.join(DYNAMIC_READOUTS)}"
+    )
 
 
 _VARIANTS = (

@@ -27,9 +27,13 @@ def _whole(name: str, value: Any, low: int = 1, allow_none: bool = False) -> Non
 
 @dataclass(frozen=True)
 class ValidationOptions:
-    """How the inference-time checks run. Readout switches (k, norms, biases) are the map's
-    :class:`~headatlas.scoring.options.MapOptions`, so static and dynamic scores agree."""
+    """How the inference-time checks run. k and, with ``dynamic_readout="map"``, the readout
+    switches (norms, biases) are the map's :class:`~headatlas.scoring.options.MapOptions`."""
 
+    dynamic_readout: str = field(default="map", metadata={"choices": ("map", "paper")})
+    """How dynamic scores are read out: ``map`` (the static map's recipe: norms, biases) or
+    ``paper`` (MAPS' dynamic score: no final norm, no b_O, no unembedding bias), so the
+    validation can run the paper's way whatever the static recipe."""
     templates: tuple[str, ...] = field(default=DEFAULT_TEMPLATES, metadata={"metavar": "TEMPLATE"})
     """Context templates of the correlative experiments, each with one ``<X>`` slot."""
     max_prompts: int | None = None
@@ -66,6 +70,11 @@ class ValidationOptions:
             )
         for t in self.templates:
             check_template(t)
+        if self.dynamic_readout not in ("map", "paper"):
+            raise ValidationInputError(
+                f"option dynamic_readout (--dynamic-readout) must be map or paper, "
+                f"got {self.dynamic_readout!r}"
+            )
         for name in ("batch_size", "min_multi_token", "random_draws"):
             _whole(name, getattr(self, name))
         for name in ("max_prompts", "max_heads", "causal_templates"):

@@ -27,7 +27,7 @@ import torch
 
 import headatlas.validate.causal as causal_mod
 from headatlas.circuits import ModelCircuits
-from headatlas.errors import ValidationInputError, WeightSourceError
+from headatlas.errors import ValidationInputError
 from headatlas.relations import Relation, resolve_relations, tokenize_relation
 from headatlas.scoring.mapping import map_heads
 from headatlas.scoring.options import MapOptions
@@ -38,6 +38,7 @@ from headatlas.validate.dynamic import (
     HeadReadout,
     correlate,
     correlation_markdown,
+    dynamic_recipe,
     dynamic_scores,
     sample_pairs,
     scatter_plot,
@@ -46,6 +47,7 @@ from headatlas.validate.dynamic import (
 from headatlas.validate.hooks import AttentionHooks, eval_mode
 from headatlas.validate.options import EXPERIMENTS, ValidationOptions
 from headatlas.weights import ModelSpec
+from headatlas.weights.transformers_model import load_hf_model
 
 VALIDATION = "validation"
 
@@ -63,20 +65,6 @@ class ValidationResults:
     skipped: dict[str, str] = field(default_factory=dict)
     """"experiment: relation" -> why it was skipped."""
     summary: dict[str, Any] = field(default_factory=dict)
-
-
-def load_hf_model(model: ModelSpec) -> torch.nn.Module:
-    """The ``transformers`` model (float32, eval) for a packaged name, .gguf, folder or hub id
-    (``org/name@REVISION`` included)."""
-    if isinstance(model, torch.nn.Module):
-        return model
-    from headatlas.weights.hf_model import load_causal_lm
-
-    try:
-        hf: torch.nn.Module = load_causal_lm(str(model), purpose="validation")
-    except WeightSourceError as exc:
-        raise ValidationInputError(str(exc)) from exc
-    return hf
 
 
 def validate(
@@ -107,6 +95,7 @@ def validate(
         raise ValidationInputError(
             f"unknown experiment '{unknown[0]}': choose from {', '.join(EXPERIMENTS)}"
         )
+    dynamic_recipe(map_options.recipe(), options.dynamic_readout)  # raises on an unknown name
     t0 = time.perf_counter()
     circuits = model if isinstance(model, ModelCircuits) else ModelCircuits.load(model)
     if hf_model is None:
@@ -127,7 +116,8 @@ def validate(
     timings: dict[str, float] = {"load_and_map_s": round(time.perf_counter() - t0, 2)}
     with eval_mode(hf_model):
         if "correlative" in experiments or "multi-token" in experiments:
-            readout = HeadReadout(circuits, map_options).to(hooks.device)
+            recipe = dynamic_recipe(map_options.recipe(), options.dynamic_readout)
+            readout = HeadReadout(circuits, recipe).to(hooks.device)
             for exp in ("correlative", "multi-token"):
                 if exp in experiments:
                     t1 = time.perf_counter()

@@ -1,0 +1,94 @@
+"""`headatlas calibrate MODEL`: choose the recipe by static-vs-dynamic correlation."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from headatlas.cli.common import (
+    add_method_args,
+    add_model_source_args,
+    open_circuits,
+    options_from_args,
+)
+from headatlas.validate.calibrate import CALIBRATION_OPTIONS, CANDIDATES
+from headatlas.validate.dynamic import DYNAMIC_READOUTS
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `headatlas calibrate`."""
+    p = sub.add_parser(
+        "calibrate",
+        help="compare recipes (how a head's input is formed and read) against inference",
+        description=(
+            "One correlative run (dynamic scores computed once), a static map under every "
+            "candidate recipe, and a table of mean r per recipe (relation and suppression "
+            "scores, without and with context, per template, 95%% bootstrap intervals over "
+            "heads). The winner is recorded in OUT/<model-slug>/calibration.json; "
+            "`headatlas map MODEL --preset calibrated --out OUT` uses it."
+        ),
+    )
+    p.add_argument("model", metavar="MODEL", help="packaged name, folder, .gguf or hub id")
+    p.add_argument("--relations", nargs="+", metavar="NAME", help="relations (default: all)")
+    p.add_argument(
+        "--candidates",
+        nargs="+",
+        choices=list(CANDIDATES),
+        default=list(CANDIDATES),
+        help="recipes to compare (default: all)",
+    )
+    p.add_argument("--out", default="atlas", help="results folder (default: atlas)")
+    p.add_argument(
+        "--max-prompts",
+        type=int,
+        default=CALIBRATION_OPTIONS.max_prompts,
+        help=f"pairs per relation (default {CALIBRATION_OPTIONS.max_prompts})",
+    )
+    p.add_argument(
+        "--templates",
+        nargs="+",
+        default=list(CALIBRATION_OPTIONS.templates),
+        metavar="TEMPLATE",
+        help="context templates (default: the first two of MAPS)",
+    )
+    p.add_argument("--batch-size", type=int, default=32, help="prompts per forward pass")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws (default 1000)")
+    p.add_argument(
+        "--dynamic-readout",
+        choices=DYNAMIC_READOUTS,
+        default="map",
+        help="how dynamic scores are read (default: the project's recipe)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_model_source_args(p)
+    add_method_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Calibrate and print the table."""
+    import dataclasses
+
+    from headatlas.validate.calibrate import calibrate, table_markdown
+
+    options = dataclasses.replace(
+        CALIBRATION_OPTIONS,
+        templates=tuple(args.templates),
+        max_prompts=args.max_prompts,
+        batch_size=args.batch_size,
+        dynamic_readout=args.dynamic_readout,
+    )
+    circuits = open_circuits(args)
+    res = calibrate(
+        circuits,
+        relations=args.relations,
+        out=args.out,
+        candidates={name: CANDIDATES[name] for name in args.candidates},
+        map_options=options_from_args(args),
+        options=options,
+        n_boot=args.bootstrap,
+        progress=not args.quiet,
+    )
+    print(table_markdown(res, f"recipes for {circuits.source.display_name()}"))
+    print(f"results in {res.directory}", file=sys.stderr)
+    return 0

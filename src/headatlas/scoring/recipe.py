@@ -1,0 +1,377 @@
+"""The recipe: how a head is read, in one place.
+
+A recipe says how a head's input x̃ is formed for each layer and how its output reaches the
+vocabulary:
+
+    x̃_s  = the source embedding of the layer (``embedding`` mode, below)
+    z    = norm1_l(x̃_s) · W_V + b_V          (``pre_norm``, ``value_bias``)
+    y    = z · W_O · γ_post  + b_O · γ_post    (``output_gain``: Gemma 2/3; ``output_bias``)
+    row  = final_norm(y) · W_U + b_U          (``final_norm``, ``unembed_bias``)
+
+Embedding modes (layers >= 1; layer 0 reads the token embedding unless ``embedding_layer0``):
+
+- ``mlp0``: MLP0(norm2_0(x)) of block 0, the MAPS paper's "effective embedding";
+- ``none``: the token embedding x itself (times Gemma's √d);
+- ``residual``: x + MLP0(norm2_0(x)), the residual stream after block 0's MLP without attention;
+- ``forward``: each layer's real input residual stream for the token alone after the model's
+  start token, ``[BOS, s]``, read at ``s`` from one batched forward pass over every source
+  token. A model whose tokenizer has no start token runs ``[s]`` alone (its first position
+  then attends only to itself, as every first token does).
+
+:class:`Recipe` holds the switches; :meth:`Recipe.bind` gives a :class:`Readout` with the
+tensors every consumer needs (the folded unembedding, the logit bias, each layer's output map,
+the source inputs). The static map, the salient operations, the dynamic readout and the plain
+reference all read heads through it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from headatlas.circuits import LayerOV, ModelCircuits, Norm
+from headatlas.errors import OptionError
+
+if TYPE_CHECKING:
+    from headatlas.scoring.options import MapOptions
+
+EMBEDDINGS = ("mlp0", "none", "residual", "forward")
+"""Source-embedding modes, in the order ``calibrate`` tries them."""
+
+_FORWARD_BATCH = 256
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a head's input is formed and its output read out (see the module docstring)."""
+
+    embedding: str = "mlp0"
+    """Source embedding of layers >= 1: mlp0, none, residual or forward."""
+    embedding_layer0: bool = False
+    """Layer 0 reads the same mode too (else the token embedding)."""
+    pre_norm: bool = True
+    """Apply the layer's pre-attention norm to x̃ before W_V."""
+    value_bias: bool = True
+    """Add the head's b_V."""
+    output_gain: bool = True
+    """Multiply the head's output by the post-attention norm's gain (Gemma 2/3)."""
+    output_bias: bool = False
+    """Add the layer's shared b_O."""
+    final_norm: bool = True
+    """Read out through the final norm."""
+    unembed_bias: bool = False
+    """Add the output head's bias to the logits."""
+
+    def __post_init__(self) -> None:
+        if self.embedding not in EMBEDDINGS:
+            raise OptionError(
+                f"embedding mode '{self.embedding}' is unknown: use one of {', '.join(EMBEDDINGS)}"
+            )
+
+    @classmethod
+    def of(cls, options: MapOptions) -> Recipe:
+        """The recipe a :class:`MapOptions` describes."""
+        return cls(
+            embedding=options.embedding if options.effective_embedding else "none",
+            embedding_layer0=options.effective_embedding_layer0,
+            pre_norm=options.pre_norm,
+            value_bias=options.value_bias,
+            output_gain=options.output_gain,
+            output_bias=options.output_bias,
+            final_norm=options.final_norm,
+            unembed_bias=options.unembed_bias,
+        )
+
+    def replace(self, **changes: Any) -> Recipe:
+        """A copy with some switches changed."""
+        return dataclasses.replace(self, **changes)
+
+    def label(self) -> str:
+        """Short name for figure titles and tables, e.g. ``mlp0 +pre-norm +final-norm +b_V``."""
+        parts = [self.embedding + ("(L0 too)" if self.embedding_layer0 else "")]
+        for name, on in (
+            ("pre-norm", self.pre_norm),
+            ("b_V", self.value_bias),
+            ("γ_post", self.output_gain),
+            ("b_O", self.output_bias),
+            ("final-norm", self.final_norm),
+            ("b_U", self.unembed_bias),
+        ):
+            if on:
+                parts.append("+" + name)
+        return " ".join(parts)
+
+    def mode_of(self, layer: int) -> str:
+        """The embedding mode one layer reads ("none" for layer 0 unless embedding_layer0)."""
+        return self.embedding if (layer > 0 or self.embedding_layer0) else "none"
+
+    def bind(
+        self,
+        circuits: ModelCircuits,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> Readout:
+        """The tensors this recipe needs from one model, on ``device`` in ``dtype``."""
+        return Readout(self, circuits).to(device, dtype)
+
+
+# The MAPS authors' switches: M = x̃ · W_V W_O · W_U, x̃ = MLP0(W_E) for layers >= 1, no norm
+# and no bias anywhere; k by vocabulary size.
+PRESETS: dict[str, Recipe] = {
+    "maps": Recipe(
+        embedding="mlp0",
+        pre_norm=False,
+        value_bias=False,
+        output_gain=False,
+        output_bias=False,
+        final_norm=False,
+        unembed_bias=False,
+    ),
+    "default": Recipe(),
+}
+"""Named recipes: ``maps`` (the paper's exact formula) and ``default`` (this project's)."""
+
+
+def fold_unembedding(
+    circuits: ModelCircuits, final_norm: bool, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """W_U with the final norm folded in: C · diag(γ) · W_U, [d, V].
+
+    C = I - 11ᵀ/d is LayerNorm's centring; the norm's 1/σ is a positive per-row scalar and
+    leaves top-k unchanged, and its bias β is not part of any head (as in TransformerLens'
+    fold_ln, where β moves to the logit bias).
+    """
+    # Fold in float64 when computing in float64 (folding in float32 loses bits), else float32.
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    W_U = circuits.W_U.to(work)
+    if not final_norm:
+        return W_U.to(dtype)
+    norm = circuits.final_norm()
+    G = W_U * norm.scale(W_U.shape[0]).to(work)[:, None]
+    if norm.kind == "layernorm":
+        G = G - G.mean(0, keepdim=True)
+    return G.to(dtype)
+
+
+class Readout:
+    """A recipe bound to one model's tensors. Build with :meth:`Recipe.bind`."""
+
+    def __init__(self, recipe: Recipe, circuits: ModelCircuits):
+        self.recipe = recipe
+        self.circuits = circuits
+        self.device = torch.device("cpu")
+        self.dtype = torch.float32
+        self.W_Uf = fold_unembedding(circuits, recipe.final_norm)  # [d, V]
+        b = circuits.unembed_bias() if recipe.unembed_bias else None
+        self.logit_bias: torch.Tensor | None = b  # [V] or None
+        self.final_norm: Norm | None = circuits.final_norm() if recipe.final_norm else None
+
+    def to(self, device: str | torch.device, dtype: torch.dtype) -> Readout:
+        """This readout with its tensors on ``device`` in ``dtype`` (a new object)."""
+        out = Readout.__new__(Readout)
+        out.recipe, out.circuits = self.recipe, self.circuits
+        out.device, out.dtype = torch.device(device), dtype
+        W = (
+            fold_unembedding(self.circuits, self.recipe.final_norm, dtype)
+            if dtype == torch.float64
+            else self.W_Uf
+        )
+        out.W_Uf = W.to(device=out.device, dtype=dtype).contiguous()
+        out.logit_bias = _move(self.logit_bias, out.device, dtype)
+        out.final_norm = self.final_norm
+        return out
+
+    # ---- inputs --------------------------------------------------------------------------
+    def source_inputs(
+        self, ids: torch.Tensor, hf_model: Any = None, start: int | str | None = "auto"
+    ) -> SourceInputs:
+        """Per-layer source embeddings x̃ of tokens ``ids`` [n] (float32, on the CPU);
+        ``hf_model`` and ``start`` are for the ``forward`` mode (see :func:`forward_inputs`)."""
+        return SourceInputs(self.recipe, self.circuits, ids, hf_model, start)
+
+    # ---- one layer ------------------------------------------------------------------------
+    def value_vectors(self, layer: LayerOV, X: torch.Tensor) -> torch.Tensor:
+        """z for every KV group: norm(X) @ W_V + b_V, [n_kv, n, d_head]."""
+        X = X.to(device=self.device, dtype=self.dtype)
+        u = layer.attn_norm(X) if self.recipe.pre_norm else X
+        Z = torch.einsum("nd,gde->gne", u, layer.W_V.to(device=u.device, dtype=u.dtype))
+        if self.recipe.value_bias and layer.b_V is not None:
+            Z = Z + layer.b_V.to(device=u.device, dtype=u.dtype)[:, None, :]
+        return Z
+
+    def gain(self, layer: LayerOV) -> torch.Tensor:
+        """The post-attention gain [d] this recipe applies (ones when off or absent)."""
+        d = layer.W_O.shape[2]
+        g = layer.out_gain(d) if self.recipe.output_gain else torch.ones(d)
+        return g.to(device=self.device, dtype=self.dtype)
+
+    def output_map(self, layer: LayerOV) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(W_O·gain [H, dh, d], b_O·gain [d] or None)."""
+        gain = self.gain(layer)
+        W_O = layer.W_O.to(device=self.device, dtype=self.dtype) * gain
+        b_O = None
+        if self.recipe.output_bias and layer.b_O is not None:
+            b_O = layer.b_O.to(device=self.device, dtype=self.dtype) * gain
+        return W_O, b_O
+
+    def logit_offset(self, layer: LayerOV) -> torch.Tensor | None:
+        """Constant logits [V] added to every head of a layer without a per-row final-norm
+        factor: b_O·gain·W_Uf + b_U (None when both are off)."""
+        _, b_O = self.output_map(layer)
+        offset = self.logit_bias
+        if b_O is not None:
+            bo = b_O @ self.W_Uf
+            offset = bo if offset is None else offset + bo
+        return offset
+
+    def head_rows(self, layer: LayerOV, head: int, X: torch.Tensor) -> torch.Tensor:
+        """Full logit rows [n, V] of one head for source embeddings ``X`` [n, d], the plain
+        way: the norms applied as functions (without the final norm's bias), nothing folded."""
+        dtype = self.dtype
+        X = X.to(dtype)
+        r = self.recipe
+        u = layer.attn_norm(X) if r.pre_norm else X
+        z = u @ layer.head_W_V(head).to(dtype)
+        b_V = layer.head_b_V(head)
+        if r.value_bias and b_V is not None:
+            z = z + b_V.to(dtype)
+        y = z @ layer.W_O[head].to(dtype)
+        if r.output_bias and layer.b_O is not None:
+            y = y + layer.b_O.to(dtype)
+        if r.output_gain and layer.out_norm is not None:
+            n = layer.out_norm
+            y = Norm(n.kind, _cast(n.gain, dtype), None, n.eps)(y)
+        if self.final_norm is not None:
+            n = self.final_norm
+            y = Norm(n.kind, _cast(n.gain, dtype), None, n.eps)(y)
+        rows = y @ self.circuits.W_U.to(dtype)
+        if self.logit_bias is not None:
+            rows = rows + self.logit_bias.to(dtype).cpu()
+        return rows
+
+
+class SourceInputs:
+    """x̃ of a fixed list of source tokens for every layer, formed by a recipe.
+
+    ``mlp0``, ``none`` and ``residual`` need only block 0's MLP; ``forward`` runs the model
+    once over ``[BOS, s]`` for every source (in batches) and keeps each layer's input at ``s``,
+    [n_layers, n, d] float32 on the CPU: n·L·d·4 bytes, the model itself loaded by
+    ``transformers``.
+    """
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        circuits: ModelCircuits,
+        ids: torch.Tensor,
+        hf_model: Any = None,
+        start: int | str | None = "auto",
+    ):
+        self.recipe = recipe
+        self.circuits = circuits
+        self.ids = ids
+        x = circuits.embed(ids)
+        self._by_mode: dict[str, torch.Tensor] = {"none": x}
+        if recipe.embedding in ("mlp0", "residual"):
+            self._by_mode[recipe.embedding] = embedding_of(circuits, x, recipe.embedding)
+        self._forward: torch.Tensor | None = None
+        if recipe.embedding == "forward":
+            self._forward = forward_inputs(circuits, ids, hf_model, start)
+
+    def digest(self) -> str:
+        """Content hash of inputs that weights alone do not fix: the ``forward`` mode's
+        per-layer inputs depend on every earlier layer (attention and MLP), so a stored map is
+        reused only when they are equal; "" for the weights-only modes."""
+        if self._forward is None:
+            return ""
+        data = self._forward.contiguous().numpy().tobytes()
+        return hashlib.sha256(data).hexdigest()[:16]
+
+    def layer(self, index: int) -> torch.Tensor:
+        """x̃ [n, d] for layer ``index``."""
+        mode = self.recipe.mode_of(index)
+        if mode == "forward":
+            assert self._forward is not None
+            return self._forward[index]
+        return self._by_mode[mode]
+
+
+def embedding_of(circuits: ModelCircuits, x: torch.Tensor, mode: str) -> torch.Tensor:
+    """x̃ [n, d] of token embeddings ``x`` [n, d] under a weights-only mode (mlp0, none,
+    residual); ``forward`` needs the tokens, see :func:`forward_inputs`."""
+    if mode == "none":
+        return x
+    if mode not in ("mlp0", "residual"):
+        raise OptionError(f"embedding mode '{mode}' needs a forward pass, not weights alone")
+    with torch.no_grad():
+        e = circuits.effective_embedding(x)
+    return e if mode == "mlp0" else x + e
+
+
+def start_token(tokenizer: Any) -> int | None:
+    """The id a sequence starts with (the tokenizer's BOS), or None when it has none."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return None if bos is None else int(bos)
+
+
+def forward_inputs(
+    circuits: ModelCircuits,
+    ids: torch.Tensor,
+    hf_model: Any = None,
+    start: int | str | None = "auto",
+) -> torch.Tensor:
+    """Each layer's input residual stream at token s of ``[start, s]`` for every id in ``ids``:
+    [n_layers, n, d] float32 on the CPU (Hugging Face's ``hidden_states[l]`` at the last
+    position). ``start``: "auto" = the tokenizer's BOS; None (or a tokenizer without BOS):
+    ``[s]`` alone. ``hf_model``: the ``transformers`` model (loaded from the circuits' source
+    when None)."""
+    if hf_model is None:
+        held = getattr(circuits.source, "model", None)
+        if isinstance(held, torch.nn.Module):
+            hf_model = held
+        else:
+            from headatlas.weights.transformers_model import load_hf_model
+
+            hf_model = load_hf_model(circuits.source.name)
+    L = circuits.cfg.n_layers
+    bos = start_token(circuits.tokenizer) if start == "auto" else start
+    assert not isinstance(bos, str), f"start must be 'auto', an id or None, got {start!r}"
+    if bos is not None and not 0 <= int(bos) < circuits.cfg.vocab_size:
+        raise OptionError(
+            f"start token {bos} is outside the model's vocabulary of {circuits.cfg.vocab_size}: "
+            "give a start token the model knows"
+        )
+    try:
+        device = next(hf_model.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    out = torch.empty(L, len(ids), circuits.cfg.d_model)
+    was_training = hf_model.training
+    hf_model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(ids), _FORWARD_BATCH):
+                chunk = ids[start : start + _FORWARD_BATCH].to(torch.int64)
+                cols = [chunk[:, None]]
+                if bos is not None:
+                    cols.insert(0, torch.full_like(chunk[:, None], bos))
+                inp = torch.cat(cols, 1).to(device)
+                res = hf_model(input_ids=inp, output_hidden_states=True, use_cache=False)
+                hs = res.hidden_states
+                for layer in range(L):
+                    out[layer, start : start + len(chunk)] = hs[layer][:, -1].float().cpu()
+    finally:
+        hf_model.train(was_training)
+    return out
+
+
+def _move(t: torch.Tensor | None, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
+    return None if t is None else t.to(device=device, dtype=dtype)
+
+
+def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    return None if t is None else t.to(dtype)

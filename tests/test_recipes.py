@@ -1,0 +1,232 @@
+"""Recipes: the ``forward`` mode's inputs equal Hugging Face's hidden states, GQA value sharing
+equals Hugging Face's eager attention, with-context dynamic scores equal an independent
+computation from HF's attention weights, presets, the dynamic readout switches and
+``calibrate`` end to end. (Recipes against the plain reference on every family:
+tests/test_scoring.py.)"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_models import gpt2_tokenizer, tiny_model
+
+from headatlas.circuits import ModelCircuits
+from headatlas.cli.common import options_from_args
+from headatlas.cli.main import build_parser, main
+from headatlas.errors import OptionError
+from headatlas.scoring.options import MapOptions, recipe_fields
+from headatlas.scoring.recipe import PRESETS, Recipe, forward_inputs
+from headatlas.validate import AttentionHooks, ValidationOptions
+from headatlas.validate.calibrate import CANDIDATES, calibrate, read_calibration
+from headatlas.validate.dynamic import DynamicJob, HeadReadout, dynamic_recipe, dynamic_scores
+from headatlas.validate.prompts import build_prompts
+
+
+class WordTokenizer:
+    """One id per whitespace-separated word (small vocabularies); id 1 is the start token."""
+
+    bos_token_id = 1
+
+    def __init__(self, vocab: int):
+        self.vocab = vocab
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return [2 + sum(w.encode()) * 7 % (self.vocab - 2) for w in text.split()]
+
+
+def _eager(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of a tiny model running Hugging Face's eager attention (explicit softmax)."""
+    eager = copy.deepcopy(model)
+    eager.set_attn_implementation("eager")
+    assert eager.config._attn_implementation == "eager"
+    return eager.eval()
+
+
+@pytest.mark.parametrize("name", ["llama-gqa", "gpt2", "gemma3", "pythia-parallel"])
+def test_forward_inputs_equal_hf_hidden_states(name: str) -> None:
+    """Batched [start, s] inputs per layer == hidden_states[l] of each sequence run alone."""
+    model = tiny_model(name)
+    mc = ModelCircuits.load(model)
+    ids = torch.tensor([3, 7, 11, 200, 5])
+    got = forward_inputs(mc, ids, model, start=2)  # [L, n, d]
+    assert got.shape == (mc.cfg.n_layers, len(ids), mc.cfg.d_model)
+    with torch.no_grad():
+        for i, s in enumerate(ids.tolist()):
+            hs = model(input_ids=torch.tensor([[2, s]]), output_hidden_states=True).hidden_states
+            for layer in range(mc.cfg.n_layers):
+                torch.testing.assert_close(got[layer, i], hs[layer][0, -1], rtol=1e-5, atol=1e-5)
+        alone = forward_inputs(mc, ids[:2], model, start=None)
+        hs = model(input_ids=ids[:1, None], output_hidden_states=True).hidden_states
+        torch.testing.assert_close(alone[1, 0], hs[1][0, 0], rtol=1e-5, atol=1e-5)
+    if name != "gpt2":  # no position embedding: layer 0's input is the scaled token embedding
+        torch.testing.assert_close(got[0], mc.embed(ids), rtol=1e-6, atol=1e-6)
+
+
+def test_forward_start_token_outside_vocabulary_is_an_error() -> None:
+    mc = ModelCircuits.load(tiny_model("llama-gqa"))
+    with pytest.raises(OptionError, match="start token"):
+        forward_inputs(mc, torch.tensor([3]), tiny_model("llama-gqa"), start=10**6)
+
+
+@pytest.mark.parametrize("name", ["llama-gqa", "llama-mqa"])
+def test_gqa_values_equal_hf_eager_attention(name: str) -> None:
+    """On a one-token sequence every query head attends to that token only, so HF's eager
+    attention (with its repeat_kv) gives z_h = v_{group(h)}(x); the recipe's value vectors of
+    query head h must equal it."""
+    eager = _eager(tiny_model(name))
+    mc = ModelCircuits.load(eager)
+    readout = Recipe().bind(mc, "cpu", torch.float32)
+    captured: list[torch.Tensor] = []
+    layers = eager.model.layers
+    hooks = [
+        layer.self_attn.o_proj.register_forward_pre_hook(
+            lambda _m, args: captured.append(args[0].detach())
+        )
+        for layer in layers
+    ]
+    try:
+        with torch.no_grad():
+            hs = eager(input_ids=torch.tensor([[9]]), output_hidden_states=True).hidden_states
+    finally:
+        for h in hooks:
+            h.remove()
+    for i in range(mc.cfg.n_layers):
+        ov = mc.layer(i)
+        z_hf = captured[i][0, 0].reshape(ov.n_heads, -1)  # [H, dh]
+        Z = readout.value_vectors(ov, hs[i][0])  # [n_kv, 1, dh]
+        assert ov.group_size > 1
+        for h in range(ov.n_heads):
+            torch.testing.assert_close(Z[ov.kv_group(h), 0], z_hf[h], rtol=1e-5, atol=1e-5)
+
+
+def test_with_context_dynamic_scores_equal_an_independent_computation() -> None:
+    """with-context z from HF's eager attention weights x values recomputed from the hidden
+    states through LayerOV, read out by hand through the final norm as a function."""
+    eager = _eager(tiny_model("llama-gqa"))
+    mc = ModelCircuits.load(eager)
+    hooks = AttentionHooks(eager, mc.spec, mc.cfg)
+    tok = WordTokenizer(mc.cfg.vocab_size)
+    sources = [[i] for i in range(3, 50, 4)]
+    targets = [(11 * i) % mc.cfg.vocab_size for i in range(len(sources))]
+    k, template = 60, "The story of <X> contains"
+    readout = HeadReadout(mc, MapOptions(), dtype=torch.float64)
+    job = DynamicJob("r", template, sources, targets, k)
+    (scores,) = dynamic_scores(hooks, readout, tok, [job], batch_size=3, budget_bytes=1)
+    expected = np.zeros((mc.cfg.n_layers, mc.cfg.n_heads))
+    W_U = mc.W_U.double()
+    final = mc.final_norm()
+    prompts = build_prompts(tok, template, sources, targets)
+    with torch.no_grad():
+        for p in prompts:
+            out = eager(
+                input_ids=torch.tensor([p.ids]), output_hidden_states=True, output_attentions=True
+            )
+            for layer in range(mc.cfg.n_layers):
+                ov = mc.layer(layer)
+                x = ov.attn_norm(out.hidden_states[layer][0]).double()  # [T, d]
+                attn = out.attentions[layer][0, :, -1].double()  # [H, T]
+                for h in range(mc.cfg.n_heads):
+                    v = x @ ov.head_W_V(h).double()
+                    if ov.head_b_V(h) is not None:
+                        v = v + ov.head_b_V(h).double()
+                    y = (attn[h] @ v) @ ov.W_O[h].double()
+                    row = final.__class__(final.kind, final.gain.double(), None, final.eps)(y)
+                    row = row @ W_U
+                    above = int((row >= row[p.target]).sum()) - 1
+                    expected[layer, h] += float(above < k) / len(prompts)
+    np.testing.assert_allclose(scores.with_context, expected, atol=1e-12)
+    assert 0 < expected.mean() < 1
+
+
+def test_presets_and_recipe_fields_round_trip() -> None:
+    maps = MapOptions.preset("maps")
+    assert (maps.pre_norm, maps.final_norm, maps.value_bias, maps.output_bias) == (False,) * 4
+    assert (maps.unembed_bias, maps.output_gain, maps.embedding) == (False, False, "mlp0")
+    assert maps.effective_embedding and maps.k is None
+    assert MapOptions.preset("default") == MapOptions()
+    for recipe in [*PRESETS.values(), *CANDIDATES.values(), Recipe(embedding="none")]:
+        assert MapOptions(**recipe_fields(recipe)).recipe() == recipe
+    with pytest.raises(OptionError, match="preset 'nope'"):
+        MapOptions.preset("nope")
+    with pytest.raises(OptionError, match="embedding mode 'x'"):
+        Recipe(embedding="x")
+    args = build_parser().parse_args(["map", "smollm2", "--preset", "maps", "--output-bias"])
+    assert options_from_args(args) == MapOptions.preset("maps", output_bias=True)
+    args = build_parser().parse_args(["map", "--embedding", "forward", "--no-final-norm"])
+    assert options_from_args(args).recipe() == Recipe(embedding="forward", final_norm=False)
+
+
+def test_paper_dynamic_readout_drops_final_norm_and_biases() -> None:
+    mc = ModelCircuits.load(tiny_model("llama-mha-bias"))
+    recipe = MapOptions(output_bias=True, unembed_bias=True).recipe()
+    paper = HeadReadout(mc, dynamic_recipe(recipe, "paper"))
+    assert torch.equal(paper.W_Uf, mc.W_U)
+    assert all(o is None for o in paper.offset)
+    as_map = HeadReadout(mc, dynamic_recipe(recipe, "map"))
+    assert all(o is not None for o in as_map.offset)
+    assert not torch.equal(as_map.W_Uf, mc.W_U)
+
+
+def test_calibrate_end_to_end_and_map_uses_the_winner(tmp_path: Path) -> None:
+    model = tiny_model("gpt2")
+    mc = ModelCircuits.load(model, tokenizer=gpt2_tokenizer())
+    res = calibrate(
+        mc,
+        relations=["country_capital", "noun_pronoun"],
+        out=tmp_path,
+        candidates={name: CANDIDATES[name] for name in ("maps", "forward")},
+        map_options=MapOptions(k=3000, min_pairs=5),
+        options=ValidationOptions(max_prompts=8, templates=("No <X> means no", "I like <X>")),
+        n_boot=50,
+        progress=False,
+        log=lambda _m: None,
+    )
+    assert set(res.table["recipe"]) == {"maps", "forward"}
+    best = res.table.sort_values("score").iloc[-1]
+    assert res.winner == best["recipe"]
+    for col in ("relation_without_context", "relation_with_context"):
+        row = res.table.iloc[0]
+        assert row[f"{col}_ci_low"] <= row[f"{col}_mean_r"] <= row[f"{col}_ci_high"]
+    assert len(res.per_template) == 2 * 2 * 2  # recipes x templates x contexts
+    assert res.directory is not None
+    record = json.loads((res.directory / "calibration.json").read_text())
+    assert record["winner"] == res.winner
+    assert read_calibration(res.directory) == CANDIDATES[res.winner]
+    args = build_parser().parse_args(["map", "--preset", "calibrated", "--out", str(tmp_path)])
+    assert (
+        options_from_args(args, read_calibration(res.directory)).recipe() == CANDIDATES[res.winner]
+    )
+    for f in ("recipes.md", "recipes.png", "recipes.csv", "dynamic.parquet", "static.parquet"):
+        assert (res.directory / "calibration" / f).is_file(), f
+    # a second run reuses the cached dynamic scores and gives the same table
+    said: list[str] = []
+    again = calibrate(
+        mc, relations=["country_capital", "noun_pronoun"], out=tmp_path,
+        candidates={name: CANDIDATES[name] for name in ("maps", "forward")},
+        map_options=MapOptions(k=3000, min_pairs=5),
+        options=ValidationOptions(max_prompts=8, templates=("No <X> means no", "I like <X>")),
+        n_boot=50, progress=False, log=said.append,
+    )  # fmt: skip
+    assert any("reusing the dynamic scores" in m for m in said)
+    assert again.table.drop(columns="label").equals(res.table.drop(columns="label"))
+
+
+def test_preset_calibrated_without_a_calibration_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "m"
+    tiny_model("llama-gqa").save_pretrained(folder)
+    capsys.readouterr()
+    code = main(["map", str(folder), "--preset", "calibrated", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "no calibration in" in err and "headatlas calibrate" in err
+    assert len(err.splitlines()) == 1
