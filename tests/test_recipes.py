@@ -7,6 +7,7 @@ tests/test_scoring.py.)"""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -230,3 +231,30 @@ def test_preset_calibrated_without_a_calibration_is_a_one_line_error(
     err = capsys.readouterr().err.strip()
     assert code == 2 and "no calibration in" in err and "headatlas calibrate" in err
     assert len(err.splitlines()) == 1
+
+
+def test_one_model_under_two_recipes_is_titled_by_recipe(tmp_path: Path) -> None:
+    from report_fixtures import make_results
+
+    from headatlas.report.atlas_html import render_atlas_html
+    from headatlas.report.category_figure import plot_category_atlas
+    from headatlas.store import MANIFEST, load_results
+
+    maps = []
+    for preset in ("maps", "default"):
+        folder = make_results(tmp_path / preset, 3, 2, display_name="Toy")
+        manifest = json.loads((folder / MANIFEST).read_text())
+        if preset == "maps":  # a manifest with the recipe recorded
+            recipe = PRESETS["maps"]
+            manifest["recipe"] = {**dataclasses.asdict(recipe), "label": recipe.label()}
+        else:  # an older manifest: the label comes from the options
+            manifest["options"] = MapOptions().as_dict()
+        (folder / MANIFEST).write_text(json.dumps(manifest))
+        maps.append(load_results(folder))
+    fig = plot_category_atlas(maps)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert titles == ["Toy — mlp0 (no norm, no bias)", f"Toy — {Recipe().label()}"]
+    page = render_atlas_html(maps)
+    assert "mlp0 (no norm, no bias)" in page and "mlp0 +pre-norm +b_V" in page
+    single = plot_category_atlas(maps[:1])
+    assert [ax.get_title() for ax in single.axes if ax.get_title()] == ["Toy"]

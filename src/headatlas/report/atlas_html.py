@@ -32,6 +32,7 @@ from headatlas.errors import OutputFormatError
 from headatlas.report.grid_axes import MAX_MODELS
 from headatlas.report.head_grids import relation_names
 from headatlas.report.palette import label_colors, label_order, score_colormap
+from headatlas.report.titles import panel_titles
 from headatlas.scoring.categories import CATEGORIES, DEFAULT_THRESHOLD
 from headatlas.store import MapResults, write_text_atomic
 
@@ -345,7 +346,10 @@ def render_atlas_html(results: Sequence[MapResults]) -> str:
             "write several atlases"
         )
     css, js = _asset("atlas.css"), _asset("atlas.js")
-    data = {"models": [atlas_data(r) for r in results], "score_scale": _score_scale()}
+    models = [atlas_data(r) for r in results]
+    for m, title in zip(models, panel_titles(results), strict=True):
+        m["display_name"] = title  # the recipe joins the name when one model appears twice
+    data = {"models": models, "score_scale": _score_scale()}
     csp = "; ".join(
         [
             "default-src 'none'",
@@ -356,7 +360,7 @@ def render_atlas_html(results: Sequence[MapResults]) -> str:
             "form-action 'none'",
         ]
     )
-    title = "headatlas — " + ", ".join(r.display_name for r in results)
+    title = "headatlas — " + ", ".join(panel_titles(results))
     return _PAGE.format(
         csp=html.escape(csp, quote=False),  # single quotes stay: the attribute is double-quoted
         title=html.escape(title).encode("ascii", "xmlcharrefreplace").decode("ascii"),

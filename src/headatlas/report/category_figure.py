@@ -19,6 +19,7 @@ from headatlas.report.grid_axes import (
 )
 from headatlas.report.head_grids import category_grid, label_grid, scored_categories
 from headatlas.report.palette import MISSING_COLOR, label_colormap, label_colors, label_order
+from headatlas.report.titles import panel_titles
 from headatlas.scoring.categories import UNCLASSIFIED
 from headatlas.store import MapResults
 
@@ -74,13 +75,14 @@ def plot_category_atlas(results: Sequence[MapResults], out: Path | None = None) 
     height = n_rows * (panel_in[1] + 0.9) + 0.9
     fig = Figure(figsize=(width, height), layout="constrained")
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    titles = panel_titles(results)
     for i, ax in enumerate(axes.flat):
         if i >= len(results):
             ax.set_visible(False)
             continue
         r = results[i]
         draw_head_grid(ax, label_grid(r, labels), cmap, norm, panel_in)
-        ax.set_title(r.display_name, fontsize=11)
+        ax.set_title(titles[i], fontsize=11 if len(titles[i]) < 40 else 8)
     n_legend_cols = min(len(labels), max(1, int(width // _LEGEND_ENTRY_IN)))
     fig.legend(
         handles=_legend_handles(labels),

@@ -103,6 +103,8 @@ class Recipe:
         ):
             if on:
                 parts.append("+" + name)
+        if len(parts) == 1:
+            parts.append("(no norm, no bias)")
         return " ".join(parts)
 
     def mode_of(self, layer: int) -> str:

@@ -1,0 +1,52 @@
+"""Panel and model titles: the model's name, and its recipe when one model appears under two
+recipes side by side."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+from headatlas.store import MapResults
+
+
+def recipe_label(results: MapResults) -> str:
+    """The recipe a map was computed with, as a short label ("" when the manifest predates
+    recipes and has no options)."""
+    recorded = results.manifest.get("recipe")
+    if isinstance(recorded, dict) and recorded.get("label"):
+        return str(recorded["label"])
+    options = results.manifest.get("options")
+    if not isinstance(options, dict):
+        return ""
+    from headatlas.scoring.recipe import Recipe
+
+    mode = (
+        str(options.get("embedding", "mlp0"))
+        if options.get("effective_embedding", True)
+        else "none"
+    )
+    try:
+        return Recipe(
+            embedding=mode,
+            embedding_layer0=bool(options.get("effective_embedding_layer0", False)),
+            pre_norm=bool(options.get("pre_norm", True)),
+            value_bias=bool(options.get("value_bias", True)),
+            output_gain=bool(options.get("output_gain", True)),
+            output_bias=bool(options.get("output_bias", False)),
+            final_norm=bool(options.get("final_norm", True)),
+            unembed_bias=bool(options.get("unembed_bias", False)),
+        ).label()
+    except ValueError:
+        return ""
+
+
+def panel_titles(results: Sequence[MapResults]) -> list[str]:
+    """Each map's title: its model's display name, followed by " — <recipe>" for a model that
+    appears more than once (so two recipes of one model can be told apart)."""
+    names = [r.display_name for r in results]
+    repeated = {n for n, c in Counter(names).items() if c > 1}
+    titles = []
+    for r, name in zip(results, names, strict=True):
+        label = recipe_label(r) if name in repeated else ""
+        titles.append(f"{name} — {label}" if label else name)
+    return titles
