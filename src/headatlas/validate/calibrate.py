@@ -263,6 +263,16 @@ def static_scores(
     return {name: pd.DataFrame(r, columns=columns) for name, r in rows.items()}
 
 
+def model_digest(model: torch.nn.Module) -> str:
+    """Content hash of every parameter and buffer of the model that runs (dynamic scores depend
+    on all of them, not only on the tensors a static map reads)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def _dynamic(
     circuits: ModelCircuits,
     hf_model: torch.nn.Module,
@@ -278,7 +288,7 @@ def _dynamic(
     key = hashlib.sha256(
         json.dumps(
             [
-                summary["fingerprint"],
+                model_digest(hf_model),
                 dataclasses.asdict(recipe),
                 [[j.relation, j.template, j.sources, j.targets, j.k] for j in jobs],
             ],
