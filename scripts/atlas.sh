@@ -5,8 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 OUT=${OUT:-atlas}
-headatlas map smollm2 --out "$OUT"
-headatlas map gemma3-270m --out "$OUT"
+# Each model is read with the recipe `headatlas calibrate` chose for it by agreement with
+# inference (docs/scoring.md, "Findings"): SmolLM2 x + MLP0(norm(x)) ("residual"), Gemma 3 each
+# layer's real input after BOS ("forward"). `headatlas calibrate MODEL --out "$OUT"` followed by
+# `headatlas map MODEL --preset calibrated --out "$OUT"` re-derives the choice (~20 min on 2 cores).
+headatlas map smollm2 --embedding residual --out "$OUT"
+headatlas map gemma3-270m --embedding forward --out "$OUT"
 mkdir -p "$OUT/figures"
 headatlas figure "$OUT/smollm2" "$OUT/gemma3-270m" --out "$OUT/figures/category-atlas.png"
 headatlas figure "$OUT/smollm2" --per-category --out "$OUT/figures/smollm2-per-category.png"
