@@ -1,5 +1,5 @@
-"""What one map computes: the relations' pairs flattened over unique source tokens, and the
-read-out matrix shared by every head."""
+"""What one map computes: the relations' pairs flattened over unique source tokens (the
+read-out itself is the recipe's, :mod:`headatlas.scoring.recipe`)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 
 from headatlas.circuits import ModelCircuits
-from headatlas.scoring.options import MapOptions, resolve_dtype
-from headatlas.scoring.recipe import SourceInputs, fold_unembedding
+from headatlas.scoring.options import MapOptions
+from headatlas.scoring.recipe import SourceInputs
 
 
 @dataclass
@@ -57,15 +57,6 @@ class ScoringPlan:
         sums.index_add_(-1, self.pair_relation, hits.double())
         counts = torch.bincount(self.pair_relation, minlength=n).double()
         return sums / counts
-
-
-def folded_unembedding(
-    circuits: ModelCircuits, options: MapOptions, dtype: torch.dtype | None = None
-) -> torch.Tensor:
-    """W_U with the final norm folded in (per ``options.final_norm``), [d, V]; see
-    :func:`headatlas.scoring.recipe.fold_unembedding`."""
-    target = dtype if dtype is not None else resolve_dtype(options.dtype)
-    return fold_unembedding(circuits, options.final_norm, target)
 
 
 def source_embeddings(

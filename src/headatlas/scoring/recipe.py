@@ -118,7 +118,8 @@ class Recipe:
         dtype: torch.dtype = torch.float32,
     ) -> Readout:
         """The tensors this recipe needs from one model, on ``device`` in ``dtype``."""
-        return Readout(self, circuits).to(device, dtype)
+        fold = torch.float64 if dtype == torch.float64 else torch.float32
+        return Readout(self, circuits, fold).to(device, dtype)
 
 
 # The MAPS authors' switches: M = x̃ · W_V W_O · W_U, x̃ = MLP0(W_E) for layers >= 1, no norm
@@ -162,12 +163,12 @@ def fold_unembedding(
 class Readout:
     """A recipe bound to one model's tensors. Build with :meth:`Recipe.bind`."""
 
-    def __init__(self, recipe: Recipe, circuits: ModelCircuits):
+    def __init__(self, recipe: Recipe, circuits: ModelCircuits, dtype: torch.dtype = torch.float32):
         self.recipe = recipe
         self.circuits = circuits
         self.device = torch.device("cpu")
-        self.dtype = torch.float32
-        self.W_Uf = fold_unembedding(circuits, recipe.final_norm)  # [d, V]
+        self.dtype = dtype
+        self.W_Uf = fold_unembedding(circuits, recipe.final_norm, dtype)  # [d, V]
         b = circuits.unembed_bias() if recipe.unembed_bias else None
         self.logit_bias: torch.Tensor | None = b  # [V] or None
         self.final_norm: Norm | None = circuits.final_norm() if recipe.final_norm else None
@@ -177,9 +178,10 @@ class Readout:
         out = Readout.__new__(Readout)
         out.recipe, out.circuits = self.recipe, self.circuits
         out.device, out.dtype = torch.device(device), dtype
+        # Fold again only when float64 is asked of a float32 fold (float32 folding loses bits).
         W = (
             fold_unembedding(self.circuits, self.recipe.final_norm, dtype)
-            if dtype == torch.float64
+            if dtype == torch.float64 and self.W_Uf.dtype != torch.float64
             else self.W_Uf
         )
         out.W_Uf = W.to(device=out.device, dtype=dtype).contiguous()
