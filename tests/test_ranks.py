@@ -4,6 +4,7 @@ the tie rule holds under rounding, and every kernel keeps its outputs on its inp
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from test_scoring import random_plan
@@ -20,7 +21,7 @@ from headatlas.scoring.ranks import (
     pair_ranks,
 )
 from headatlas.scoring.relation_scores import layer_ranks, layer_scores
-from headatlas.validate.dynamic import HeadReadout
+from headatlas.validate.dynamic import DynamicJob, HeadReadout, read_out
 
 
 def _random_case(seed: int, n: int = 60, r: int = 6, d: int = 12, V: int = 700):
@@ -144,6 +145,38 @@ def test_dynamic_read_out_pruned_equals_full() -> None:
     full = batched_ranks(zz, block, targets, None)
     part = batched_ranks(zz, block, targets, 2, stages=(3,))
     assert torch.equal(part[0], full[0].clamp(max=2)) and torch.equal(part[1], full[1].clamp(max=2))
+    # one k per row, later stages on the undecided cells only, and full rows both through a
+    # formed B_h (heads with many undecided cells) and stacked through the shared U (few)
+    k_rows = torch.tensor([1, 3, 10, 25] * 12 + [2, 7])
+    for stages in ((3,), (3, 5, 40), (40, 200)):
+        up, down = batched_ranks(zz, block, targets, k_rows, stages=stages)
+        assert torch.equal(up, torch.minimum(full[0], k_rows)), stages
+        assert torch.equal(down, torch.minimum(full[1], k_rows)), stages
+
+
+def test_read_out_stacks_jobs_and_equals_the_full_read_out() -> None:
+    circuits = ModelCircuits.load(tiny_model("llama-gqa"))
+    c = circuits.cfg
+    g = torch.Generator().manual_seed(11)
+    jobs, captured = [], []
+    for i, (n, k) in enumerate(((7, 1), (30, 10), (12, 3))):
+        z = torch.randn(c.n_layers, n, c.n_heads, c.d_head, generator=g) * 3
+        v = torch.randn(c.n_layers, n, c.n_kv_heads, c.d_head, generator=g) * 3
+        targets = torch.randint(0, c.vocab_size, (n,), generator=g)
+        jobs.append(DynamicJob(f"r{i}", "t <X>", [[0]] * n, targets.tolist(), k))
+        captured.append((z, v, targets))
+    options = MapOptions()
+    new = read_out(HeadReadout(circuits, options), jobs, captured, c.n_layers, c.n_heads)
+    old = read_out(
+        HeadReadout(circuits, options, pruned=False), jobs, captured, c.n_layers, c.n_heads
+    )
+    for a, b in zip(new, old, strict=True):
+        assert a.n_prompts == b.n_prompts
+        for name in ("with_context", "without_context"):
+            for suffix in ("", "_suppression"):
+                x, y = getattr(a, name + suffix), getattr(b, name + suffix)
+                assert x.shape == (c.n_layers, c.n_heads) and np.array_equal(x, y)
+    assert any(d.with_context.any() for d in new)  # some hits, not all-zero scores
 
 
 def test_kernels_keep_every_output_on_the_meta_device(monkeypatch: pytest.MonkeyPatch) -> None:

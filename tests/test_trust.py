@@ -409,6 +409,8 @@ SWEEP: list[tuple[str, list[str], str]] = [
     ("describe missing", ["describe", "{tmp}/nothing", "--base-url", "http://127.0.0.1:9/v1"], "nothing"),
     ("describe bad url", ["describe", "{results}", "--base-url", "not a url", "--model", "m"], "not a url"),
     ("describe ftp url", ["describe", "{results}", "--base-url", "ftp://x/v1", "--model", "m"], "ftp://x/v1"),
+    ("describe meta device", ["describe", "{results}", "--backend", "transformers", "--device", "meta"], "holds no values"),
+    ("validate meta device", ["validate", "{model}", "--device", "meta", "--relations", "copying", "--out", "{tmp}/o"], "holds no values"),
     ("validate no tokenizer", ["validate", "{no_tok}", "--out", "{tmp}/o"], "no tokenizer files"),
     ("validate bad template", ["validate", "{model}", "--templates", "no slot"], "slot <X>"),
     ("validate out under a file", ["validate", "{model}", "--out", "{file}/o", "--relations", "copying"], "a-file"),
@@ -432,6 +434,19 @@ def test_bad_input_sweep_gives_one_line_errors(
     errors = [line for line in captured.err.splitlines() if line.startswith("headatlas: error:")]
     assert len(errors) == 1, captured.err
     assert needle in errors[0], (needle, errors[0])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present")
+@pytest.mark.parametrize("command", ["describe", "validate", "map"])
+def test_cuda_asked_for_without_a_gpu_is_one_line_error(
+    command: str, bad_inputs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    where = str(bad_inputs["results"] if command == "describe" else bad_inputs["model"])
+    extra = ["--backend", "transformers"] if command == "describe" else ["--out", str(tmp_path)]
+    rc = run_cli(command, where, "--device", "cuda", *extra)
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert err.startswith("headatlas: error:") and "no CUDA GPU" in err, err
 
 
 def test_every_subcommand_is_in_the_sweep() -> None:

@@ -13,6 +13,7 @@ from headatlas import store
 from headatlas.describe.backends import BACKENDS, make_backend
 from headatlas.describe.run import describe_heads, load_operations
 from headatlas.errors import DescribeError
+from headatlas.scoring.mapping import resolve_device
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -84,6 +85,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="transformers backend: decode freely instead of following the answer's JSON schema",
     )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="transformers backend: where the describing model runs: auto (a CUDA GPU when "
+        "present, else the CPU), cpu, cuda or cuda:N (default: auto)",
+    )
     p.add_argument("--no-cache", action="store_true", help="ask again even for described heads")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -122,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         json_mode=args.json_mode,
         max_new_tokens=args.max_new_tokens,
         structured=not args.no_structured,
+        device=str(resolve_device(args.device)) if args.backend == "transformers" else None,
     )
     table = describe_heads(
         args.dir,

@@ -22,6 +22,7 @@ def make_backend(
     json_mode: bool = False,
     max_new_tokens: int | None = None,
     structured: bool = True,
+    device: str | None = None,
 ) -> ChatBackend:
     """A backend of ``kind``; options that do not apply to it are ignored."""
     if kind == "openai":
@@ -30,6 +31,9 @@ def make_backend(
         )
     if kind == "transformers":
         return TransformersChatBackend(
-            model=model or "smollm2", max_new_tokens=max_new_tokens, structured=structured
+            model=model or "smollm2",
+            max_new_tokens=max_new_tokens,
+            structured=structured,
+            device=device,
         )
     raise DescribeError(f"unknown backend {kind!r}: use one of {', '.join(BACKENDS)}")

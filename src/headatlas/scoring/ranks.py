@@ -230,7 +230,7 @@ class SharedU:
     def __init__(self, U: torch.Tensor):
         self.U = U
         self.UT = U.T.contiguous()  # [V, d]: columns of U as contiguous rows
-        self.col_max = U.square().sum(0).max().sqrt()
+        self.col_max = self.UT.square().sum(1).max().sqrt()
         self.mean = U.mean(1, keepdim=True)
 
 
@@ -490,7 +490,7 @@ def batched_ranks(
     Z: torch.Tensor,
     block: torch.Tensor | HeadsB,
     targets: torch.Tensor,
-    k: int | None,
+    k: int | torch.Tensor | None,
     offset: torch.Tensor | None = None,
     order: torch.Tensor | None = None,
     stages: tuple[int, ...] = STAGES,
@@ -499,24 +499,31 @@ def batched_ranks(
     """(up, down) ranks [h, n] of each row's target in logits Z[i] @ block[i] (+ offset), for
     Z [h, n, r], block [h, r, V], targets [n], offset [V] — the dynamic read-out's kernel.
 
-    With ``k``, pruned like :func:`pair_ranks` (columns in ``order`` [h, ≥ Σ stages], from
-    :func:`spread_order` when None; ``order_columns`` [h, r, Σ stages]: those columns of B,
-    when the caller keeps them across calls) and capped at k; without, every row in full. The
-    target's logit is always read from the product its competitors come from.
+    With ``k`` (one int, or one per row [n]), pruned like :func:`pair_ranks` (columns in
+    ``order`` [h, ≥ Σ stages], from :func:`spread_order` when None; ``order_columns``
+    [h, r, Σ stages]: those columns of B, when the caller keeps them across calls) and capped
+    at k; without, every row in full. The first stage reads every row; later stages only the
+    (head, row) cells still undecided. The target's logit is always read from the product its
+    competitors come from.
     """
     h, n, r = Z.shape
-    V = block.shape[2]
     dev = Z.device
     up = torch.empty(h, n, dtype=torch.int64, device=dev)
     down = torch.empty(h, n, dtype=torch.int64, device=dev)
     alive: torch.Tensor | None = None  # flat (head * n + row) indices still undecided
-    if k is not None and stages and dev.type != "meta":
+    kk: torch.Tensor | None = None
+    if k is not None:
+        kk = torch.as_tensor(k, dtype=torch.int64, device=dev).expand(n)[None, :].expand(h, n)
+    if kk is not None and stages and dev.type != "meta":
         if order is None:
             order = spread_order(block, sum(stages))
         u = unit_roundoff(Z.dtype, dev)
         if isinstance(block, HeadsB):
             UT = block.shared.UT
-            t = (torch.bmm(Z, block.W) * UT[targets][None]).sum(2)
+            # Target columns of B, once per distinct target: [h, r, m] (rows share targets).
+            uniq, inv = torch.unique(targets, return_inverse=True)
+            Bt = block.W @ UT[uniq].T  # [h, r, m]
+            t = (Z * Bt[:, :, inv].transpose(1, 2)).sum(2)
             m = r + block.W.shape[2] + 1
             b_max = block.W.square().sum((1, 2)).sqrt() * block.shared.col_max  # [h]
         else:
@@ -532,9 +539,10 @@ def batched_ranks(
         margin = 2 * g * (Z.norm(dim=2) + 1) * (b_max[:, None] + o_max)  # [h, n]
         above = torch.zeros(h, n, dtype=torch.int64, device=dev)
         below = torch.zeros(h, n, dtype=torch.int64, device=dev)
+        hi_t, lo_t = t + margin, t - margin
         undecided = torch.ones(h, n, dtype=torch.bool, device=dev)
         c0 = 0
-        for size in stages:
+        for stage, size in enumerate(stages):
             cols = order[:, c0 : c0 + size]  # [h, c]
             c0 += size
             if cols.shape[1] == 0:
@@ -545,36 +553,96 @@ def batched_ranks(
                 Bc = torch.bmm(block.W, block.shared.UT[cols].transpose(1, 2))
             else:
                 Bc = torch.gather(block, 2, cols[:, None, :].expand(h, r, cols.shape[1]))
-            S = torch.bmm(Z, Bc)  # [h, n, c]
-            if offset is not None:
-                S = S + offset[cols][:, None, :]
-            above += ((t + margin)[:, :, None] < S).sum(2)
-            below += ((t - margin)[:, :, None] > S).sum(2)
-            undecided &= ~((above >= k) & (below >= k))
+            if stage == 0:  # every row: one batched product
+                S = torch.bmm(Z, Bc)  # [h, n, c]
+                if offset is not None:
+                    S = S + offset[cols][:, None, :]
+                above += (hi_t[:, :, None] < S).sum(2)
+                below += (lo_t[:, :, None] > S).sum(2)
+            else:  # only the cells still undecided, head by head
+                for hi in range(h):
+                    rows = undecided[hi].nonzero().flatten()
+                    if rows.numel() == 0:
+                        continue
+                    S = Z[hi, rows] @ Bc[hi]  # [m, c]
+                    if offset is not None:
+                        S = S + offset[cols[hi]][None, :]
+                    above[hi, rows] += (hi_t[hi, rows, None] < S).sum(1)
+                    below[hi, rows] += (lo_t[hi, rows, None] > S).sum(1)
+            undecided &= ~((above >= kk) & (below >= kk))
             if not bool(undecided.any()):
                 break
-        up.fill_(k)
-        down.fill_(k)
+        up.copy_(kk)
+        down.copy_(kk)
         alive = undecided.flatten().nonzero().flatten()
-    for hi in range(h):
-        if alive is None:
-            rows = torch.arange(n, device=dev)
-        else:
-            sel = alive[(alive >= hi * n) & (alive < (hi + 1) * n)]
-            if sel.numel() == 0:
-                continue
-            rows = sel - hi * n
-        if isinstance(block, HeadsB):
-            logits = (Z[hi, rows] @ block.W[hi]) @ block.shared.U  # [m, V], one product
-        else:
-            logits = Z[hi, rows] @ block[hi]
+    _batched_full_rows(Z, block, targets, offset, alive, up, down)
+    if kk is not None:
+        torch.minimum(up, kk, out=up)
+        torch.minimum(down, kk, out=down)
+    return up, down
+
+
+def _batched_full_rows(
+    Z: torch.Tensor,
+    block: torch.Tensor | HeadsB,
+    targets: torch.Tensor,
+    offset: torch.Tensor | None,
+    alive: torch.Tensor | None,
+    up: torch.Tensor,
+    down: torch.Tensor,
+) -> None:
+    """Exact ranks of the (head, row) cells ``alive`` (flat head * n + row; None: all) from
+    full logit rows, written into up/down [h, n]; the target is read from the same product.
+
+    Factored blocks: a head with many cells gets its B_h formed (r·d·V once beats m·d·V);
+    the other heads' cells are stacked as y = z W_h [M, d] and read through the shared U in
+    chunks, one product per chunk (U is streamed once per chunk, not once per head)."""
+    h, n, r = Z.shape
+    V = block.shape[2]
+    dev = Z.device
+    cells = torch.arange(h * n, device=dev) if alive is None else alive
+    if cells.numel() == 0:
+        return
+    heads, rows = cells // n, cells % n
+    chunk = max(1, FULL_ROW_BYTES // (V * Z.element_size()))
+    if dev.type == "meta":
+        chunk = max(1, int(cells.numel()))
+
+    def count(logits: torch.Tensor, hs: torch.Tensor, rs: torch.Tensor) -> None:
         if offset is not None:
             logits = logits + offset
-        tt = logits.gather(1, targets[rows][:, None])
-        ge = (logits >= tt).sum(1)
-        up[hi, rows] = ge - 1
-        down[hi, rows] = V - ge
-    if k is not None:
-        up.clamp_(max=k)
-        down.clamp_(max=k)
-    return up, down
+        ge = (logits >= logits.gather(1, targets[rs][:, None])).sum(1)
+        up[hs, rs] = ge - 1
+        down[hs, rs] = V - ge
+
+    def by_head(hi: int) -> torch.Tensor:
+        return torch.arange(n, device=dev) if alive is None else rows[heads == hi]
+
+    if not isinstance(block, HeadsB):
+        for hi in range(h):
+            rs = by_head(hi)
+            for c0 in range(0, int(rs.numel()), chunk):
+                part = rs[c0 : c0 + chunk]
+                count(Z[hi, part] @ block[hi], torch.full_like(part, hi), part)
+        return
+    d = block.W.shape[2]
+    per_head = [n] * h if alive is None else torch.bincount(heads, minlength=h).tolist()
+    stacked_y, stacked_h, stacked_r = [], [], []
+    for hi in range(h):
+        if per_head[hi] == 0:
+            continue
+        rs = by_head(hi)
+        W = block.W[hi]
+        if per_head[hi] * (d - r) > r * d:  # forming B_h costs less than m rows of z W U
+            B_h = W @ block.shared.U
+            for c0 in range(0, int(rs.numel()), chunk):
+                part = rs[c0 : c0 + chunk]
+                count(Z[hi, part] @ B_h, torch.full_like(part, hi), part)
+        else:
+            stacked_y.append(Z[hi, rs] @ W)
+            stacked_h.append(torch.full_like(rs, hi))
+            stacked_r.append(rs)
+    if stacked_y:
+        Y, hs, rs = torch.cat(stacked_y), torch.cat(stacked_h), torch.cat(stacked_r)
+        for c0 in range(0, int(Y.shape[0]), chunk):
+            count(Y[c0 : c0 + chunk] @ block.shared.U, hs[c0 : c0 + chunk], rs[c0 : c0 + chunk])

@@ -130,11 +130,15 @@ def calibrate(
         check_template(t)
     if not candidates:
         raise ValidationInputError("calibrate needs at least one candidate recipe")
+    device = resolve_device(map_options.device)  # raises before anything is loaded
     circuits = model if isinstance(model, ModelCircuits) else ModelCircuits.load(model)
     if hf_model is None:
         held = getattr(circuits.source, "model", None)
         named = circuits.source.name if isinstance(model, ModelCircuits) else model
-        hf_model = load_hf_model(held if isinstance(held, torch.nn.Module) else named)
+        if isinstance(held, torch.nn.Module):
+            hf_model = load_hf_model(held)
+        else:  # loaded here: run it where the maps run (--device)
+            hf_model = load_hf_model(named).to(device)
     summary = circuits.summary()
     directory = Path(out) / model_slug(str(summary["name"])) if out is not None else None
     work = directory / CALIBRATION if directory is not None else None

@@ -39,7 +39,7 @@ from headatlas.validate.prompts import batches, build_prompts, pad_id
 _BLOCK_BYTES = 512 * 2**20  # one layer's per-head read-out matrices, at most
 _CAPTURE_BYTES = 1 * 2**30  # activations captured before reading them out
 _ROWS = 64  # prompts per full read-out product ([h, rows, V] logits)
-_ROWS_PRUNED = 512  # prompts per pruned read-out (a first pass of [h, rows, columns])
+_ROWS_PRUNED = 4096  # rows per pruned read-out (a first pass of [h, rows, 256 columns])
 
 
 class HeadReadout:
@@ -111,11 +111,12 @@ class HeadReadout:
         block: torch.Tensor | HeadsB,
         z: torch.Tensor,
         targets: torch.Tensor,
-        k: int | None = None,
+        k: int | torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(up, down) ranks [B, h] of each row's target for z [B, h, dh] against a block from
         :meth:`blocks`: up = #others >= target, down = #others < target (the map's tie rule).
-        With ``k`` (and ``pruned``) only rank < k is decided: ranks come back capped at k."""
+        With ``k`` (one, or one per row; and ``pruned``) only rank < k is decided: ranks
+        come back capped at k."""
         fresh = self._order is None or self._order[0] is not block
         if self.pruned and fresh and self.W_Uf.device.type != "meta":
             order = spread_order(block, sum(STAGES))
@@ -257,38 +258,54 @@ def capture(
 def read_out(
     readout: HeadReadout, jobs: Sequence[DynamicJob], captured: Captured, L: int, H: int
 ) -> list[DynamicScores]:
-    """Dynamic scores of every head from captured activations: each layer's read-out blocks
-    are formed once and applied to every job."""
-    hits = [{name: torch.zeros(L, H, dtype=torch.float64) for name in _VARIANTS} for _ in jobs]
+    """Dynamic scores of every head from captured activations. Per layer, the rows of every
+    job and both variants (with context: z at the last position; without: the value at the
+    source) are stacked into one batch, read against the layer's read-out blocks (formed
+    once), and counted back per job."""
+    K = torch.cat([torch.full((2 * len(c[2]),), j.k) for j, c in zip(jobs, captured, strict=True)])
+    T = torch.cat([torch.cat([c[2], c[2]]) for c in captured]) if captured else torch.zeros(0)
+    T = T.long()
+    # Row segments: job i's with-context rows, then its without-context rows.
+    sizes = [len(c[2]) for c in captured for _ in range(2)]
+    seg = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes, dtype=torch.long))
+    hits = torch.zeros(2, len(sizes), L, H, dtype=torch.float64)  # relation, suppression
+    step = _ROWS_PRUNED if readout.pruned else _ROWS
     for layer in range(L):
+        Z = torch.cat(
+            [
+                part
+                for z, v, _ in captured
+                for part in (z[layer], readout.source_values(layer, v[layer]))
+            ]
+        )  # [N, H, dh]
         for h0, h1, block in readout.blocks(layer):
-            for job, (z, v, targets), acc in zip(jobs, captured, hits, strict=True):
-                for ctx, zc in (
-                    ("with_context", z[layer]),
-                    ("without_context", readout.source_values(layer, v[layer])),
-                ):
-                    step = _ROWS_PRUNED if readout.pruned else _ROWS
-                    for r0 in range(0, len(targets), step):
-                        up, down = readout.block_ranks(
-                            layer,
-                            block,
-                            zc[r0 : r0 + step, h0:h1],
-                            targets[r0 : r0 + step],
-                            job.k,
-                        )
-                        acc[ctx][layer, h0:h1] += (up < job.k).sum(0).double().cpu()
-                        acc[f"{ctx}_suppression"][layer, h0:h1] += (
-                            (down < job.k).sum(0).double().cpu()
-                        )
-    return [
-        DynamicScores(
-            job.relation,
-            job.template,
-            len(job.targets),
-            **{name: (h / max(1, len(job.targets))).numpy() for name, h in acc.items()},
+            for r0 in range(0, len(T), step):
+                r1 = min(len(T), r0 + step)
+                up, down = readout.block_ranks(
+                    layer, block, Z[r0:r1, h0:h1], T[r0:r1], K[r0:r1] if readout.pruned else None
+                )
+                k = K[r0:r1, None].to(up.device)
+                for which, rank in enumerate((up, down)):
+                    hit = (rank < k).double().cpu()  # [rows, h]
+                    hits[which, :, layer, h0:h1].index_add_(0, seg[r0:r1], hit)
+    out = []
+    for i, job in enumerate(jobs):
+        n = max(1, len(job.targets))
+        acc = {
+            "with_context": hits[0, 2 * i],
+            "without_context": hits[0, 2 * i + 1],
+            "with_context_suppression": hits[1, 2 * i],
+            "without_context_suppression": hits[1, 2 * i + 1],
+        }
+        out.append(
+            DynamicScores(
+                job.relation,
+                job.template,
+                len(job.targets),
+                **{name: (h / n).numpy() for name, h in acc.items()},
+            )
         )
-        for job, acc in zip(jobs, hits, strict=True)
-    ]
+    return out
 
 
 DYNAMIC_READOUTS = ("map", "paper")
@@ -308,14 +325,6 @@ def dynamic_recipe(recipe: Recipe, readout: str = "map") -> Recipe:
     raise ValidationInputError(
         f"dynamic readout '{readout}' is unknown: use one of {', '.join(DYNAMIC_READOUTS)}"
     )
-
-
-_VARIANTS = (
-    "with_context",
-    "without_context",
-    "with_context_suppression",
-    "without_context_suppression",
-)
 
 
 def sample_pairs(

@@ -29,7 +29,7 @@ import headatlas.validate.causal as causal_mod
 from headatlas.circuits import ModelCircuits
 from headatlas.errors import ValidationInputError
 from headatlas.relations import Relation, resolve_relations, tokenize_relation
-from headatlas.scoring.mapping import map_heads
+from headatlas.scoring.mapping import map_heads, resolve_device
 from headatlas.scoring.options import MapOptions
 from headatlas.store import MapResults, write_json_atomic, write_text_atomic
 from headatlas.validate.dynamic import (
@@ -84,8 +84,8 @@ def validate(
 
     The static map comes from :func:`map_heads` with the same ``out`` (a finished map with the
     same inputs is reused). ``hf_model`` is the ``transformers`` model to run; by default it is
-    loaded from ``model`` (or taken from it, when ``model`` is a torch module or a
-    :class:`ModelCircuits` over one).
+    loaded from ``model`` onto ``map_options.device`` (or taken from it, where it is, when
+    ``model`` is a torch module or a :class:`ModelCircuits` over one).
     """
     map_options = map_options or MapOptions()
     options = options or ValidationOptions()
@@ -96,12 +96,16 @@ def validate(
             f"unknown experiment '{unknown[0]}': choose from {', '.join(EXPERIMENTS)}"
         )
     dynamic_recipe(map_options.recipe(), options.dynamic_readout)  # raises on an unknown name
+    device = resolve_device(map_options.device)  # raises before anything is loaded
     t0 = time.perf_counter()
     circuits = model if isinstance(model, ModelCircuits) else ModelCircuits.load(model)
     if hf_model is None:
         held = getattr(circuits.source, "model", None)
         named = circuits.source.name if isinstance(model, ModelCircuits) else model
-        hf_model = load_hf_model(held if isinstance(held, torch.nn.Module) else named)
+        if isinstance(held, torch.nn.Module):
+            hf_model = load_hf_model(held)
+        else:  # loaded here: run it where the map runs (--device)
+            hf_model = load_hf_model(named).to(device)
     rels = resolve_relations(relations, relation_files)
     if "causal" in experiments:
         for rel in rels:
