@@ -4,7 +4,8 @@
    the scores (equal expected: both compute ranks in float32 and decide ties from one product;
    a cell may differ only where two logits are within float32 rounding of each other).
 2. Salient operations of a few SmolLM2 heads and the dynamic read-out (random activations) on
-   both devices, compared.
+   both devices, compared; the correlative validation of two relations (the inference model on
+   each device) and one structured answer of the local describer, on both devices.
 3. Maps a synthetic Llama-3.1-8B-shaped checkpoint (random bf16 weights, all 32 layers,
    V = 128256, GQA 32/8, d_head 128) on the GPU: timings per layer and peak GPU memory, and
    the previous full kernel on one layer for the speed ratio.
@@ -25,6 +26,7 @@ import torch
 from headatlas.circuits import ModelCircuits
 from headatlas.scoring.mapping import map_heads
 from headatlas.scoring.options import MapOptions
+from headatlas.validate import DEFAULT_TEMPLATES
 
 
 def log(msg: str) -> None:
@@ -78,6 +80,45 @@ def compare_salient_and_readout(device: str) -> None:
         b = gpu.ranks(layer, z.to(device), targets.to(device))
         equal += int(torch.equal(a[0].clamp(max=10) < 10, b[0].cpu().clamp(max=10) < 10))
     log(f"dynamic read-out: {equal} of {c.n_layers} layers give the same top-10 hits")
+
+
+def compare_validation_and_describe(device: str, reduced: bool) -> None:
+    """The correlative validation (inference model on each device) and a structured
+    description from the local describer, on ``device`` and on the CPU."""
+    from headatlas.describe.transformers_chat import TransformersChatBackend
+    from headatlas.validate import ValidationOptions, validate
+
+    rels = ["country_capital", "name_copying"]
+    vopts = ValidationOptions(max_prompts=8 if reduced else 32, templates=DEFAULT_TEMPLATES[:2])
+    tables = {}
+    for dev in (device, "cpu"):
+        t0 = time.perf_counter()
+        res = validate(
+            "smollm2", rels, experiments=["correlative"], map_options=MapOptions(device=dev),
+            options=vopts, progress=False, log=lambda _: None,
+        )  # fmt: skip
+        log(f"validate (correlative, {len(rels)} relations) on {dev}: "
+            f"{time.perf_counter() - t0:.1f} s")  # fmt: skip
+        tables[dev] = res.correlative_heads
+    cols = [c for c in tables["cpu"].columns if c.startswith("dynamic")]
+    diff = (tables[device][cols] - tables["cpu"][cols]).abs().to_numpy()
+    log(
+        f"validate: {int((diff > 0).any(axis=1).sum())} of {len(diff)} (head, template, relation) "
+        f"rows differ between {device} and cpu (largest {float(diff.max()):.4f})"
+    )
+    messages = [
+        {"role": "system", "content": "You describe attention heads in one JSON object."},
+        {
+            "role": "user",
+            "content": "Head L1H2 maps: France -> Paris, Japan -> Tokyo, Peru -> Lima.",
+        },
+    ]
+    answers = {}
+    for dev in (device, "cpu"):
+        t0 = time.perf_counter()
+        answers[dev] = TransformersChatBackend(device=dev).complete(messages)
+        log(f"describe (SmolLM2 describer, structured) on {dev}: {time.perf_counter() - t0:.1f} s")
+    log(f"describe: same answer on {device} and cpu: {answers[device] == answers['cpu']}")
 
 
 def synthetic_llama(n_layers: int, reduced: bool) -> Any:
@@ -193,6 +234,7 @@ def main() -> None:
     compare_maps("gemma3-270m", device, relations)
     if not args.reduced:
         compare_salient_and_readout(device)
+    compare_validation_and_describe(device, args.reduced)
     llama8b(device, args.reduced)
     log(f"gpu_check done in {time.perf_counter() - t0:.0f} s")
 

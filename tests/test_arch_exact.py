@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import TINY_MODELS, save_tiny, tiny_model, token_batches
 
 from headatlas.arch import SUPPORTED_MODEL_TYPES
+from headatlas.arch.activations import ACTIVATIONS, activation
 from headatlas.circuits import ModelCircuits
 from headatlas.errors import UnsupportedArchitecture
 
@@ -257,3 +258,35 @@ def test_multimodal_gemma3_checkpoint_reads_its_text_model(tmp_path: Path) -> No
     wrapped = {"model_type": "gemma3", "text_config": text, "tie_word_embeddings": True}
     (folder / "config.json").write_text(json.dumps(wrapped))
     _same_circuits(ModelCircuits.load(model), ModelCircuits.load(folder))
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_activations_equal_transformers_bit_for_bit(name: str) -> None:
+    from transformers.activations import ACT2FN
+
+    x = torch.linspace(-12, 12, 20001, dtype=torch.float32)
+    for dtype in (torch.float32, torch.float64):
+        assert torch.equal(activation(name)(x.to(dtype)), ACT2FN[name](x.to(dtype))), name
+
+
+def test_an_activation_not_written_out_comes_from_transformers() -> None:
+    from transformers.activations import ACT2FN
+
+    assert "relu2" not in ACTIVATIONS
+    x = torch.linspace(-3, 3, 101)
+    assert torch.equal(activation("relu2")(x), ACT2FN["relu2"](x))
+
+
+def test_mapping_does_not_import_transformers_activations(tmp_path: Path) -> None:
+    """The map's start-up: reading the circuits of a model folder imports no transformers
+    activation module (about 2 s of imports on a small CPU)."""
+    import subprocess
+
+    save_tiny(tiny_model("gpt2"), tmp_path)
+    code = (
+        "import sys; from headatlas.circuits import ModelCircuits; "
+        f"c = ModelCircuits.load({str(tmp_path)!r}); c.block0_mlp(); "
+        "print('transformers.activations' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr[-500:]

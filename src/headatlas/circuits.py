@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from headatlas.arch import ArchConfig, ArchSpec, resolve_config, spec_for
+from headatlas.arch.activations import activation
 from headatlas.arch.config import text_config
 from headatlas.errors import ShapeMismatchError, WeightSourceError
 from headatlas.weights import ModelSpec, WeightSource, open_source
@@ -348,8 +349,6 @@ class ModelCircuits:
     # ---- block 0 MLP ------------------------------------------------------------------------
     def mlp(self, layer: int) -> MLP:
         """The MLP of a layer (weights in Linear layout)."""
-        from transformers.activations import ACT2FN
-
         m = self.spec.mlp
         path = lambda rel: self.spec.layer_path(layer, rel)  # noqa: E731
         up = self._need(path(m.up))
@@ -369,7 +368,7 @@ class ModelCircuits:
             down_b=self.tensor(path(m.down), "bias", required=False),
             gate_w=gate,
             gate_b=self.tensor(path(m.gate), "bias", required=False) if m.gate else None,
-            act=ACT2FN[self.cfg.activation],
+            act=activation(self.cfg.activation),
         )
 
     def block0_mlp(self) -> tuple[Norm, MLP, Norm | None]:
@@ -446,6 +445,19 @@ class ModelCircuits:
         if self._tokenizer is None:
             self._tokenizer = self.source.tokenizer()
         return self._tokenizer
+
+    def encoder(self, words: Iterable[str]) -> Any:
+        """What the map encodes ``words`` with: the tokenizer when it is loaded already, else
+        its saved backend when there is one (no transformers import; see
+        :mod:`headatlas.weights.encoder`), else the tokenizer."""
+        if self._tokenizer is not None:
+            return self._tokenizer
+        from headatlas.weights.encoder import map_encoder
+
+        def full() -> Any:
+            return self.tokenizer
+
+        return map_encoder(self.source, full, words)
 
     def summary(self) -> dict[str, Any]:
         """Model facts for manifests and ``headatlas info``."""

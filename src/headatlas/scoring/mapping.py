@@ -181,7 +181,9 @@ def map_heads(
 
     rels = resolve_relations(relations, relation_files)
     options.check_for([r.name for r in rels], circuits.cfg.vocab_size)
-    tokenized = tokenize_all(rels, circuits.tokenizer, options, relation_files)
+    prefix = " " if options.leading_space else ""
+    words = [prefix + word for rel in rels for pair in rel.pairs for word in pair]
+    tokenized = tokenize_all(rels, circuits.encoder(words), options, relation_files)
     relations_info: list[dict[str, Any]] = []
     usable: list[RelationPairs] = []
     V = circuits.cfg.vocab_size

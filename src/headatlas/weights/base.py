@@ -35,6 +35,11 @@ class WeightSource(ABC):
     def tokenizer(self) -> Any:
         """The model's tokenizer (a ``transformers`` tokenizer)."""
 
+    def tokenizer_key(self) -> str | None:
+        """What the tokenizer is built from (a content hash of its files), so that what is
+        derived from it can be cached; None when unknown (nothing is cached then)."""
+        return None
+
     def read_slice(self, name: str, dim: int, start: int, stop: int) -> torch.Tensor:
         """``read(name).narrow(dim, start, stop - start)``; sources that can read a part
         without the whole (safetensors) do so."""

@@ -219,6 +219,10 @@ class GGUFSource(WeightSource):
             pass
         return tok
 
+    def tokenizer_key(self) -> str | None:
+        """The file's size and tensor table (its tokenizer is in its metadata)."""
+        return f"gguf-{self._file_key()}"
+
     def _file_key(self) -> str:
         """Hash of size and tensor table (names, types, shapes, offsets): names the cached
         tokenizer (the results' fingerprint hashes tensor content instead)."""

@@ -10,6 +10,7 @@ refused unless the user opts in, because unpickling can execute arbitrary code.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -30,6 +31,15 @@ _TOKENIZER_MARKERS = (
     "tokenizer.model",
     "vocab.txt",
     "spiece.model",
+)
+
+
+# Files that change what the tokenizer does without making it loadable on their own.
+_TOKENIZER_SIDE_FILES = (
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "merges.txt",
 )
 
 
@@ -165,6 +175,18 @@ class SafetensorsDirSource(WeightSource):
         if name in self._where:
             return self._files[self._where[name]].read_slice(name, dim, start, stop)
         return super().read_slice(name, dim, start, stop)
+
+    def tokenizer_key(self) -> str | None:
+        """SHA-256 of the folder's tokenizer files (names and content)."""
+        h = hashlib.sha256()
+        found = False
+        for name in sorted(_TOKENIZER_MARKERS + _TOKENIZER_SIDE_FILES):
+            f = self.path / name
+            if f.is_file():
+                found = True
+                h.update(f"{name}:{f.stat().st_size}:".encode())
+                h.update(f.read_bytes())
+        return f"folder-{h.hexdigest()}" if found else None
 
     def tokenizer(self) -> Any:
         """The folder's tokenizer."""
