@@ -18,6 +18,7 @@ import torch
 
 from headatlas.errors import UnsupportedArchitecture, WeightSourceError
 from headatlas.weights.base import WeightSource
+from headatlas.weights.gguf_header import open_gguf
 
 # GGUF architecture -> Hugging Face model_type.
 _MODEL_TYPES = {
@@ -75,7 +76,7 @@ class GGUFSource(WeightSource):
         if not self.path.is_file():
             raise WeightSourceError(f"GGUF file {self.path} does not exist: check the path")
         try:
-            self._reader = gguf.GGUFReader(self.path)
+            self._reader = open_gguf(self.path)
         except Exception as exc:  # the reader raises ValueError, struct.error, IndexError...
             raise WeightSourceError(
                 f"{self.path} is not a readable GGUF file ({type(exc).__name__}: {exc}): "
