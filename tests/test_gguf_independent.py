@@ -67,3 +67,55 @@ def test_llama_cpp_gguf_reads_like_the_hf_model(
             _close(getattr(a, name), getattr(b, name), f"layer {i} {name}")
         _norms(a.attn_norm, b.attn_norm, f"layer {i} attention norm")
         _norms(a.out_norm, b.out_norm, f"layer {i} post-attention norm")
+
+
+def _assert_same_model(ours: Any, ref: Any) -> None:
+    """Every parameter and the logits of a few tokens equal, bit for bit."""
+    a, b = ours.state_dict(), ref.state_dict()
+    assert a.keys() == b.keys() and type(ours) is type(ref)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    ids = torch.tensor([[1, 5, 9, 2, 7, 3]])
+    with torch.no_grad():
+        assert torch.equal(ours(ids).logits, ref(ids).logits)
+
+
+@pytest.mark.parametrize("arch", list(FAMILIES))
+def test_inference_model_built_from_our_reading_equals_transformers_loading(
+    arch: str, converted: tuple[dict[str, Any], str]
+) -> None:
+    """Where transformers loads the file, the model built from headatlas's reading is the same
+    model (every parameter, the logits); where transformers cannot, it steps aside too."""
+    from transformers import AutoModelForCausalLM
+
+    from headatlas.weights.hf_model import _from_gguf
+
+    files, failures = converted
+    assert arch in files, f"llama.cpp could not convert {arch}: {failures}"
+    path = Path(files[arch][1])
+    try:
+        ref = AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, dtype=torch.float32
+        ).eval()
+    except (ValueError, RuntimeError, KeyError, OSError):
+        ref = None
+    ours = _from_gguf(path)
+    assert (ours is None) == (ref is None), arch
+    if ours is not None and ref is not None:
+        _assert_same_model(ours, ref)
+
+
+def test_smollm2_inference_model_equals_transformers_gguf_loading() -> None:
+    from transformers import AutoModelForCausalLM
+
+    from headatlas.weights import open_source
+    from headatlas.weights.hf_model import _from_gguf, load_causal_lm
+
+    path = open_source("smollm2").path
+    ref = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    )
+    ours = _from_gguf(path)
+    assert ours is not None
+    _assert_same_model(ours, ref.eval())
+    _assert_same_model(load_causal_lm("smollm2"), ref)

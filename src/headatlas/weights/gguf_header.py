@@ -12,6 +12,7 @@ arrays of arrays) is read by ``gguf.GGUFReader`` instead (:func:`open_gguf`).
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,11 @@ class Field:
     _count: int = 1
     _sub: int | None = None  # array element type
     _starts: list[int] | None = None  # array of strings: where each string's bytes start
+
+    @property
+    def is_array(self) -> bool:
+        """Whether the value is a list."""
+        return self._type == _ARRAY
 
     @property
     def data(self) -> range:
@@ -112,8 +118,12 @@ class GGUFHeader:
             raise _Unsupported(f"magic {magic:#x}, version {version}")
         n_tensors, n_kv = struct.unpack_from("<QQ", buf, 8)
         offs = 24
+        self.version = version
         self.fields: dict[str, Field] = {}
+        self.spans: dict[str, tuple[int, int]] = {}
+        """Each metadata entry's bytes (key, type and value) in the file."""
         for _ in range(n_kv):
+            kv_start = offs
             key = _string(buf, offs)
             offs += 8 + len(key.encode("utf-8"))
             (gtype,) = struct.unpack_from("<I", buf, offs)
@@ -122,7 +132,9 @@ class GGUFHeader:
             if key in self.fields:
                 raise ValueError(f"duplicate metadata key {key}")
             self.fields[key] = field
+            self.spans[key] = (kv_start, offs)
         infos = []
+        infos_start = offs
         for _ in range(n_tensors):
             (n,) = struct.unpack_from("<Q", buf, offs)
             name = bytes(buf[offs + 8 : offs + 8 + n]).decode("utf-8")
@@ -133,10 +145,12 @@ class GGUFHeader:
             raw_type, rel = struct.unpack_from("<IQ", buf, offs)
             offs += 12
             infos.append((name, dims, raw_type, rel))
+        self._infos = (infos_start, offs, int(n_tensors))
         align_field = self.fields.get("general.alignment")
         align = 32 if align_field is None else int(align_field.contents())
         if align <= 0 or align & (align - 1):
             raise ValueError("invalid general.alignment: must be a power of two")
+        self.alignment = align
         start = offs + (-offs % align)
         self.data_offset = start
         self.tensors: list[Tensor] = []
@@ -163,6 +177,29 @@ class GGUFHeader:
             self.tensors.append(
                 Tensor(name, qtype, dims, n_elems, n_bytes, off, view.reshape(np_dims))
             )
+
+    def write_metadata(
+        self, dest: Path, keep: Callable[[Field], bool], extra: dict[str, int]
+    ) -> None:
+        """A copy of the file at ``dest`` with only the metadata entries ``keep`` accepts (byte
+        for byte) plus ``extra`` uint32 entries, the same tensor table, and a data section of
+        the same size left unwritten (a sparse file: no disk space, zeros if read). It is what
+        transformers needs to build a config, including what it infers from the tensor names,
+        without the token lists it would parse for seconds."""
+        kept = [k for k, f in self.fields.items() if keep(f)]
+        a0, a1, n_tensors = self._infos
+        n_kv = len(kept) + len(extra)
+        with open(dest, "wb") as out:
+            out.write(struct.pack("<IIQQ", _MAGIC, self.version, n_tensors, n_kv))
+            for key in kept:
+                a, b = self.spans[key]
+                out.write(bytes(self.data[a:b]))
+            for key, value in extra.items():
+                k = key.encode("utf-8")
+                out.write(struct.pack("<Q", len(k)) + k + struct.pack("<II", 4, value))
+            out.write(bytes(self.data[a0:a1]))
+            start = out.tell() + (-out.tell() % self.alignment)
+            out.truncate(start + len(self.data) - self.data_offset)
 
     def _field(self, buf: memoryview, key: str, gtype: int, offs: int) -> tuple[Field, int]:
         if gtype == _STRING:
