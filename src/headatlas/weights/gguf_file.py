@@ -94,6 +94,12 @@ class GGUFSource(WeightSource):
             arch_enum, int(self._field(f"{self.arch}.block_count"))
         )
 
+    @property
+    def header(self) -> Any:
+        """The file's parsed header (:class:`~headatlas.weights.gguf_header.GGUFHeader`, or
+        ``gguf.GGUFReader`` for layouts that one leaves alone)."""
+        return self._reader
+
     def _field(self, key: str, default: Any = None) -> Any:
         field = self._reader.fields.get(key)
         if field is None:

@@ -83,7 +83,7 @@ def _from_gguf(path: Path) -> Any:
     from headatlas.weights.gguf_header import GGUFHeader
 
     src = GGUFSource(path)
-    header = src._reader
+    header = src.header
     if not isinstance(header, GGUFHeader):
         return None
     extra = {}
