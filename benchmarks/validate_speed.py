@@ -25,7 +25,7 @@ from headatlas.scoring.options import MapOptions
 from headatlas.validate import DEFAULT_TEMPLATES
 from headatlas.validate.dynamic import DynamicJob, HeadReadout, capture, read_out, sample_pairs
 from headatlas.validate.hooks import AttentionHooks, eval_mode
-from headatlas.validate.run import load_hf_model
+from headatlas.weights.transformers_model import load_hf_model
 
 
 def main() -> None:

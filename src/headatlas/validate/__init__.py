@@ -4,7 +4,8 @@ dynamic scores and their correlation with static scores, and head ablation."""
 from headatlas.validate.hooks import AttentionHooks, HookedRun
 from headatlas.validate.options import EXPERIMENTS, ValidationOptions
 from headatlas.validate.prompts import DEFAULT_TEMPLATES
-from headatlas.validate.run import ValidationResults, load_hf_model, validate
+from headatlas.validate.run import ValidationResults, validate
+from headatlas.weights.transformers_model import load_hf_model
 
 __all__ = [
     "DEFAULT_TEMPLATES",

@@ -62,7 +62,7 @@ from headatlas.validate.hooks import AttentionHooks, eval_mode
 from headatlas.validate.options import ValidationOptions
 from headatlas.validate.prompts import DEFAULT_TEMPLATES, check_template
 from headatlas.weights import ModelSpec
-from headatlas.weights.transformers_model import load_hf_model
+from headatlas.weights.transformers_model import inference_model
 
 CALIBRATION = "calibration"
 RECORD = "calibration.json"
@@ -133,12 +133,7 @@ def calibrate(
     device = resolve_device(map_options.device)  # raises before anything is loaded
     circuits = model if isinstance(model, ModelCircuits) else ModelCircuits.load(model)
     if hf_model is None:
-        held = getattr(circuits.source, "model", None)
-        named = circuits.source.name if isinstance(model, ModelCircuits) else model
-        if isinstance(held, torch.nn.Module):
-            hf_model = load_hf_model(held)
-        else:  # loaded here: run it where the maps run (--device)
-            hf_model = load_hf_model(named).to(device)
+        hf_model = inference_model(model, circuits, device)
     summary = circuits.summary()
     directory = Path(out) / model_slug(str(summary["name"])) if out is not None else None
     work = directory / CALIBRATION if directory is not None else None

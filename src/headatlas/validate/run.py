@@ -47,7 +47,7 @@ from headatlas.validate.dynamic import (
 from headatlas.validate.hooks import AttentionHooks, eval_mode
 from headatlas.validate.options import EXPERIMENTS, ValidationOptions
 from headatlas.weights import ModelSpec
-from headatlas.weights.transformers_model import load_hf_model
+from headatlas.weights.transformers_model import inference_model
 
 VALIDATION = "validation"
 
@@ -100,12 +100,7 @@ def validate(
     t0 = time.perf_counter()
     circuits = model if isinstance(model, ModelCircuits) else ModelCircuits.load(model)
     if hf_model is None:
-        held = getattr(circuits.source, "model", None)
-        named = circuits.source.name if isinstance(model, ModelCircuits) else model
-        if isinstance(held, torch.nn.Module):
-            hf_model = load_hf_model(held)
-        else:  # loaded here: run it where the map runs (--device)
-            hf_model = load_hf_model(named).to(device)
+        hf_model = inference_model(model, circuits, device)
     rels = resolve_relations(relations, relation_files)
     if "causal" in experiments:
         for rel in rels:

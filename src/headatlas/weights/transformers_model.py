@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from headatlas.errors import ValidationInputError, WeightSourceError
 from headatlas.weights import ModelSpec
+
+if TYPE_CHECKING:
+    from headatlas.circuits import ModelCircuits
 
 
 def load_hf_model(model: ModelSpec) -> torch.nn.Module:
@@ -21,3 +26,16 @@ def load_hf_model(model: ModelSpec) -> torch.nn.Module:
     except WeightSourceError as exc:
         raise ValidationInputError(str(exc)) from exc
     return hf
+
+
+def inference_model(
+    model: ModelSpec | ModelCircuits, circuits: ModelCircuits, device: torch.device
+) -> torch.nn.Module:
+    """The model an experiment runs for ``model`` (whose weights ``circuits`` read): the torch
+    module they were read from, where it is; else the one named (by ``model``, or by the
+    circuits' source when ``model`` is the circuits), loaded onto ``device``."""
+    held = getattr(circuits.source, "model", None)
+    if isinstance(held, torch.nn.Module):
+        return held
+    named = circuits.source.name if model is circuits else model
+    return load_hf_model(named).to(device)
