@@ -22,6 +22,7 @@ COMMANDS = (
     "sweep",
     "diff",
     "calibrate",
+    "export",
 )
 
 
