@@ -34,6 +34,10 @@ def open_source(
 
     if isinstance(model, WeightSource):
         return model
+    from headatlas.weights.transformer_lens import TransformerLensSource, is_transformer_lens
+
+    if is_transformer_lens(model):
+        return TransformerLensSource(model)
     if isinstance(model, torch.nn.Module):
         return InMemorySource(model, tokenizer=tokenizer)
     spec, pinned = split_revision(str(model))
