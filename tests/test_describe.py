@@ -234,6 +234,16 @@ def test_no_key_no_header_and_json_mode(server: ChatServer, monkeypatch) -> None
     assert req.body["response_format"] == {"type": "json_object"}
 
 
+def test_max_tokens_is_sent_and_keys_the_cache(server: ChatServer) -> None:
+    backend_for(server, max_tokens=64).complete([{"role": "user", "content": "hi"}])
+    (req,) = server.requests
+    assert req.body["max_tokens"] == 64
+    assert "max_tokens" not in backend_for(server).params()  # unset: earlier keys stay valid
+    assert backend_for(server, max_tokens=64).params()["max_tokens"] == 64
+    with pytest.raises(DescribeError, match="max_tokens must be at least 1"):
+        backend_for(server, max_tokens=0)
+
+
 def test_settings_from_environment(server: ChatServer, monkeypatch) -> None:
     monkeypatch.setenv("HEADATLAS_LLM_BASE_URL", server.url + "/")
     monkeypatch.setenv("HEADATLAS_LLM_MODEL", "env-model")

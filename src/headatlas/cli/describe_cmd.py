@@ -77,8 +77,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-new-tokens",
         type=int,
-        help="answer length limit of the transformers backend (default: a budget that always "
-        "fits the structured answer; 200 with --no-structured)",
+        help="answer length limit: for transformers, default a budget that always fits the "
+        "structured answer (200 with --no-structured); for openai, sent as max_tokens (default: "
+        "the server's)",
     )
     p.add_argument(
         "--no-structured",

@@ -27,7 +27,12 @@ def make_backend(
     """A backend of ``kind``; options that do not apply to it are ignored."""
     if kind == "openai":
         return OpenAIChatBackend(
-            base_url=base_url, model=model, api_key=api_key, timeout=timeout, json_mode=json_mode
+            base_url=base_url,
+            model=model,
+            api_key=api_key,
+            timeout=timeout,
+            json_mode=json_mode,
+            max_tokens=max_new_tokens,
         )
     if kind == "transformers":
         return TransformersChatBackend(

@@ -30,6 +30,8 @@ class OpenAIChatBackend:
     ``HEADATLAS_LLM_API_KEY`` (else ``OPENAI_API_KEY``). The ``openai`` client retries a request
     ``max_retries`` times on 429, 5xx, connection errors and timeouts. ``json_mode`` sends
     ``response_format={"type": "json_object"}``, which not every server accepts.
+    ``max_tokens`` caps the answer's length (unset: the server's default, which for a local
+    server such as ``transformers serve`` on a CPU can be minutes of generation).
     """
 
     kind = "openai"
@@ -43,6 +45,7 @@ class OpenAIChatBackend:
         timeout: float = 60.0,
         max_retries: int = 4,
         json_mode: bool = False,
+        max_tokens: int | None = None,
     ) -> None:
         self.api_key = api_key or os.environ.get(ENV_API_KEY) or os.environ.get("OPENAI_API_KEY")
         base_url = base_url or os.environ.get(ENV_BASE_URL) or os.environ.get("OPENAI_BASE_URL")
@@ -74,6 +77,9 @@ class OpenAIChatBackend:
         self.timeout = float(timeout)
         self.max_retries = max(0, int(max_retries))
         self.json_mode = json_mode
+        if max_tokens is not None and max_tokens < 1:
+            raise DescribeError(f"max_tokens must be at least 1, got {max_tokens}")
+        self.max_tokens = max_tokens
         self._client = _make_client(self.base_url, self.api_key, self.timeout, self.max_retries)
 
     @property
@@ -86,13 +92,22 @@ class OpenAIChatBackend:
 
     def params(self) -> dict[str, Any]:
         """Server, temperature and response format: with the prompt, they decide the answer."""
-        return {"base_url": self.base_url, "temperature": 0, "json_mode": self.json_mode}
+        params: dict[str, Any] = {
+            "base_url": self.base_url,
+            "temperature": 0,
+            "json_mode": self.json_mode,
+        }
+        if self.max_tokens is not None:  # absent when unset: earlier cache keys stay valid
+            params["max_tokens"] = self.max_tokens
+        return params
 
     def request_body(self, messages: list[Message]) -> dict[str, Any]:
         """The JSON body sent for ``messages``."""
         body: dict[str, Any] = {"model": self.name, "messages": messages, "temperature": 0}
         if self.json_mode:
             body["response_format"] = {"type": "json_object"}
+        if self.max_tokens is not None:
+            body["max_tokens"] = self.max_tokens
         return body
 
     def complete(self, messages: list[Message]) -> str:
