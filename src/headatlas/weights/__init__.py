@@ -34,10 +34,10 @@ def open_source(
 
     if isinstance(model, WeightSource):
         return model
-    from headatlas.weights.transformer_lens import TransformerLensSource, is_transformer_lens
+    from headatlas.weights.transformer_lens import is_transformer_lens, transformer_lens_source
 
     if is_transformer_lens(model):
-        return TransformerLensSource(model)
+        return transformer_lens_source(model)
     if isinstance(model, torch.nn.Module):
         return InMemorySource(model, tokenizer=tokenizer)
     spec, pinned = split_revision(str(model))
