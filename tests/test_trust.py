@@ -414,6 +414,10 @@ SWEEP: list[tuple[str, list[str], str]] = [
     ("validate no tokenizer", ["validate", "{no_tok}", "--out", "{tmp}/o"], "no tokenizer files"),
     ("validate bad template", ["validate", "{model}", "--templates", "no slot"], "slot <X>"),
     ("validate out under a file", ["validate", "{model}", "--out", "{file}/o", "--relations", "copying"], "a-file"),
+    ("export missing", ["export", "{tmp}/nothing", "{tmp}/x"], "does not exist"),
+    ("export broken manifest", ["export", "{broken}", "{tmp}/x"], "not valid JSON"),
+    ("export out is a file", ["export", "{results}", "{file}"], "a-file"),
+    ("export out under a file", ["export", "{results}", "{file}/x", "--format", "headvis"], "a-file"),
 ]  # fmt: skip
 
 

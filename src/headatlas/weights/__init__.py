@@ -15,7 +15,8 @@ from headatlas.weights.packaged import PACKAGED_DISPLAY, PACKAGED_NAMES, package
 from headatlas.weights.safetensors_dir import SafetensorsDirSource
 
 ModelSpec: TypeAlias = str | Path | WeightSource | Any
-"""A packaged name, a path (folder or .gguf), a hub id, a WeightSource, or a torch model."""
+"""A packaged name, a path (folder or .gguf), a hub id, a WeightSource, a torch model, or a
+TransformerLens TransformerBridge / HookedTransformer (unprocessed weights)."""
 
 
 def open_source(
