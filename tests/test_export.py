@@ -76,6 +76,10 @@ def test_dataset_export_loads_with_datasets(results_dir: Path, tmp_path: Path) -
     names = [c["config_name"] for c in header["configs"]]
     assert names == ["scores", "categories", "salient"]
     assert sum(bool(c.get("default")) for c in header["configs"]) == 1
+    from huggingface_hub import DatasetCard  # what the hub parses on upload
+
+    card_data = DatasetCard.load(out / "README.md").data.to_dict()
+    assert [c["config_name"] for c in card_data["configs"]] == names
     cache = tmp_path / "cache"
     for name in names:
         loaded = datasets.load_dataset(str(out), name, split="train", cache_dir=str(cache))
