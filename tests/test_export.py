@@ -207,8 +207,8 @@ def test_headvis_layout_follows_the_contract(with_evidence: Path, tmp_path: Path
                 assert_rounded(entry["weight"])
     l0h1 = json.loads((data / "heads" / "L0H1.json").read_text())
     assert [e["token"] for e in l0h1["evidence_pairs"]] == [
-        "country_capital:  France →  Paris ✓",
-        "country_capital:  Italy →  Rome ✗",
+        "country_capital:  France →  Paris ✓ (top:  Paris,  Lyon)",
+        "country_capital:  Italy →  Rome ✗ (top:  Milan)",
     ]
     assert len(l0h1["salient_tokens"]) == 5
     labelled = [p for p in scatter if p["max_score"] > 0]

@@ -38,7 +38,7 @@ TABLES_SHOWN = {
     "relation_scores": "Relation scores (MAPS, from the weights)",
     "salient_tokens": "Salient tokens (weight = amplification σ)",
     "salient_mappings": "Salient token → top mappings (weight = σ)",
-    "evidence_pairs": "Evidence pairs (weight = the target's rank, 0 = top)",
+    "evidence_pairs": "Evidence pairs: source → target ✓/✗ (top tokens), weight = target's rank",
 }
 STATISTICS = {
     "label": "Label (weights-only map)",
@@ -184,13 +184,15 @@ def head_payload(
         mine = evidence[(evidence["layer"] == layer) & (evidence["head"] == head)]
         rank = mine["target_rank"] if "target_rank" in mine.columns else pd.Series(0, mine.index)
         ok = mine["correct"] if "correct" in mine.columns else pd.Series(None, mine.index)
+        top = mine["top_tokens"] if "top_tokens" in mine.columns else pd.Series(None, mine.index)
         payload["evidence_pairs"] = [
             {
-                "token": f"{rel}: {src} → {tgt} {'✓' if c is True or c == 1 else '✗'}",
+                "token": f"{rel}: {src} → {tgt} {'✓' if c is True or c == 1 else '✗'}"
+                + (f" (top: {', '.join(str(t) for t in tt)})" if tt is not None else ""),
                 "weight": _r(rk),
             }
-            for rel, src, tgt, c, rk in zip(
-                mine["relation"], mine["source"], mine["target"], ok, rank
+            for rel, src, tgt, c, rk, tt in zip(
+                mine["relation"], mine["source"], mine["target"], ok, rank, top
             )
         ]
     return payload
