@@ -52,13 +52,18 @@ def make_results(
     descriptions: bool = False,
     tokens: Sequence[str] = ("the", " Paris", "ing"),
     skipped: Sequence[str] = (),
+    evidence: bool = False,
+    null: bool = False,
+    class_level: Sequence[str] = (),
 ) -> Path:
     """Write a results folder for ``n_layers`` × ``n_heads`` heads with random scores.
 
     Scores are mostly small with a long tail, so every label tends to appear on big grids.
     ``salient``/``descriptions`` add the optional tables; ``tokens`` are the salient tokens
     used (cycled), so tests can plant hostile strings; ``skipped`` relations appear in the
-    manifest as skipped and have no scores. Returns the folder.
+    manifest as skipped and have no scores. ``evidence`` writes ``evidence.parquet`` (pairs of
+    every head scoring ≥ 0.15, built from ``tokens``), ``null`` adds the null columns to the
+    scores and ``class_level`` names relations the manifest flags. Returns the folder.
     """
     rng = np.random.default_rng(seed)
     rows = []
@@ -75,7 +80,15 @@ def make_results(
             "suppression_score",
         ],
     )  # fmt: skip
+    if null:
+        null_max = rng.uniform(0, 0.2, len(scores))
+        scores["null_mean"] = null_max / 3
+        scores["null_max"] = null_max
+        scores["p_value"] = np.where(scores["score"] > null_max, 0.01, 0.5)
+        scores["z"] = (scores["score"] - null_max / 3) / 0.02
     directory = Path(tmp_path) / model_slug(name)
+    if evidence:
+        write_parquet_atomic(_evidence(scores, tokens), directory / "evidence.parquet")
     write_parquet_atomic(scores, directory / SCORES)
     write_parquet_atomic(categorize_heads(scores), directory / CATEGORIES)
     manifest = {
@@ -101,6 +114,7 @@ def make_results(
             {"name": r, "category": "Translation", "n_pairs": 0, "k": 30, "skipped": "no pairs"}
             for r in skipped
         ],
+        **({"relations_class_level": list(class_level)} if class_level else {}),
         "versions": {"headatlas": "test"},
         "timings": {"total_s": 0.0},
     }
@@ -141,6 +155,69 @@ def make_results(
         ]
         write_text_atomic("\n".join(lines) + "\n", directory / DESCRIPTIONS)
     return directory
+
+
+def _evidence(scores: pd.DataFrame, tokens: Sequence[str]) -> pd.DataFrame:
+    """Evidence rows shaped as the map writes them: per (head, relation) scoring ≥ 0.15, three
+    right pairs and two wrong ones (kind relation), and two suppression pairs when the
+    suppression score is ≥ 0.15. Sources and targets are ``tokens`` with a pair number."""
+    rows = []
+    for row in scores.itertuples(index=False):
+        for kind, value in (("relation", row.score), ("suppression", row.suppression_score)):
+            if value < 0.15:
+                continue
+            n = 5 if kind == "relation" else 2
+            for j in range(n):
+                token = tokens[(row.layer + row.head + j) % len(tokens)]
+                correct = j < 3 if kind == "relation" else True
+                rows.append(
+                    {
+                        "model": row.model,
+                        "layer": row.layer,
+                        "head": row.head,
+                        "relation": row.relation,
+                        "source": f"{token}{j}",
+                        "target": f"T{j}{token}",
+                        "correct": correct,
+                        "target_rank": 1 + j if correct else 40 + j,
+                        "top_tokens": [f"T{j}{token}" if correct else "top", "b", "c"],
+                        "kind": kind,
+                    }
+                )
+    columns = [
+        "model", "layer", "head", "relation", "source", "target", "correct", "target_rank",
+        "top_tokens", "kind",
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=columns)
+
+
+def make_dynamic(directory: Path, relations: Sequence[str], n_layers: int, n_heads: int) -> Path:
+    """Write ``validation/correlative_heads.csv`` as ``validate`` does: two templates per
+    relation; the dynamic score of head i is (i mod 10) / 10 without context and half of
+    that with context in template 0, the same plus 0.1 in template 1 (means: +0.05)."""
+    rows = []
+    for relation in relations:
+        for template in (0, 1):
+            for layer in range(n_layers):
+                for head in range(n_heads):
+                    base = ((layer * n_heads + head) % 10) / 10 + 0.1 * template
+                    rows.append(
+                        {
+                            "relation": relation,
+                            "template": f"t{template}",
+                            "layer": layer,
+                            "head": head,
+                            "static_score": 0.0,
+                            "dynamic_with_context": base / 2,
+                            "dynamic_without_context": base,
+                            "static_suppression_score": 0.0,
+                            "dynamic_suppression_with_context": 0.0,
+                            "dynamic_suppression_without_context": 0.0,
+                        }
+                    )
+    path = Path(directory) / "validation" / "correlative_heads.csv"
+    write_text_atomic(pd.DataFrame(rows).to_csv(index=False), path)
+    return path
 
 
 def make_validation(
@@ -246,7 +323,7 @@ def launch_chromium() -> Iterator[Any]:
 class AtlasPage:
     """An opened atlas with the requests it made, the dialogs it raised and its JS errors."""
 
-    def __init__(self, browser: Any, path: Path) -> None:
+    def __init__(self, browser: Any, path: Path, fragment: str = "") -> None:
         self.page = browser.new_page(viewport={"width": 1500, "height": 1000})
         self.requests: list[str] = []
         self.dialogs: list[str] = []
@@ -256,7 +333,7 @@ class AtlasPage:
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
         self.url = path.resolve().as_uri()
         start = time.perf_counter()
-        self.page.goto(self.url)
+        self.page.goto(self.url + fragment)
         self.page.wait_for_selector("body[data-ready='1']")
         self.load_s = time.perf_counter() - start
 

@@ -13,12 +13,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
-from report_fixtures import AtlasPage, launch_chromium, make_results, make_validation, page_score
+from report_fixtures import (
+    DEFAULT_RELATIONS,
+    AtlasPage,
+    launch_chromium,
+    make_dynamic,
+    make_results,
+    make_validation,
+    page_score,
+)
 
 from headatlas.cli import report_cmd
-from headatlas.errors import OutputFormatError, TooManyModelsError
+from headatlas.errors import OutputFormatError, ResultsError, TooManyModelsError
 from headatlas.report.atlas_html import atlas_data, embed_json, render_atlas_html
+from headatlas.report.head_pages import EVIDENCE, KINDS, MAX_PAIRS_PER_RELATION, similar_heads
 from headatlas.store import MapResults, load_results
 
 EVIL_RELATION = "<img src=x onerror=alert(1)>"
@@ -155,14 +166,17 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def atlas(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[MapResults]]:
-    """An atlas of an 80 × 64 model with 20 relations (hostile names included) and a
-    validation summary of 12 of them plus one unmapped relation, and a toy one without."""
+    """An atlas of an 80 × 64 model with 20 relations (hostile names included), evidence, null
+    columns, one class-level relation, a validation summary of 12 relations plus one unmapped
+    relation and dynamic scores of 3, and a toy model with none of these."""
     root = tmp_path_factory.mktemp("atlas")
     big = make_results(
         root, 80, 64, relations=RELATIONS, name="org/Big", seed=3, salient=True,
-        descriptions=True, tokens=(EVIL_TOKEN, " Paris", BREAKOUT),
+        descriptions=True, tokens=(EVIL_TOKEN, " Paris", BREAKOUT), evidence=True, null=True,
+        class_level=(RELATIONS[2][0],),
     )  # fmt: skip
     make_validation(big, RELATIONS[:12], seed=3, extra=((ONLY_VALIDATED, "Knowledge"),))
+    make_dynamic(big, [r for r, _ in RELATIONS[:3]], 80, 64)
     small = make_results(root, 2, 4, name="tiny", seed=1)
     results = [load_results(big), load_results(small)]
     out = root / "atlas.html"
@@ -239,7 +253,7 @@ def test_click_pins_every_score_and_salient_operations(
     for r in _head_scores(results, layer, head).itertuples():
         assert shown[r.relation] == (_fmt(r.score), _fmt(r.suppression_score))
     assert "Salient operations" in side.inner_text()
-    assert side.locator("ul.ops li").count() == 3
+    assert side.locator("ul.salient li").count() == 3
     assert "Description" in side.inner_text()
     # Still pinned after the mouse leaves; a second click unpins.
     page.page.mouse.move(1490, 990)
@@ -442,3 +456,221 @@ def test_model_without_validation_has_no_validation_section(page: Page) -> None:
     assert p.locator("#model-1 .validation-panel").count() == 0
     assert p.locator("#model-1 details.validation").count() == 0
     assert "Validation" not in p.locator("#model-1").inner_text()
+
+
+# ---------------------------------------------------------------------------- head pages
+
+
+def _labelled_head(results: MapResults, relation: str) -> tuple[int, int]:
+    """A head scoring ≥ 0.15 on ``relation`` (so it has evidence), away from the edges."""
+    s = results.scores
+    rows = s[(s["relation"] == relation) & (s["score"] >= 0.15) & (s["layer"].between(1, 78))]
+    row = rows[rows["head"].between(1, 62)].iloc[0]
+    return int(row["layer"]), int(row["head"])
+
+
+def test_head_page_data_without_extras_is_empty(tmp_path: Path) -> None:
+    data = atlas_data(load_results(make_results(tmp_path, 2, 4)))
+    assert data["evidence"] == {} and data["null"] is None and data["dynamic"] is None
+    assert data["class_level"] == [] and len(data["words"]) == 8 and len(data["similar"]) == 8
+
+
+def test_head_page_data_carries_evidence_null_and_dynamic(tmp_path: Path) -> None:
+    relation = DEFAULT_RELATIONS[2][0]
+    d = make_results(tmp_path, 3, 4, evidence=True, null=True, class_level=(relation,))
+    make_dynamic(d, [relation], 3, 4)
+    results = load_results(d)
+    data = atlas_data(results)
+    r = data["relations"].index(relation)
+    assert data["class_level"] == [r]
+    s = results.scores
+    row = s[s["relation"] == relation].iloc[7]
+    i = int(row["layer"]) * 4 + int(row["head"])
+    assert data["null"]["max"][r][i] == round(row["null_max"] * 1000)
+    assert data["null"]["p"][r][i] == round(row["p_value"] * 10000)
+    assert data["null"]["z"][r][i] == round(row["z"] * 100)
+    # dynamic: the mean of the two templates (see make_dynamic)
+    assert data["dynamic"]["relations"] == [r]
+    assert data["dynamic"]["without"][0][i] == round(((i % 10) / 10 + 0.05) * 1000)
+    assert data["dynamic"]["with"][0][i] == round(((i % 10) / 10 + 0.05) * 500)
+    evidence = pd.read_parquet(d / EVIDENCE)
+    for key, pairs in data["evidence"].items():
+        layer, head = divmod(int(key), 4)
+        mine = evidence[(evidence["layer"] == layer) & (evidence["head"] == head)]
+        for rel, kind in {(p[0], p[1]) for p in pairs}:
+            group = [p for p in pairs if (p[0], p[1]) == (rel, kind)]
+            want = mine[
+                (mine["relation"] == data["relations"][rel]) & (mine["kind"] == KINDS[kind])
+            ]
+            assert len(group) == min(len(want), MAX_PAIRS_PER_RELATION)
+            assert [p[4] for p in group] == sorted((p[4] for p in group), reverse=True)
+    assert sum(len(v) for v in data["evidence"].values()) == len(evidence)
+
+
+def test_evidence_with_missing_columns_is_a_results_error(tmp_path: Path) -> None:
+    d = make_results(tmp_path, 2, 4)
+    pd.DataFrame({"layer": [0], "head": [0]}).to_parquet(d / EVIDENCE)
+    with pytest.raises(ResultsError, match="lacks column"):
+        atlas_data(load_results(d))
+
+
+def test_similar_heads_match_a_brute_force_cosine() -> None:
+    rng = np.random.default_rng(0)
+    score, supp = rng.random((5, 30)), rng.random((5, 30))
+    score[:, 4] = np.nan
+    supp[:, 4] = 0  # head 4: all missing or zero, so it has no neighbours and is nobody's
+    got = similar_heads(score, supp, k=3)
+    v = np.nan_to_num(np.concatenate([score, supp]).T)
+    assert got[4] == []
+    for i in (0, 7, 29):
+        cos = [
+            (float(v[i] @ v[j] / np.linalg.norm(v[i]) / np.linalg.norm(v[j])), j)
+            for j in range(30)
+            if j not in (i, 4)
+        ]
+        best = sorted(cos, reverse=True)[:3]
+        assert got[i][0::2] == [j for _, j in best]
+        assert got[i][1::2] == [round(c * 1000) for c, _ in best]
+
+
+@pytest.mark.browser
+def test_pinned_head_shows_words_evidence_null_dynamic_and_alike(
+    page: Page, atlas: tuple[Path, list[MapResults]]
+) -> None:
+    results = atlas[1][0]
+    data = atlas_data(results)
+    relation = RELATIONS[2][0]  # class-level, validated with dynamic scores, has evidence
+    layer, head = _labelled_head(results, relation)
+    i = layer * 64 + head
+    page.cell(0, layer, head, 64).click()
+    side = page.page.locator("#model-0 aside.side")
+    assert side.locator("p.words").inner_text() == data["words"][i]
+    assert relation.split(" ")[0] in data["words"][i] or "class-level" in data["words"][i]
+    row = side.locator("table.scores tbody tr").filter(has_text=relation).first
+    s = results.scores
+    cell = s[(s["layer"] == layer) & (s["head"] == head) & (s["relation"] == relation)].iloc[0]
+    assert row.locator("td.null-max").inner_text() == _fmt(cell["null_max"])
+    assert row.locator("td.p-value").inner_text() == _pval(round(cell["p_value"] * 1e4) / 1e4)
+    assert "class-level" in (row.get_attribute("class") or "")
+    assert "class-level relation" in side.inner_text()
+    dyn = (i % 10) / 10 + 0.05
+    assert row.locator("td.dyn-without").inner_text() == _fmt(dyn)
+    assert row.locator("td.dyn-with").inner_text() == _fmt(dyn / 2)
+    other = side.locator("table.scores tbody tr").filter(has_text=RELATIONS[15][0]).first
+    assert other.locator("td.dyn-without").inner_text() == "\u2013"  # not validated
+    # Evidence: every kept pair, with its mark, source and top tokens as text.
+    evidence = data["evidence"][str(i)]
+    items = side.locator(".evidence li")
+    assert items.count() == len(evidence)
+    marks = items.locator(".mark").all_inner_texts()
+    assert marks == ["\u2713" if e[4] else "\u2717" for e in evidence]
+    first = items.first.locator(".tok").all_inner_texts()
+    assert first[0] == evidence[0][2] and first[1 : 1 + len(evidence[0][6])] == evidence[0][6]
+    # Most alike heads: listed with their cosine; clicking one pins it.
+    alike = data["similar"][i]
+    links = side.locator("ul.similar button.head-link")
+    assert links.count() == len(alike) // 2 == 5
+    j = alike[0]
+    assert links.first.inner_text() == f"L{j // 64} H{j % 64}"
+    links.first.click()
+    assert side.locator(".head-title").inner_text() == f"L{j // 64} H{j % 64}"
+
+
+@pytest.mark.browser
+def test_arrow_keys_move_between_heads(page: Page) -> None:
+    p = page.page
+    side = p.locator("#model-0 aside.side .head-title")
+    page.cell(0, 10, 5, 64).click()
+    for key, expected in [
+        ("ArrowRight", "L11 H5"),
+        ("ArrowUp", "L11 H6"),
+        ("ArrowDown", "L11 H5"),
+        ("ArrowDown", "L11 H4"),
+        ("ArrowLeft", "L10 H4"),
+    ]:
+        p.keyboard.press(key)
+        assert side.inner_text() == expected, key
+    assert p.locator("#model-0 .cell.pinned").get_attribute("data-i") == str(10 * 64 + 4)
+    page.cell(0, 0, 0, 64).click()
+    p.keyboard.press("ArrowLeft")
+    p.keyboard.press("ArrowDown")
+    assert side.inner_text() == "L0 H0"  # clamped at the edges
+    p.locator("#model-0 input.search").click()
+    p.keyboard.press("ArrowRight")  # typing in the search box moves the caret, not the head
+    assert side.inner_text() == "L0 H0"
+
+
+@pytest.mark.browser
+def test_search_finds_heads_relations_and_tokens(
+    page: Page, atlas: tuple[Path, list[MapResults]]
+) -> None:
+    p = page.page
+    data = atlas_data(atlas[1][0])
+    search = p.locator("#model-0 input.search")
+    results = p.locator("#model-0 ul.search-results")
+    search.fill("l12h2")
+    search.press("Enter")
+    assert p.locator("#model-0 aside.side .head-title").inner_text() == "L12 H2"
+    search.fill("relation_05")
+    r = data["relations"].index("relation 05")
+    results.locator("button.rel-link").first.click()
+    assert p.locator("#model-0 .colour-by").input_value() == str(r)
+    best = max(range(80 * 64), key=lambda k: (data["score"][r][k], -k))
+    assert (
+        results.locator("button.head-link")
+        .first.inner_text()
+        .startswith(f"L{best // 64} H{best % 64} ")
+    )
+    search.fill("paris")  # salient token " Paris", case and spaces ignored
+    hits = results.locator("button.head-link")
+    assert 0 < hits.count() <= 12
+    j = int(hits.first.get_attribute("data-i") or -1)
+    assert any(op[0].strip() == "Paris" for op in data["salient"][str(j)]) or any(
+        e[2].strip().lower() == "paris" for e in data["evidence"].get(str(j), [])
+    )
+    search.fill(EVIL_TOKEN)
+    assert "nothing matches" not in results.inner_text()
+    search.fill("zzz-no-such-thing")
+    assert results.inner_text() == "nothing matches"
+    assert p.evaluate("document.querySelectorAll('img, b, iframe').length") == 0
+
+
+@pytest.mark.browser
+def test_deep_links_open_a_head_and_follow_the_pin(
+    browser: Any, atlas: tuple[Path, list[MapResults]]
+) -> None:
+    opened = AtlasPage(browser, atlas[0], "#tiny/L1H3")
+    p = opened.page
+    try:
+        assert p.locator("#model-1").is_visible() and not p.locator("#model-0").is_visible()
+        assert p.locator("#model-1 aside.side .head-title").inner_text() == "L1 H3"
+        p.evaluate("location.hash = '#org/Big/L12H2'")
+        p.wait_for_function("document.querySelector('#model-0').classList.contains('active')")
+        assert p.locator("#model-0 aside.side .head-title").inner_text() == "L12 H2"
+        # by results folder name too
+        p.evaluate("location.hash = '#tiny/L0H1'")
+        p.wait_for_function("document.querySelector('#model-1').classList.contains('active')")
+        assert p.locator("#model-1 aside.side .head-title").inner_text() == "L0 H1"
+        # pinning (click, keys) writes the head into the address
+        p.locator("#model-1 .cell[data-i='2']").click()
+        assert p.evaluate("location.hash") == "#tiny/L0H2"
+        p.keyboard.press("ArrowRight")
+        assert p.evaluate("location.hash") == "#tiny/L1H2"
+        p.evaluate("location.hash = '#nonsense/L99H99'")
+        p.wait_for_timeout(50)
+        assert p.locator("#model-1 aside.side .head-title").inner_text() == "L1 H2"
+    finally:
+        opened.close()
+
+
+@pytest.mark.browser
+def test_head_page_without_extras_degrades(page: Page) -> None:
+    p = page.page
+    p.get_by_role("tab", name="tiny").click()
+    p.locator("#model-1 .cell[data-i='5']").click()
+    side = p.locator("#model-1 aside.side")
+    text = side.inner_text()
+    assert "Evidence" not in text and "null max" not in text and "dyn." not in text
+    assert "class-level" not in text
+    assert side.locator("p.words").count() == 1
+    assert side.locator("ul.similar li").count() > 0

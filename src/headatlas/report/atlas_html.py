@@ -31,6 +31,7 @@ import pandas as pd
 from headatlas.errors import OutputFormatError
 from headatlas.report.grid_axes import MAX_MODELS
 from headatlas.report.head_grids import relation_names
+from headatlas.report.head_pages import head_page_data
 from headatlas.report.palette import label_colors, label_order, score_colormap
 from headatlas.report.titles import panel_titles
 from headatlas.scoring.categories import CATEGORIES, DEFAULT_THRESHOLD
@@ -273,20 +274,24 @@ def atlas_data(results: MapResults) -> dict[str, Any]:
     rel_category = scores.drop_duplicates("relation").set_index("relation")["category"]
     score_rows: list[list[int]] = []
     supp_rows: list[list[int]] = []
-    for relation in relations:
+    cells = {c: np.full((len(relations), n_cells), np.nan) for c in ("score", "suppression_score")}
+    for r, relation in enumerate(relations):
         rows = scores[scores["relation"] == relation]
         ridx = _head_index(rows, n_heads).to_numpy()
         for column, sink in (("score", score_rows), ("suppression_score", supp_rows)):
             values = np.full(n_cells, -1, dtype=int)
             values[ridx] = _thousandths(rows[column])
             sink.append(values.tolist())
+            cells[column][r, ridx] = rows[column].astype(float).to_numpy()
+    threshold = map_threshold(results)
 
     return {
         "name": str(results.manifest.get("model", {}).get("name", "")),
         "display_name": results.display_name,
         "n_layers": n_layers,
         "n_heads": n_heads,
-        "threshold": map_threshold(results),
+        "slug": results.directory.name,
+        "threshold": threshold,
         "labels": labels,
         "label_colors": [colors[label] for label in labels],
         "categories": categories,
@@ -305,6 +310,14 @@ def atlas_data(results: MapResults) -> dict[str, Any]:
             if r.get("skipped")
         ],
         "validation": _validation(results),
+        **head_page_data(
+            results,
+            scores,
+            relations,
+            cells["score"],
+            cells["suppression_score"],
+            threshold / 1000,
+        ),
     }
 
 

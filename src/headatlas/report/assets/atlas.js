@@ -70,6 +70,20 @@
     return "L" + Math.floor(i / H) + " H" + (i % H);
   };
 
+  Model.prototype.headKey = function (i) {
+    var H = this.m.n_heads;
+    return "L" + Math.floor(i / H) + "H" + (i % H);
+  };
+
+  /* "L12H2", "l12 h2", "12.2", "L12/H2" -> head index, or -1. */
+  Model.prototype.parseHead = function (text) {
+    var match = /^\s*L?\s*(\d+)\s*[H.:\/ ,]\s*(\d+)\s*$/i.exec(text);
+    if (!match) match = /^\s*L(\d+)H(\d+)\s*$/i.exec(text);
+    if (!match) return -1;
+    var l = parseInt(match[1], 10), h = parseInt(match[2], 10);
+    return l < this.m.n_layers && h < this.m.n_heads ? l * this.m.n_heads + h : -1;
+  };
+
   Model.prototype.build = function () {
     var m = this.m, self = this;
     var classified = 0, counts = m.labels.map(function () { return 0; });
@@ -115,7 +129,23 @@
     controls.appendChild(implLabel);
     this.shown = el("span", "shown");
     controls.appendChild(this.shown);
+    var searchLabel = el("label", null, "Find ");
+    var search = el("input", "search");
+    search.type = "search";
+    search.placeholder = "head (L12H2), relation or token";
+    search.setAttribute("aria-label", "Find a head, relation or token");
+    search.addEventListener("input", function () { self.showSearch(search.value); });
+    search.addEventListener("keydown", function (e) {
+      if (e.key !== "Enter") return;
+      var first = self.results.querySelector("button");
+      if (first) first.click();
+    });
+    searchLabel.appendChild(search);
+    controls.appendChild(searchLabel);
+    this.search = search;
     this.root.appendChild(controls);
+    this.results = el("ul", "search-results");
+    this.root.appendChild(this.results);
 
     /* Label legend doubling as the label filter. */
     var legend = el("div", "legend");
@@ -386,20 +416,41 @@
     return line;
   };
 
-  Model.prototype.scoreTable = function (rows, withCategory) {
+  Model.prototype.scoreTable = function (rows, full, i) {
+    /* full: the pinned panel's table (category, null, p and dynamic scores when present) */
     var m = this.m, table = el("table", "scores"), head = el("tr");
-    ["relation"].concat(withCategory ? ["category"] : [], ["score", "suppr."]).forEach(function (h) { head.appendChild(el("th", null, h)); });
+    var nul = full && m.null, dyn = full && m.dynamic;
+    var cols = ["relation"].concat(full ? ["category"] : [], ["score", "suppr."]);
+    if (nul) cols = cols.concat(["null max", "p"]);
+    if (dyn) cols = cols.concat(["dyn.", "dyn. ctx"]);
+    cols.forEach(function (h) { head.appendChild(el("th", null, h)); });
     var thead = el("thead");
     thead.appendChild(head);
     table.appendChild(thead);
     var tbody = el("tbody");
     rows.forEach(function (row) {
+      var r = row[0];
       /* m.threshold (thousandths): the map's own --threshold, at which a head implements a relation */
       var tr = el("tr", row[1] >= m.threshold ? "hit" : null);
-      tr.appendChild(el("td", "rel", m.relations[row[0]]));
-      if (withCategory) tr.appendChild(el("td", "muted", m.relation_categories[row[0]]));
+      var name = el("td", "rel", m.relations[r]);
+      if (m.class_level.indexOf(r) >= 0) { tr.classList.add("class-level"); name.title = "class-level relation"; }
+      tr.appendChild(name);
+      if (full) tr.appendChild(el("td", "muted", m.relation_categories[r]));
       tr.appendChild(el("td", "num score", fmt(row[1])));
       tr.appendChild(el("td", "num supp", fmt(row[2])));
+      if (nul) {
+        var nmax = el("td", "num null-max", fmt(nul.max[r][i]));
+        var z = nul.z[r][i];
+        nmax.title = "null mean " + fmt(nul.mean[r][i]) + ", z " + (z === null ? "\u2013" : (z / 100).toFixed(2));
+        tr.appendChild(nmax);
+        var p = nul.p[r][i];
+        tr.appendChild(el("td", "num p-value", p < 0 ? "\u2013" : pval(p / 10000)));
+      }
+      if (dyn) {
+        var k = dyn.relations.indexOf(r);
+        tr.appendChild(el("td", "num dyn-without", k < 0 ? "\u2013" : fmt(dyn.without[k][i])));
+        tr.appendChild(el("td", "num dyn-with", k < 0 ? "\u2013" : fmt(dyn["with"][k][i])));
+      }
       tbody.appendChild(tr);
     });
     table.appendChild(tbody);
@@ -412,8 +463,9 @@
     tooltip.dataset.i = String(i);
     tooltip.appendChild(el("div", "head-title", this.headName(i)));
     tooltip.appendChild(this.labelLine(i));
+    if (this.m.words[i]) tooltip.appendChild(el("p", "words", this.m.words[i]));
     if (this.m.relations.length) {
-      tooltip.appendChild(this.scoreTable(this.rankedRelations(i).slice(0, TOP_IN_TOOLTIP), false));
+      tooltip.appendChild(this.scoreTable(this.rankedRelations(i).slice(0, TOP_IN_TOOLTIP), false, i));
       if (this.m.relations.length > TOP_IN_TOOLTIP) tooltip.appendChild(el("div", "muted", "click to pin all " + this.m.relations.length + " relations"));
     }
     tooltip.classList.add("on");
@@ -428,18 +480,66 @@
     tooltip.style.top = top + "px";
   };
 
-  Model.prototype.pin = function (i) {
+  Model.prototype.pin = function (i, keepHash) {
     if (this.pinned >= 0) this.cells[this.pinned].classList.remove("pinned");
     this.pinned = i;
     if (i >= 0) this.cells[i].classList.add("pinned");
     this.showSide();
+    if (!keepHash) setHash(this.m.name + (i >= 0 ? "/" + this.headKey(i) : ""));
+  };
+
+  /* Arrow keys: left/right a layer, up/down a head (head 0 is at the bottom). */
+  Model.prototype.step = function (key) {
+    var H = this.m.n_heads, L = this.m.n_layers, i = this.pinned;
+    if (i < 0) { this.pin(0); return; }
+    var l = Math.floor(i / H), h = i % H;
+    if (key === "ArrowLeft") l = Math.max(0, l - 1);
+    else if (key === "ArrowRight") l = Math.min(L - 1, l + 1);
+    else if (key === "ArrowUp") h = Math.min(H - 1, h + 1);
+    else if (key === "ArrowDown") h = Math.max(0, h - 1);
+    this.pin(l * H + h);
+  };
+
+  /* A clickable head name: pins that head. */
+  Model.prototype.headLink = function (i, text) {
+    var self = this, b = el("button", "head-link", text || this.headName(i));
+    b.type = "button";
+    b.dataset.i = String(i);
+    b.addEventListener("click", function () { self.pin(i); });
+    return b;
+  };
+
+  Model.prototype.evidenceList = function (i) {
+    var m = this.m, pairs = m.evidence[String(i)];
+    if (!pairs || !pairs.length) return null;
+    var box = el("div", "evidence"), lastKey = null, ul = null;
+    pairs.forEach(function (e) {
+      var key = e[0] + ":" + e[1];
+      if (key !== lastKey) {
+        lastKey = key;
+        box.appendChild(el("div", "ev-rel", (e[1] ? "suppresses " : "") + m.relations[e[0]]));
+        ul = el("ul", "ops ev-pairs");
+        box.appendChild(ul);
+      }
+      var li = el("li", e[4] ? "right" : "wrong");
+      li.appendChild(el("span", "tok", e[2]));
+      li.appendChild(el("span", "muted", "\u2192"));
+      e[6].forEach(function (t) { li.appendChild(el("span", "tok", t)); });
+      li.appendChild(el("span", "mark", e[4] ? "\u2713" : "\u2717"));
+      li.appendChild(el("span", "muted", "target"));
+      li.appendChild(el("span", "tok target", e[3]));
+      li.appendChild(el("span", "muted rank", "rank " + e[5]));
+      ul.appendChild(li);
+    });
+    return box;
   };
 
   Model.prototype.showSide = function () {
     var self = this, m = this.m, i = this.pinned, side = this.side;
     side.replaceChildren();
     if (i < 0) {
-      side.appendChild(el("p", "hint", "Hover a head for its top relations; click it to pin all its scores here. Esc unpins."));
+      side.appendChild(el("p", "hint", "Hover a head for its top relations; click it to pin all its scores here. " +
+        "Arrow keys move between heads, Esc unpins."));
       return;
     }
     var unpin = el("button", "unpin", "unpin \u00d7");
@@ -448,12 +548,30 @@
     side.appendChild(unpin);
     side.appendChild(el("div", "head-title", this.headName(i)));
     side.appendChild(this.labelLine(i));
+    if (m.words[i]) side.appendChild(el("p", "words", m.words[i]));
     side.appendChild(el("h3", null, "Scores (bold: score \u2265 " + fmt(m.threshold) + ")"));
-    side.appendChild(this.scoreTable(this.rankedRelations(i), true));
+    side.appendChild(this.scoreTable(this.rankedRelations(i), true, i));
+    if (m.class_level.length) {
+      side.appendChild(el("p", "muted class-note", "* class-level relation: its null is high (heads that boost its " +
+        "targets whatever the source score too)."));
+    }
+    if (m.null) {
+      side.appendChild(el("p", "muted", "null max: the best score under target permutations (hover for mean and z); " +
+        "p: empirical p-value against them."));
+    }
+    if (m.dynamic) {
+      side.appendChild(el("p", "muted", "dyn.: dynamic score at inference (headatlas validate), mean over templates; " +
+        "without / with context."));
+    }
+    var evidence = this.evidenceList(i);
+    if (evidence) {
+      side.appendChild(el("h3", null, "Evidence (source \u2192 the head's top tokens)"));
+      side.appendChild(evidence);
+    }
     var ops = m.salient[String(i)];
     if (ops && ops.length) {
       side.appendChild(el("h3", null, "Salient operations"));
-      var ul = el("ul", "ops");
+      var ul = el("ul", "ops salient");
       ops.forEach(function (op) {
         var li = el("li");
         li.appendChild(el("span", "tok", op[0]));
@@ -475,6 +593,65 @@
         side.appendChild(el("p", "muted", "no description (" + d[0] + ")"));
       }
     }
+    var alike = m.similar[i];
+    if (alike && alike.length) {
+      side.appendChild(el("h3", null, "Most alike heads (cosine of score vectors)"));
+      var list = el("ul", "ops similar");
+      for (var k = 0; k < alike.length; k += 2) {
+        var li = el("li");
+        li.appendChild(this.headLink(alike[k]));
+        li.appendChild(el("span", "muted", (alike[k + 1] / 1000).toFixed(3)));
+        var lab = m.label[alike[k]];
+        if (lab >= 0) li.appendChild(el("span", "muted", m.labels[lab]));
+        list.appendChild(li);
+      }
+      side.appendChild(list);
+    }
+  };
+
+  /* Search: a head name pins it; a relation colours the grid by it and lists its best heads;
+     a token lists the heads whose salient operations or evidence hold it. */
+  Model.prototype.showSearch = function (text) {
+    var self = this, m = this.m, out = this.results, q = text.trim().toLowerCase(), MAX = 12;
+    out.replaceChildren();
+    if (!q) return;
+    function item(label, node) {
+      var li = el("li");
+      li.appendChild(el("span", "muted", label));
+      li.appendChild(node);
+      out.appendChild(li);
+      return li;
+    }
+    var i = this.parseHead(q);
+    if (i >= 0) item("head", this.headLink(i));
+    var norm = function (s) { return s.toLowerCase().replace(/[_\s]+/g, " "); }, nq = norm(q);
+    m.relations.forEach(function (name, r) {
+      if (norm(name).indexOf(nq) < 0) return;
+      var b = el("button", "rel-link", name);
+      b.type = "button";
+      b.addEventListener("click", function () { self.select.value = String(r); self.mode = r; self.recolour(); });
+      var li = item("relation", b);
+      var best = [];
+      for (var j = 0; j < self.nCells; j++) if (m.score[r][j] >= m.threshold) best.push(j);
+      best.sort(function (a, c) { return m.score[r][c] - m.score[r][a] || a - c; });
+      best.slice(0, 5).forEach(function (j) { li.appendChild(self.headLink(j, self.headName(j) + " " + fmt(m.score[r][j]))); });
+    });
+    var hits = [], seen = {};
+    function add(j, why) { if (!seen[j] && hits.length < MAX) { seen[j] = 1; hits.push([j, why]); } }
+    var tok = function (t) { return t.trim().toLowerCase() === q; };
+    Object.keys(m.evidence).forEach(function (key) {
+      m.evidence[key].forEach(function (e) {
+        if (tok(e[2]) || tok(e[3])) add(+key, m.relations[e[0]] + ": " + e[2].trim() + " \u2192 " + e[3].trim());
+      });
+    });
+    Object.keys(m.salient).forEach(function (key) {
+      m.salient[key].forEach(function (op) {
+        if (tok(op[0]) || op[2].some(tok)) add(+key, "salient: " + op[0].trim() + " \u2192 " + op[2].map(function (t) { return t.trim(); }).join(" "));
+      });
+    });
+    hits.sort(function (a, b) { return a[0] - b[0]; });
+    hits.forEach(function (h) { var li = item("token", self.headLink(h[0])); li.appendChild(el("span", "muted", h[1])); });
+    if (!out.childNodes.length) out.appendChild(el("li", "muted", "nothing matches"));
   };
 
   /* Page: title, tabs when there are several models, one section per model. */
@@ -485,8 +662,16 @@
   tabs.setAttribute("role", "tablist");
   top.appendChild(tabs);
   app.appendChild(top);
+  var applyingHash = false;
+  /* The URL's #model/L12H2 follows the pinned head (not while the hash itself is applied). */
+  function setHash(text) {
+    if (applyingHash) return;
+    try { history.replaceState(null, "", "#" + encodeURI(text)); } catch (err) { /* file: URLs in some browsers */ }
+  }
   var models = DATA.models.map(function (m, k) { return new Model(m, k); });
+  var active = 0;
   function activate(k) {
+    active = k;
     models.forEach(function (model, j) {
       model.root.classList.toggle("active", j === k);
       model.tab.setAttribute("aria-selected", j === k ? "true" : "false");
@@ -497,16 +682,47 @@
     var tab = el("button", null, model.m.display_name);
     tab.type = "button";
     tab.setAttribute("role", "tab");
-    tab.addEventListener("click", function () { activate(k); });
+    tab.addEventListener("click", function () { activate(k); setHash(models[k].m.name); });
     model.tab = tab;
     tabs.appendChild(tab);
     app.appendChild(model.root);
   });
   if (models.length < 2) tabs.style.display = "none";
+  /* #name/L12H2 (name: the model's name or its results folder) opens that head; #name its tab. */
+  function applyHash() {
+    var text;
+    try { text = decodeURIComponent(location.hash.slice(1)); } catch (err) { return; }
+    if (!text) return;
+    var cut = text.lastIndexOf("/"), k = -1, i = -1;
+    var find = function (name) {
+      for (var j = 0; j < models.length; j++) if (models[j].m.name === name || models[j].m.slug === name) return j;
+      return -1;
+    };
+    k = find(text);
+    if (k < 0 && cut > 0) {
+      k = find(text.slice(0, cut));
+      if (k >= 0) i = models[k].parseHead(text.slice(cut + 1));
+    }
+    if (k < 0) { k = active; i = models[k].parseHead(text); }
+    if (k < 0) return;
+    applyingHash = true;
+    try {
+      activate(k);
+      if (i >= 0) { models[k].pin(i); models[k].cells[i].scrollIntoView({ block: "nearest" }); }
+    } finally { applyingHash = false; }
+  }
   activate(0);
+  applyHash();
+  window.addEventListener("hashchange", applyHash);
   document.body.appendChild(tooltip);
   document.addEventListener("keydown", function (e) {
     if (e.key === "Escape") models.forEach(function (model) { if (model.pinned >= 0) model.pin(-1); });
+    if (["ArrowLeft", "ArrowRight", "ArrowUp", "ArrowDown"].indexOf(e.key) < 0) return;
+    if (e.altKey || e.ctrlKey || e.metaKey) return;
+    var t = e.target, tag = t && t.tagName;
+    if (tag === "INPUT" || tag === "SELECT" || tag === "TEXTAREA") return;
+    e.preventDefault();
+    models[active].step(e.key);
   });
   window.headatlas = { models: models, readyAt: performance.now() };
   document.body.dataset.ready = "1";

@@ -1,0 +1,303 @@
+"""What the atlas shows on a pinned head beyond its scores: evidence, null, dynamic scores,
+the heads most alike and one line in words.
+
+Each part is read from the results folder when it is there and left out (null / empty) when it
+is not, so an older map still gives a page:
+
+- ``evidence.parquet`` (beside ``scores.parquet``): per (layer, head, relation, kind) pairs with
+  the head's top tokens, ``correct`` and the target's 1-based ``target_rank``;
+- ``null_mean``, ``null_max``, ``p_value``, ``z`` columns of ``scores.parquet``: the scores under
+  target permutations; ``relations_class_level`` in the manifest flags relations whose null is
+  high;
+- ``validation/correlative_heads.csv`` (``headatlas validate``): dynamic scores per head ×
+  template × relation, averaged over templates here.
+
+Numbers travel as integers (thousandths; p in ten-thousandths; z in hundredths; −1 or null
+for none) to keep an 80 × 64 × 20 page small.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from headatlas.report.head_words import EvidencePair, RelationReading, head_line
+from headatlas.store import MapResults, read_table
+
+EVIDENCE = "evidence.parquet"
+"""Evidence pairs beside the map (written by ``headatlas map``)."""
+
+EVIDENCE_COLUMNS = (
+    "layer",
+    "head",
+    "relation",
+    "source",
+    "target",
+    "correct",
+    "target_rank",
+    "top_tokens",
+    "kind",
+)
+NULL_COLUMNS = ("null_mean", "null_max", "p_value", "z")
+
+DYNAMIC_HEADS = Path("validation") / "correlative_heads.csv"
+"""Per-head dynamic scores written by ``headatlas validate``."""
+
+MAX_PAIRS_PER_RELATION = 6
+"""Evidence pairs kept per (head, relation, kind) in the page: right ones, then wrong ones."""
+
+MAX_WRONG_PER_RELATION = 2
+"""Of those, at most this many that the head gets wrong."""
+
+MAX_TOP_TOKENS = 5
+"""Predicted tokens shown per evidence pair."""
+
+MAX_SIMILAR = 5
+"""Most alike heads listed per head."""
+
+KINDS = ("relation", "suppression")
+
+
+def evidence_table(results: MapResults) -> pd.DataFrame | None:
+    """The map's evidence pairs, or None when the map has none (maps before evidence)."""
+    path = results.directory / EVIDENCE
+    if not path.is_file():
+        return None
+    return read_table(path, EVIDENCE_COLUMNS)
+
+
+def _as_strings(value: Any) -> list[str]:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value]
+
+
+def _kept_evidence(table: pd.DataFrame, results: MapResults) -> pd.DataFrame:
+    """Rows in range, bounded per (head, relation, kind): right pairs first, then wrong."""
+    ok = table["layer"].between(0, results.n_layers - 1) & table["head"].between(
+        0, results.n_heads - 1
+    )
+    table = table[ok & table["kind"].isin(KINDS)].copy()
+    table["_wrong"] = ~table["correct"].astype(bool)
+    keys = ["layer", "head", "relation", "kind"]
+    table = table.sort_values([*keys, "_wrong", "target_rank"], kind="stable")
+    n_in_group = table.groupby([*keys, "_wrong"]).cumcount()
+    wrong_cap = np.where(table["_wrong"], MAX_WRONG_PER_RELATION, MAX_PAIRS_PER_RELATION)
+    table = table[n_in_group.to_numpy() < wrong_cap]
+    table = table[table.groupby(keys).cumcount() < MAX_PAIRS_PER_RELATION]
+    return table.drop(columns="_wrong")
+
+
+def evidence_by_head(
+    table: pd.DataFrame | None, results: MapResults, relations: Sequence[str]
+) -> dict[str, list[list[Any]]]:
+    """Per head index: [relation index, kind (0 relation, 1 suppression), source, target,
+    correct (0/1), target rank, top tokens] per kept pair."""
+    if table is None or table.empty:
+        return {}
+    rindex = {r: k for k, r in enumerate(relations)}
+    table = _kept_evidence(table[table["relation"].astype(str).isin(rindex)], results)
+    out: dict[str, list[list[Any]]] = {}
+    for row in table.itertuples(index=False):
+        i = int(row.layer) * results.n_heads + int(row.head)
+        out.setdefault(str(i), []).append(
+            [
+                rindex[str(row.relation)],
+                KINDS.index(str(row.kind)),
+                str(row.source),
+                str(row.target),
+                int(bool(row.correct)),
+                int(row.target_rank),
+                _as_strings(row.top_tokens)[:MAX_TOP_TOKENS],
+            ]
+        )
+    return out
+
+
+def _per_cell(
+    scores: pd.DataFrame, relations: Sequence[str], column: str, n_heads: int, n_cells: int
+) -> np.ndarray:
+    """[relations, cells] float array of one scores column (NaN where missing)."""
+    out = np.full((len(relations), n_cells), np.nan)
+    for r, relation in enumerate(relations):
+        rows = scores[scores["relation"] == relation]
+        idx = (rows["layer"].astype(int) * n_heads + rows["head"].astype(int)).to_numpy()
+        out[r, idx] = pd.to_numeric(rows[column], errors="coerce").to_numpy(dtype=float)
+    return out
+
+
+def _ints(values: np.ndarray, scale: float) -> list[list[int]]:
+    scaled = np.where(np.isfinite(values), np.round(values * scale), -1).astype(int)
+    return scaled.tolist()  # type: ignore[no-any-return]
+
+
+def null_data(
+    results: MapResults, scores: pd.DataFrame, relations: Sequence[str]
+) -> dict[str, Any] | None:
+    """Null mean/max (thousandths), p (ten-thousandths), z (hundredths, null when missing) per
+    relation and cell, or None when the map has no null columns."""
+    if not all(c in scores.columns for c in NULL_COLUMNS):
+        return None
+    n_cells = results.n_layers * results.n_heads
+    cell = {c: _per_cell(scores, relations, c, results.n_heads, n_cells) for c in NULL_COLUMNS}
+    z = np.where(np.isfinite(cell["z"]), np.round(cell["z"] * 100), np.nan)
+    return {
+        "mean": _ints(cell["null_mean"], 1000),
+        "max": _ints(cell["null_max"], 1000),
+        "p": _ints(cell["p_value"], 10000),
+        "z": [[None if math.isnan(v) else int(v) for v in row] for row in z],
+    }
+
+
+def class_level_relations(results: MapResults, relations: Sequence[str]) -> list[int]:
+    """Indices of the relations the manifest flags as class-level (high null)."""
+    flagged = results.manifest.get("relations_class_level") or []
+    if not isinstance(flagged, list):
+        return []
+    names = {str(x) for x in flagged}
+    return [k for k, r in enumerate(relations) if r in names]
+
+
+def dynamic_data(results: MapResults, relations: Sequence[str]) -> dict[str, Any] | None:
+    """Dynamic scores per validated relation (mean over templates; thousandths per cell,
+    −1 none), without and with context; None when ``validate`` did not write them."""
+    path = results.directory / DYNAMIC_HEADS
+    try:
+        table = pd.read_csv(path)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    needed = ("relation", "layer", "head", "dynamic_without_context", "dynamic_with_context")
+    if not all(c in table.columns for c in needed):
+        return None
+    table = table[
+        table["layer"].between(0, results.n_layers - 1)
+        & table["head"].between(0, results.n_heads - 1)
+    ]
+    means = (
+        table.groupby(["relation", "layer", "head"], as_index=False)[list(needed[3:])]
+        .mean(numeric_only=True)
+        .astype({"relation": str})
+    )
+    present = [r for r in relations if r in set(means["relation"])]
+    if not present:
+        return None
+    n_cells = results.n_layers * results.n_heads
+    return {
+        "relations": [relations.index(r) for r in present],
+        "without": _ints(_per_cell(means, present, needed[3], results.n_heads, n_cells), 1000),
+        "with": _ints(_per_cell(means, present, needed[4], results.n_heads, n_cells), 1000),
+    }
+
+
+def similar_heads(score: np.ndarray, supp: np.ndarray, k: int = MAX_SIMILAR) -> list[list[int]]:
+    """Per head, its ``k`` most alike heads as flat [index, cosine in thousandths, ...].
+
+    A head's vector is its relation scores followed by its suppression scores ([relations,
+    cells] each, NaN as 0); cosine similarity. Heads whose vector is zero have none.
+    """
+    vectors = np.nan_to_num(np.concatenate([score, supp], axis=0).T.astype(np.float32))
+    norms = np.linalg.norm(vectors, axis=1)
+    ok = norms > 0
+    unit = np.zeros_like(vectors)
+    unit[ok] = vectors[ok] / norms[ok, None]
+    n = len(vectors)
+    k = min(k, max(int(ok.sum()) - 1, 0))
+    out: list[list[int]] = [[] for _ in range(n)]
+    if k == 0:
+        return out
+    chunk = 512
+    for start in range(0, n, chunk):
+        sims = unit[start : start + chunk] @ unit.T  # [chunk, n]
+        sims[:, ~ok] = -np.inf
+        rows = np.arange(sims.shape[0])
+        sims[rows, start + rows] = -np.inf  # not itself
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        for row, cand in zip(rows, top):
+            i = start + int(row)
+            if not ok[i]:
+                continue
+            order = cand[np.argsort(-sims[row, cand], kind="stable")]
+            out[i] = [v for j in order for v in (int(j), round(float(sims[row, j]) * 1000))]
+    return out
+
+
+def head_words(
+    results: MapResults,
+    scores: pd.DataFrame,
+    relations: Sequence[str],
+    evidence: pd.DataFrame | None,
+    class_level: Sequence[int],
+    threshold: float,
+) -> list[str]:
+    """One line in words per head index (see ``head_words.head_line``)."""
+    n_cells = results.n_layers * results.n_heads
+    flagged = {relations[k] for k in class_level}
+    readings: list[list[RelationReading]] = [[] for _ in range(n_cells)]
+    has_p = "p_value" in scores.columns
+    rel_set = set(relations)
+    sub = scores[scores["relation"].astype(str).isin(rel_set)]
+    index = (sub["layer"].astype(int) * results.n_heads + sub["head"].astype(int)).tolist()
+    ps = pd.to_numeric(sub["p_value"], errors="coerce").tolist() if has_p else [None] * len(sub)
+    for i, relation, score, supp, p in zip(
+        index,
+        sub["relation"].astype(str),
+        sub["score"].astype(float),
+        sub["suppression_score"].astype(float),
+        ps,
+    ):
+        readings[i].append(
+            RelationReading(
+                relation=relation,
+                score=score,
+                suppression=supp,
+                p_value=None if p is None or math.isnan(p) else float(p),
+                class_level=relation in flagged,
+            )
+        )
+    pairs: list[list[EvidencePair]] = [[] for _ in range(n_cells)]
+    if evidence is not None and not evidence.empty:
+        kept = _kept_evidence(evidence[evidence["relation"].astype(str).isin(rel_set)], results)
+        for row in kept.itertuples(index=False):
+            pairs[int(row.layer) * results.n_heads + int(row.head)].append(
+                EvidencePair(
+                    relation=str(row.relation),
+                    source=str(row.source),
+                    target=str(row.target),
+                    correct=bool(row.correct),
+                    target_rank=int(row.target_rank),
+                    kind=str(row.kind),
+                )
+            )
+    return [head_line(readings[i], pairs[i], threshold) for i in range(n_cells)]
+
+
+def head_page_data(
+    results: MapResults,
+    scores: pd.DataFrame,
+    relations: Sequence[str],
+    score_cells: np.ndarray,
+    supp_cells: np.ndarray,
+    threshold: float,
+) -> dict[str, Any]:
+    """The page's per-head extras of one model: ``words``, ``similar``, ``evidence``, ``null``,
+    ``class_level`` and ``dynamic`` (the last three null / empty when absent).
+
+    ``score_cells`` / ``supp_cells`` are [relations, cells] in [0, 1], NaN where missing.
+    """
+    evidence = evidence_table(results)
+    class_level = class_level_relations(results, relations)
+    return {
+        "words": head_words(results, scores, relations, evidence, class_level, threshold),
+        "similar": similar_heads(score_cells, supp_cells),
+        "evidence": evidence_by_head(evidence, results, relations),
+        "null": null_data(results, scores, relations),
+        "class_level": class_level,
+        "dynamic": dynamic_data(results, relations),
+    }
