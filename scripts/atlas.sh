@@ -11,9 +11,17 @@ OUT=${OUT:-atlas}
 # `headatlas map MODEL --preset calibrated --out "$OUT"` re-derives the choice (~20 min on 2 cores).
 headatlas map smollm2 --embedding residual --out "$OUT"
 headatlas map gemma3-270m --embedding forward --out "$OUT"
+# Salient operations of every head, for the atlas's head pages (seconds per model). SmolLM2 with
+# its map's recipe; the vocabulary-wide ranking cannot afford Gemma 3's `forward` (a forward
+# pass per token), so Gemma 3 uses the default effective embedding MLP0(norm(x)).
+headatlas salient smollm2 --all --embedding residual --out "$OUT"
+headatlas salient gemma3-270m --all --out "$OUT"
 mkdir -p "$OUT/figures"
 headatlas figure "$OUT/smollm2" "$OUT/gemma3-270m" --out "$OUT/figures/category-atlas.png"
 headatlas figure "$OUT/smollm2" --per-category --out "$OUT/figures/smollm2-per-category.png"
 headatlas figure "$OUT/gemma3-270m" --per-category --out "$OUT/figures/gemma3-270m-per-category.png"
 headatlas report "$OUT/smollm2" "$OUT/gemma3-270m" --out "$OUT/atlas.html"
 ls -l "$OUT/figures" "$OUT/atlas.html"
+# Screenshots of a head page per model (docs/figures.md); needs Playwright and Chromium.
+# python scripts/atlas_screenshots.py "$OUT/atlas.html" --head smollm2/L23H2 \
+#     --head gemma3-270m/L12H2 --out docs/images

@@ -23,6 +23,7 @@ PHRASES: dict[str, str] = {
     "name_copying": "copies names",
     "word_first_letter": "maps words to their first letter",
     "word_last_letter": "maps words to their last letter",
+    "year_following": "maps years to the next year",
     "country_capital": "maps countries to capitals",
     "country_language": "maps countries to languages",
     "object_superclass": "maps objects to their class",
