@@ -62,7 +62,7 @@ def make_results(
     ``salient``/``descriptions`` add the optional tables; ``tokens`` are the salient tokens
     used (cycled), so tests can plant hostile strings; ``skipped`` relations appear in the
     manifest as skipped and have no scores. ``evidence`` writes ``evidence.parquet`` (pairs of
-    every head scoring ≥ 0.15, built from ``tokens``), ``null`` adds the null columns to the
+    every head scoring ≥ 0.3, built from ``tokens``), ``null`` adds the null columns to the
     scores and ``class_level`` names relations the manifest flags. Returns the folder.
     """
     rng = np.random.default_rng(seed)
@@ -158,13 +158,13 @@ def make_results(
 
 
 def _evidence(scores: pd.DataFrame, tokens: Sequence[str]) -> pd.DataFrame:
-    """Evidence rows shaped as the map writes them: per (head, relation) scoring ≥ 0.15, three
+    """Evidence rows shaped as the map writes them: per (head, relation) scoring ≥ 0.3, three
     right pairs and two wrong ones (kind relation), and two suppression pairs when the
-    suppression score is ≥ 0.15. Sources and targets are ``tokens`` with a pair number."""
+    suppression score is ≥ 0.3. Sources and targets are ``tokens`` with a pair number."""
     rows = []
     for row in scores.itertuples(index=False):
         for kind, value in (("relation", row.score), ("suppression", row.suppression_score)):
-            if value < 0.15:
+            if value < 0.3:
                 continue
             n = 5 if kind == "relation" else 2
             for j in range(n):

@@ -462,9 +462,9 @@ def test_model_without_validation_has_no_validation_section(page: Page) -> None:
 
 
 def _labelled_head(results: MapResults, relation: str) -> tuple[int, int]:
-    """A head scoring ≥ 0.15 on ``relation`` (so it has evidence), away from the edges."""
+    """A head scoring ≥ 0.3 on ``relation`` (so it has evidence), away from the edges."""
     s = results.scores
-    rows = s[(s["relation"] == relation) & (s["score"] >= 0.15) & (s["layer"].between(1, 78))]
+    rows = s[(s["relation"] == relation) & (s["score"] >= 0.3) & (s["layer"].between(1, 78))]
     row = rows[rows["head"].between(1, 62)].iloc[0]
     return int(row["layer"]), int(row["head"])
 

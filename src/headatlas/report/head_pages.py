@@ -48,13 +48,13 @@ NULL_COLUMNS = ("null_mean", "null_max", "p_value", "z")
 DYNAMIC_HEADS = Path("validation") / "correlative_heads.csv"
 """Per-head dynamic scores written by ``headatlas validate``."""
 
-MAX_PAIRS_PER_RELATION = 6
+MAX_PAIRS_PER_RELATION = 5
 """Evidence pairs kept per (head, relation, kind) in the page: right ones, then wrong ones."""
 
 MAX_WRONG_PER_RELATION = 2
 """Of those, at most this many that the head gets wrong."""
 
-MAX_TOP_TOKENS = 5
+MAX_TOP_TOKENS = 3
 """Predicted tokens shown per evidence pair."""
 
 MAX_SIMILAR = 5
@@ -71,12 +71,13 @@ def evidence_table(results: MapResults) -> pd.DataFrame | None:
     return read_table(path, EVIDENCE_COLUMNS)
 
 
-def _as_strings(value: Any) -> list[str]:
+def _as_strings(value: Any, limit: int) -> list[str]:
+    # Parquet list cells come back as numpy arrays; missing ones as None or NaN.
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return []
     if isinstance(value, str):
         return [value]
-    return [str(v) for v in value]
+    return [str(v) for v in value[:limit]]
 
 
 def _kept_evidence(table: pd.DataFrame, results: MapResults) -> pd.DataFrame:
@@ -104,21 +105,37 @@ def evidence_by_head(
         return {}
     rindex = {r: k for k, r in enumerate(relations)}
     table = _kept_evidence(table[table["relation"].astype(str).isin(rindex)], results)
+    cols = _columns(table)
     out: dict[str, list[list[Any]]] = {}
-    for row in table.itertuples(index=False):
-        i = int(row.layer) * results.n_heads + int(row.head)
-        out.setdefault(str(i), []).append(
+    for layer, head, relation, kind, source, target, correct, rank, top in zip(*cols):
+        out.setdefault(str(layer * results.n_heads + head), []).append(
             [
-                rindex[str(row.relation)],
-                KINDS.index(str(row.kind)),
-                str(row.source),
-                str(row.target),
-                int(bool(row.correct)),
-                int(row.target_rank),
-                _as_strings(row.top_tokens)[:MAX_TOP_TOKENS],
+                rindex[relation],
+                KINDS.index(kind),
+                source,
+                target,
+                int(correct),
+                rank,
+                _as_strings(top, MAX_TOP_TOKENS),
             ]
         )
     return out
+
+
+def _columns(table: pd.DataFrame) -> tuple[list[Any], ...]:
+    """Evidence columns as plain Python lists (fast to zip; Arrow strings iterate slowly):
+    layer, head, relation, kind, source, target, correct, target_rank, top_tokens."""
+    return (
+        table["layer"].astype(int).tolist(),
+        table["head"].astype(int).tolist(),
+        table["relation"].astype(str).tolist(),
+        table["kind"].astype(str).tolist(),
+        table["source"].astype(str).tolist(),
+        table["target"].astype(str).tolist(),
+        table["correct"].astype(bool).tolist(),
+        table["target_rank"].astype(int).tolist(),
+        table["top_tokens"].tolist(),
+    )
 
 
 def _per_cell(
@@ -126,10 +143,12 @@ def _per_cell(
 ) -> np.ndarray:
     """[relations, cells] float array of one scores column (NaN where missing)."""
     out = np.full((len(relations), n_cells), np.nan)
-    for r, relation in enumerate(relations):
-        rows = scores[scores["relation"] == relation]
-        idx = (rows["layer"].astype(int) * n_heads + rows["head"].astype(int)).to_numpy()
-        out[r, idx] = pd.to_numeric(rows[column], errors="coerce").to_numpy(dtype=float)
+    r = scores["relation"].astype(str).map({name: k for k, name in enumerate(relations)})
+    keep = r.notna().to_numpy()
+    rows = scores[keep]
+    cell = (rows["layer"].astype(int) * n_heads + rows["head"].astype(int)).to_numpy()
+    values = pd.to_numeric(rows[column], errors="coerce").to_numpy(dtype=float)
+    out[r[keep].to_numpy(dtype=int), cell] = values
     return out
 
 
@@ -247,9 +266,9 @@ def head_words(
     ps = pd.to_numeric(sub["p_value"], errors="coerce").tolist() if has_p else [None] * len(sub)
     for i, relation, score, supp, p in zip(
         index,
-        sub["relation"].astype(str),
-        sub["score"].astype(float),
-        sub["suppression_score"].astype(float),
+        sub["relation"].astype(str).tolist(),
+        sub["score"].astype(float).tolist(),
+        sub["suppression_score"].astype(float).tolist(),
         ps,
     ):
         readings[i].append(
@@ -264,16 +283,10 @@ def head_words(
     pairs: list[list[EvidencePair]] = [[] for _ in range(n_cells)]
     if evidence is not None and not evidence.empty:
         kept = _kept_evidence(evidence[evidence["relation"].astype(str).isin(rel_set)], results)
-        for row in kept.itertuples(index=False):
-            pairs[int(row.layer) * results.n_heads + int(row.head)].append(
-                EvidencePair(
-                    relation=str(row.relation),
-                    source=str(row.source),
-                    target=str(row.target),
-                    correct=bool(row.correct),
-                    target_rank=int(row.target_rank),
-                    kind=str(row.kind),
-                )
+        cols = _columns(kept)
+        for layer, head, relation, kind, source, target, correct, rank, _ in zip(*cols):
+            pairs[layer * results.n_heads + head].append(
+                EvidencePair(relation, source, target, correct, rank, kind)
             )
     return [head_line(readings[i], pairs[i], threshold) for i in range(n_cells)]
 

@@ -601,8 +601,8 @@
         var li = el("li");
         li.appendChild(this.headLink(alike[k]));
         li.appendChild(el("span", "muted", (alike[k + 1] / 1000).toFixed(3)));
-        var lab = m.label[alike[k]];
-        if (lab >= 0) li.appendChild(el("span", "muted", m.labels[lab]));
+        var best = this.rankedRelations(alike[k])[0];
+        if (best) li.appendChild(el("span", "muted", "top: " + m.relations[best[0]] + " " + fmt(best[1])));
         list.appendChild(li);
       }
       side.appendChild(list);
