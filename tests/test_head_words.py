@@ -68,7 +68,8 @@ def test_many_relations_are_counted_and_threshold_is_the_maps() -> None:
     readings = [RelationReading(f"r{k}", 0.5 + k / 100) for k in range(5)]
     line = head_line(readings, threshold=0.5)
     assert line.startswith("Implements r4 (0.54); implements r3 (0.53); implements r2 (0.52)")
-    assert line.endswith("; 2 more relation(s).")
+    assert line.endswith("; and 2 more relations.")
+    assert head_line(readings[:4], threshold=0.5).endswith("; and 1 more relation.")
     assert head_line(readings, threshold=0.6).startswith("No relation reaches 0.60")
 
 

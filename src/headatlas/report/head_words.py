@@ -151,7 +151,8 @@ def head_line(
         for r in hits[:MAX_RELATIONS]
     ]
     if len(hits) > MAX_RELATIONS:
-        clauses.append(f"{len(hits) - MAX_RELATIONS} more relation(s)")
+        n = len(hits) - MAX_RELATIONS
+        clauses.append(f"and {n} more relation{'s' if n > 1 else ''}")
     if supp:
         named = [
             f"{r.relation.replace('_', ' ')} "
