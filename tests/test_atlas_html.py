@@ -29,7 +29,15 @@ from report_fixtures import (
 from headatlas.cli import report_cmd
 from headatlas.errors import OutputFormatError, ResultsError, TooManyModelsError
 from headatlas.report.atlas_html import atlas_data, embed_json, render_atlas_html
-from headatlas.report.head_pages import EVIDENCE, KINDS, MAX_PAIRS_PER_RELATION, similar_heads
+from headatlas.report.head_pages import (
+    EVIDENCE,
+    EVIDENCE_COLUMNS,
+    KINDS,
+    MAX_PAIRS_PER_RELATION,
+    MAX_WRONG_PER_RELATION,
+    evidence_by_head,
+    similar_heads,
+)
 from headatlas.store import MapResults, load_results
 
 EVIL_RELATION = "<img src=x onerror=alert(1)>"
@@ -482,7 +490,7 @@ def test_head_page_data_carries_evidence_null_and_dynamic(tmp_path: Path) -> Non
     results = load_results(d)
     data = atlas_data(results)
     r = data["relations"].index(relation)
-    assert data["class_level"] == [r]
+    assert data["class_level"] == [relation]
     s = results.scores
     row = s[s["relation"] == relation].iloc[7]
     i = int(row["layer"]) * 4 + int(row["head"])
@@ -559,7 +567,19 @@ def test_pinned_head_shows_words_evidence_null_dynamic_and_alike(
     other = side.locator("table.scores tbody tr").filter(has_text=RELATIONS[15][0]).first
     assert other.locator("td.dyn-without").inner_text() == "\u2013"  # not validated
     # Evidence: every kept pair, with its mark, source and top tokens as text.
-    evidence = data["evidence"][str(i)]
+    groups: dict[tuple[int, int], list[Any]] = {}
+    for e in data["evidence"][str(i)]:
+        groups.setdefault((e[0], e[1]), []).append(e)
+
+    def value(g: tuple[int, int]) -> int:
+        return int((data["supp"] if g[1] else data["score"])[g[0]][i])
+
+    order = sorted(groups, key=lambda g: (-value(g), g[1], g[0]))  # best score first
+    evidence = [e for g in order for e in groups[g]]
+    assert side.locator(".evidence .ev-rel").all_inner_texts() == [
+        ("suppresses " if g[1] else "") + f"{data['relations'][g[0]]} ({value(g) / 1000:.3f})"
+        for g in order
+    ]
     items = side.locator(".evidence li")
     assert items.count() == len(evidence)
     marks = items.locator(".mark").all_inner_texts()
@@ -674,3 +694,20 @@ def test_head_page_without_extras_degrades(page: Page) -> None:
     assert "class-level" not in text
     assert side.locator("p.words").count() == 1
     assert side.locator("ul.similar li").count() > 0
+
+
+def test_evidence_keeps_wrong_pairs_beside_many_right_ones(tmp_path: Path) -> None:
+    results = load_results(make_results(tmp_path, 2, 4))
+    relation = DEFAULT_RELATIONS[0][0]
+    rows = [
+        (1, 2, relation, f"s{j}", f"t{j}", j % 3 != 0, 1 + j, [f"t{j}"], "relation")
+        for j in range(12)  # 8 right, 4 wrong, interleaved
+    ]
+    table = pd.DataFrame(rows, columns=list(EVIDENCE_COLUMNS))
+    pairs = evidence_by_head(table, results, [relation])[str(1 * 4 + 2)]
+    right = [p[2] for p in pairs if p[4]]
+    wrong = [p[2] for p in pairs if not p[4]]
+    n_wrong = MAX_WRONG_PER_RELATION
+    assert right == ["s1", "s2", "s4", "s5", "s7", "s8"][: MAX_PAIRS_PER_RELATION - n_wrong]
+    assert wrong == ["s0", "s3", "s6", "s9"][:n_wrong]
+    assert [p[4] for p in pairs] == [1] * len(right) + [0] * len(wrong)

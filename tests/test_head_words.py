@@ -20,8 +20,8 @@ def _pair(relation: str, source: str, target: str, ok: bool, rank: int = 1) -> E
 
 def test_labelled_head_names_its_relations_best_first_with_evidence() -> None:
     readings = [
-        RelationReading("country_capital", 0.80, 0.01),
-        RelationReading("name_copying", 0.88, 0.02),
+        RelationReading("country_capital", 0.80, 0.01, k=30),
+        RelationReading("name_copying", 0.88, 0.02, k=1),
         RelationReading("copying", 0.05, 0.0),
     ]
     evidence = [
@@ -33,16 +33,16 @@ def test_labelled_head_names_its_relations_best_first_with_evidence() -> None:
     ]
     line = head_line(readings, evidence, threshold=0.15)
     assert line == (
-        "Copies names (0.88): Anna → Anna ✓; maps countries to capitals (0.80): "
+        "Copies names (0.88 top-1): Anna → Anna ✓; maps countries to capitals (0.80 top-30): "
         "France → Paris ✓, Japan → Tokyo ✓, Peru → Lima ✗ (rank 7)."
     )
 
 
-def test_p_value_class_level_and_suppression() -> None:
+def test_class_level_and_suppression() -> None:
     readings = [
-        RelationReading("noun_pronoun", 0.61, 0.0, p_value=0.2, class_level=True),
-        RelationReading("copying", 0.3, 0.0, p_value=0.0004),
-        RelationReading("word_synonym", 0.0, 0.45, p_value=0.9),
+        RelationReading("noun_pronoun", 0.61, 0.0, class_level=True),
+        RelationReading("copying", 0.3, 0.0),
+        RelationReading("word_synonym", 0.0, 0.45),
     ]
     evidence = [
         EvidencePair("word_synonym", " big", " large", True, 1, kind="suppression"),
@@ -50,7 +50,7 @@ def test_p_value_class_level_and_suppression() -> None:
     ]
     line = head_line(readings, evidence)
     assert line == (
-        "Maps nouns to pronouns (0.61, p 0.20, class-level); copies tokens (0.30, p<0.001); "
+        "Maps nouns to pronouns (0.61, class-level); copies tokens (0.30); "
         "suppresses word synonym (0.45): big → large ✓."
     )
 

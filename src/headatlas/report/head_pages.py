@@ -81,19 +81,19 @@ def _as_strings(value: Any, limit: int) -> list[str]:
 
 
 def _kept_evidence(table: pd.DataFrame, results: MapResults) -> pd.DataFrame:
-    """Rows in range, bounded per (head, relation, kind): right pairs first, then wrong."""
+    """Rows in range, bounded per (head, relation, kind): up to ``MAX_WRONG_PER_RELATION``
+    wrong pairs and right ones filling the rest, right ones first, each in the stored order."""
     ok = table["layer"].between(0, results.n_layers - 1) & table["head"].between(
         0, results.n_heads - 1
     )
     table = table[ok & table["kind"].isin(KINDS)].copy()
     table["_wrong"] = ~table["correct"].astype(bool)
     keys = ["layer", "head", "relation", "kind"]
-    table = table.sort_values([*keys, "_wrong", "target_rank"], kind="stable")
-    n_in_group = table.groupby([*keys, "_wrong"]).cumcount()
-    wrong_cap = np.where(table["_wrong"], MAX_WRONG_PER_RELATION, MAX_PAIRS_PER_RELATION)
-    table = table[n_in_group.to_numpy() < wrong_cap]
-    table = table[table.groupby(keys).cumcount() < MAX_PAIRS_PER_RELATION]
-    return table.drop(columns="_wrong")
+    table = table.sort_values([*keys, "_wrong"], kind="stable")
+    n_in_group = table.groupby([*keys, "_wrong"]).cumcount().to_numpy()
+    n_wrong = table.groupby(keys)["_wrong"].transform("sum").clip(upper=MAX_WRONG_PER_RELATION)
+    cap = np.where(table["_wrong"], MAX_WRONG_PER_RELATION, MAX_PAIRS_PER_RELATION - n_wrong)
+    return table[n_in_group < cap].drop(columns="_wrong")
 
 
 def evidence_by_head(
@@ -175,13 +175,10 @@ def null_data(
     }
 
 
-def class_level_relations(results: MapResults, relations: Sequence[str]) -> list[int]:
-    """Indices of the relations the manifest flags as class-level (high null)."""
-    flagged = results.manifest.get("relations_class_level") or []
-    if not isinstance(flagged, list):
-        return []
-    names = {str(x) for x in flagged}
-    return [k for k, r in enumerate(relations) if r in names]
+def class_level_relations(results: MapResults) -> list[str]:
+    """The relations the manifest flags as class-level (high null); empty before the null."""
+    flagged = results.manifest.get("relations_class_level")
+    return [str(r) for r in flagged] if isinstance(flagged, list) else []
 
 
 def dynamic_data(results: MapResults, relations: Sequence[str]) -> dict[str, Any] | None:
@@ -252,37 +249,36 @@ def head_words(
     scores: pd.DataFrame,
     relations: Sequence[str],
     evidence: pd.DataFrame | None,
-    class_level: Sequence[int],
+    class_level: Sequence[str],
     threshold: float,
 ) -> list[str]:
     """One line in words per head index (see ``head_words.head_line``)."""
     n_cells = results.n_layers * results.n_heads
-    flagged = {relations[k] for k in class_level}
+    flagged = set(class_level)
     readings: list[list[RelationReading]] = [[] for _ in range(n_cells)]
-    has_p = "p_value" in scores.columns
-    rel_set = set(relations)
-    sub = scores[scores["relation"].astype(str).isin(rel_set)]
+    sub = scores[scores["relation"].astype(str).isin(set(relations))]
     index = (sub["layer"].astype(int) * results.n_heads + sub["head"].astype(int)).tolist()
-    ps = pd.to_numeric(sub["p_value"], errors="coerce").tolist() if has_p else [None] * len(sub)
-    for i, relation, score, supp, p in zip(
+    ks = pd.to_numeric(sub["k"], errors="coerce").tolist() if "k" in sub else [None] * len(sub)
+    for i, relation, score, supp, k in zip(
         index,
         sub["relation"].astype(str).tolist(),
         sub["score"].astype(float).tolist(),
         sub["suppression_score"].astype(float).tolist(),
-        ps,
+        ks,
     ):
         readings[i].append(
             RelationReading(
-                relation=relation,
-                score=score,
-                suppression=supp,
-                p_value=None if p is None or math.isnan(p) else float(p),
+                relation,
+                score,
+                supp,
                 class_level=relation in flagged,
+                k=None if k is None or math.isnan(k) else int(k),
             )
         )
     pairs: list[list[EvidencePair]] = [[] for _ in range(n_cells)]
     if evidence is not None and not evidence.empty:
-        kept = _kept_evidence(evidence[evidence["relation"].astype(str).isin(rel_set)], results)
+        wanted = evidence["relation"].astype(str).isin(set(relations))
+        kept = _kept_evidence(evidence[wanted], results)
         cols = _columns(kept)
         for layer, head, relation, kind, source, target, correct, rank, _ in zip(*cols):
             pairs[layer * results.n_heads + head].append(
@@ -300,12 +296,12 @@ def head_page_data(
     threshold: float,
 ) -> dict[str, Any]:
     """The page's per-head extras of one model: ``words``, ``similar``, ``evidence``, ``null``,
-    ``class_level`` and ``dynamic`` (the last three null / empty when absent).
+    ``class_level`` (relation names) and ``dynamic`` (the last three null / empty when absent).
 
     ``score_cells`` / ``supp_cells`` are [relations, cells] in [0, 1], NaN where missing.
     """
     evidence = evidence_table(results)
-    class_level = class_level_relations(results, relations)
+    class_level = class_level_relations(results)
     return {
         "words": head_words(results, scores, relations, evidence, class_level, threshold),
         "similar": similar_heads(score_cells, supp_cells),

@@ -1,7 +1,7 @@
 """One line in words per head, built from its scores and evidence (no language model).
 
-"Copies names (0.88); maps countries to capitals (0.80): France → Paris ✓, Peru → Lima ✗
-(rank 7)" — the relations a head implements (score ≥ the map's threshold), best first, each
+"Copies names (0.88 top-1); maps countries to capitals (0.80 top-30): France → Paris ✓, Peru
+→ Lima ✗ (rank 31)" — the relations a head implements (score ≥ the map's threshold), best first, each
 with a few of its evidence pairs, then what it suppresses. Built-in relations get a verb
 phrase; a user relation is read from its name ("X to Y" → "maps X to Y").
 """
@@ -52,10 +52,10 @@ class RelationReading:
     """Relation score in [0, 1] (NaN: not scored)."""
     suppression: float = math.nan
     """Suppression score in [0, 1] (NaN: not scored)."""
-    p_value: float | None = None
-    """Empirical p-value of ``score`` against target permutations, when computed."""
     class_level: bool = False
     """True when the relation's null is high: any head boosting its targets scores too."""
+    k: int | None = None
+    """The score's k (share of pairs whose target is in the head's top k), when known."""
 
 
 @dataclass(frozen=True)
@@ -93,10 +93,6 @@ def _score(x: float) -> str:
     return f"{x:.2f}"
 
 
-def _p(p: float) -> str:
-    return "p<0.001" if p < 0.001 else f"p {p:.3f}" if p < 0.01 else f"p {p:.2f}"
-
-
 def _pairs(pairs: Sequence[EvidencePair]) -> str:
     wrong = [p for p in pairs if not p.correct][:1]
     right = [p for p in pairs if p.correct][: MAX_PAIRS - len(wrong)]
@@ -107,12 +103,8 @@ def _pairs(pairs: Sequence[EvidencePair]) -> str:
     return ", ".join(parts)
 
 
-def _clause(
-    reading: RelationReading, value: float, pairs: Sequence[EvidencePair], with_p: bool = True
-) -> str:
-    numbers = [_score(value)]
-    if with_p and reading.p_value is not None and math.isfinite(reading.p_value):
-        numbers.append(_p(reading.p_value))
+def _clause(reading: RelationReading, value: float, pairs: Sequence[EvidencePair]) -> str:
+    numbers = [_score(value) + (f" top-{reading.k}" if reading.k else "")]
     if reading.class_level:
         numbers.append("class-level")
     text = f"({', '.join(numbers)})"
@@ -127,11 +119,11 @@ def head_line(
 ) -> str:
     """One sentence on what a head does, from its scores per relation and its evidence pairs.
 
-    Relations scoring at least ``threshold`` are named best first, each with its score, its
-    p-value when known, "class-level" when its null is high, and up to three evidence pairs;
-    suppressions at least ``threshold`` follow (the p-value is the relation score's, so not
-    repeated there). A head with none says which relation came
-    closest.
+    Relations scoring at least ``threshold`` are named best first, each with its score and k,
+    "class-level" when its null is high, and up to three evidence pairs (a wrong one among them
+    when there is one); suppressions at least ``threshold`` follow. A head with none says which
+    relation came closest. (The p-value stays in the score table: with a few permutations it
+    is the same floor on nearly every labelled head.)
     """
     scored = [r for r in readings if math.isfinite(r.score)]
     if not scored:
@@ -156,9 +148,7 @@ def head_line(
     if supp:
         named = [
             f"{r.relation.replace('_', ' ')} "
-            + _clause(
-                r, r.suppression, by_relation.get((r.relation, "suppression"), []), with_p=False
-            )
+            + _clause(r, r.suppression, by_relation.get((r.relation, "suppression"), []))
             for r in supp[:MAX_RELATIONS]
         ]
         more = f" and {len(supp) - MAX_RELATIONS} more" if len(supp) > MAX_RELATIONS else ""

@@ -433,7 +433,7 @@
       /* m.threshold (thousandths): the map's own --threshold, at which a head implements a relation */
       var tr = el("tr", row[1] >= m.threshold ? "hit" : null);
       var name = el("td", "rel", m.relations[r]);
-      if (m.class_level.indexOf(r) >= 0) { tr.classList.add("class-level"); name.title = "class-level relation"; }
+      if (m.class_level.indexOf(m.relations[r]) >= 0) { tr.classList.add("class-level"); name.title = "class-level relation"; }
       tr.appendChild(name);
       if (full) tr.appendChild(el("td", "muted", m.relation_categories[r]));
       tr.appendChild(el("td", "num score", fmt(row[1])));
@@ -512,27 +512,36 @@
   Model.prototype.evidenceList = function (i) {
     var m = this.m, pairs = m.evidence[String(i)];
     if (!pairs || !pairs.length) return null;
-    var box = el("div", "evidence"), lastKey = null, ul = null;
+    /* groups per (relation, kind), the head's best score first */
+    var groups = [], byKey = {};
     pairs.forEach(function (e) {
       var key = e[0] + ":" + e[1];
-      if (key !== lastKey) {
-        lastKey = key;
-        box.appendChild(el("div", "ev-rel", (e[1] ? "suppresses " : "") + m.relations[e[0]]));
-        ul = el("ul", "ops ev-pairs");
-        box.appendChild(ul);
-      }
-      var li = el("li", e[4] ? "right" : "wrong");
-      li.appendChild(el("span", "tok", e[2]));
-      li.appendChild(el("span", "muted", "\u2192"));
-      e[6].forEach(function (t) { li.appendChild(el("span", "tok", t)); });
-      li.appendChild(el("span", "mark", e[4] ? "\u2713" : "\u2717"));
-      li.appendChild(el("span", "muted", "target"));
-      li.appendChild(el("span", "tok target", e[3]));
-      li.appendChild(el("span", "muted rank", "rank " + e[5]));
-      ul.appendChild(li);
+      if (!byKey[key]) { byKey[key] = []; groups.push([e[0], e[1], byKey[key]]); }
+      byKey[key].push(e);
+    });
+    var value = function (g) { return (g[1] ? m.supp : m.score)[g[0]][i]; };
+    groups.sort(function (a, b) { return value(b) - value(a) || a[1] - b[1] || a[0] - b[0]; });
+    var box = el("div", "evidence");
+    groups.forEach(function (g) {
+      box.appendChild(el("div", "ev-rel", (g[1] ? "suppresses " : "") + m.relations[g[0]] + " (" + fmt(value(g)) + ")"));
+      var ul = el("ul", "ops ev-pairs");
+      box.appendChild(ul);
+      g[2].forEach(function (e) { ul.appendChild(evidenceItem(e)); });
     });
     return box;
   };
+
+  function evidenceItem(e) {
+    var li = el("li", e[4] ? "right" : "wrong");
+    li.appendChild(el("span", "tok", e[2]));
+    li.appendChild(el("span", "muted", "\u2192"));
+    e[6].forEach(function (t) { li.appendChild(el("span", "tok", t)); });
+    li.appendChild(el("span", "mark", e[4] ? "\u2713" : "\u2717"));
+    li.appendChild(el("span", "muted", "target"));
+    li.appendChild(el("span", "tok target", e[3]));
+    li.appendChild(el("span", "muted rank", "rank " + e[5]));
+    return li;
+  }
 
   Model.prototype.showSide = function () {
     var self = this, m = this.m, i = this.pinned, side = this.side;
