@@ -285,7 +285,11 @@ def atlas_data(results: MapResults) -> dict[str, Any]:
             cells[column][r, ridx] = rows[column].astype(float).to_numpy()
     threshold = map_threshold(results)
 
+    extras = head_page_data(
+        results, scores, relations, cells["score"], cells["suppression_score"], threshold / 1000
+    )
     return {
+        **extras,  # words, similar, evidence, null, class_level, dynamic (head_pages.py)
         "name": str(results.manifest.get("model", {}).get("name", "")),
         "display_name": results.display_name,
         "n_layers": n_layers,
@@ -310,14 +314,6 @@ def atlas_data(results: MapResults) -> dict[str, Any]:
             if r.get("skipped")
         ],
         "validation": _validation(results),
-        **head_page_data(
-            results,
-            scores,
-            relations,
-            cells["score"],
-            cells["suppression_score"],
-            threshold / 1000,
-        ),
     }
 
 
