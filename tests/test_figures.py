@@ -350,3 +350,64 @@ def test_cli_bad_input_is_a_one_line_error(tmp_path: Path, make_argv, error, nee
         _cli(make_argv(d, tmp_path))
     assert isinstance(info.value, HeadAtlasError)
     assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------------------- dot style
+
+
+def _dots(fig: Figure) -> list:
+    """Visible axes drawn in the dot style (those holding a scatter)."""
+    return [ax for ax in fig.axes if ax.get_visible() and ax.collections]
+
+
+def test_dots_one_per_head_in_its_label_colour_unclassified_small(tmp_path: Path) -> None:
+    results = _results(tmp_path, 6, 5, seed=3)
+    fig = plot_category_atlas([results], style="dots")
+    (ax,) = _dots(fig)
+    dots = ax.collections[0]
+    where = {tuple(xy): i for i, xy in enumerate(dots.get_offsets().tolist())}
+    assert len(where) == 6 * 5
+    colors, sizes = dots.get_facecolors(), dots.get_sizes()
+    for row in results.categories.itertuples():
+        i = where[(row.layer, row.head)]
+        assert to_hex(colors[i]) == LABEL_COLORS[row.label]
+        small = row.label == "Unclassified"
+        assert sizes[i] == pytest.approx(sizes.max() / 4 if small else sizes.max())
+    assert ax.get_xlabel() == "Layer" and ax.get_ylabel() == "Head"
+
+
+@pytest.mark.parametrize(("n_layers", "n_heads"), [(80, 64), (2, 4)])
+def test_dots_stay_readable_and_apart(sized, tmp_path: Path, n_layers: int, n_heads: int) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "dots.png"
+    fig = plot_category_atlas([sized(n_layers, n_heads)], out, style="dots")
+    (ax,) = _dots(fig)
+    assert ax.get_xlim() == (-0.5, n_layers - 0.5) and ax.get_ylim() == (-0.5, n_heads - 0.5)
+    box = ax.get_window_extent()  # pixels at the figure's dpi
+    pitch_pt = 72 / fig.dpi * min(box.width / n_layers, box.height / n_heads)
+    diameter_pt = float(np.sqrt(ax.collections[0].get_sizes().max()))
+    assert 2.5 <= diameter_pt < pitch_pt  # visible, and neighbours do not touch
+    assert len(ax.get_xticks()) <= 16 and len(ax.get_yticks()) <= 16
+    width, height = Image.open(out).size
+    assert 300 <= width <= 3_000 and 300 <= height <= 2_000
+
+
+def test_series_in_dots_with_a_caption(sized, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    caption = "random weights: few heads are labelled"
+    fig = plot_category_series(sized(80, 64), tmp_path / "s.png", style="dots", caption=caption)
+    axes = _dots(fig)
+    assert axes[0].get_title() == ALL_CATEGORIES_TITLE and len(axes) >= 4
+    assert all(len(ax.collections[0].get_offsets()) == 80 * 64 for ax in axes)
+    assert fig._supxlabel is not None and fig._supxlabel.get_text() == caption  # type: ignore[attr-defined]
+
+
+def test_unknown_style_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(OutputFormatError, match="style 'bars'"):
+        plot_category_atlas([_results(tmp_path, 2, 2)], style="bars")
+
+
+def test_cli_style_dots_and_caption(tmp_path: Path) -> None:
+    dirs = [str(make_results(tmp_path / str(i), 3 + i, 4, seed=i)) for i in range(4)]
+    assert _cli([*dirs, "--style", "dots", "--caption", "four shapes"]) == 0
+    assert (Path(dirs[0]) / "figures" / "category-atlas-dots.png").is_file()
+    assert _cli([dirs[0], "--per-category", "--style", "dots"]) == 0
+    assert (Path(dirs[0]) / "figures" / "category-series-dots.png").is_file()

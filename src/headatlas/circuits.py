@@ -27,6 +27,10 @@ from headatlas.arch.config import text_config
 from headatlas.errors import ShapeMismatchError, WeightSourceError
 from headatlas.weights import ModelSpec, WeightSource, open_source
 
+ROW_BLOCK_BYTES = 64 * 2**20
+"""Float32 bytes per block when a vocabulary-sized matrix is streamed (:meth:`ModelCircuits.embed_rows`,
+:meth:`ModelCircuits.unembedding_blocks`)."""
+
 
 def tensor_digest(t: torch.Tensor) -> str:
     """SHA-256 of a tensor's dtype, shape and bytes."""
@@ -310,10 +314,62 @@ class ModelCircuits:
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Residual-stream input of tokens: W_E rows times the embedding scale. [n, d]"""
-        x = self.W_E[ids]
+        return self._scaled(self.W_E[ids])
+
+    def _scaled(self, x: torch.Tensor) -> torch.Tensor:
         if self.embed_scale is not None:
             x = x * torch.tensor(self.embed_scale, dtype=x.dtype)
         return x
+
+    def embed_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """:meth:`embed` of ``ids`` [n] without holding W_E: the stored embedding is streamed
+        in blocks of rows (hashed as a whole, as a full read is) and only the rows asked for
+        are kept. Equal to :meth:`embed` bit for bit. [n, d] float32"""
+        if self._W_E is not None:
+            return self.embed(ids)
+        name = self._name(self.spec.embed, "weight")
+        assert name is not None  # required
+        self._embed_name = name
+        shape, blocks = self._stream(name)
+        self._check_embedding(shape)
+        ids = ids.to(torch.int64)
+        if ids.numel() and not 0 <= int(ids.min()) <= int(ids.max()) < shape[0]:
+            raise IndexError(f"token ids outside the embedding's {shape[0]} rows")
+        out = torch.empty(int(ids.numel()), self.cfg.d_model)
+        for start, block in blocks:
+            sel = ((ids >= start) & (ids < start + block.shape[0])).nonzero().flatten()
+            if sel.numel():
+                out[sel] = block[ids[sel] - start].float()
+        return self._scaled(out)
+
+    def _check_embedding(self, shape: tuple[int, ...]) -> None:
+        if len(shape) != 2 or shape[1] != self.cfg.d_model or shape[0] < self.cfg.vocab_size:
+            raise ShapeMismatchError(
+                f"{self.source.name}: {self.spec.embed} has shape {shape} but the config implies "
+                f"{(self.cfg.vocab_size, self.cfg.d_model)}; the config and weights do not "
+                "belong together"
+            )
+
+    def _stream(self, name: str) -> tuple[tuple[int, ...], Iterator[tuple[int, torch.Tensor]]]:
+        """(shape, (first row, block) pairs) of a stored tensor read in blocks of about
+        ``ROW_BLOCK_BYTES`` as float32; the content is hashed on the way (the digest equals
+        :func:`tensor_digest` of the whole) once the blocks are exhausted."""
+        rows = max(1, ROW_BLOCK_BYTES // (4 * self.cfg.d_model))
+        shape, blocks = self.source.row_blocks(name, rows)
+
+        def gen() -> Iterator[tuple[int, torch.Tensor]]:
+            h: Any = None
+            start = 0
+            for block in blocks:
+                if h is None:
+                    h = hashlib.sha256(f"{block.dtype}:{list(shape)}:".encode())
+                h.update(block.detach().contiguous().reshape(-1).view(torch.uint8).numpy().data)
+                yield start, block
+                start += int(block.shape[0])
+            if h is not None:
+                self._digests[name] = h.hexdigest()[:32]
+
+        return shape, gen()
 
     @property
     def W_U(self) -> torch.Tensor:
@@ -328,6 +384,39 @@ class ModelCircuits:
                 self._check(self.spec.unembed, w, (self.cfg.vocab_size, self.cfg.d_model))
             self._W_U = w.T
         return self._W_U
+
+    def unembedding_blocks(self) -> tuple[int, Iterator[tuple[int, torch.Tensor]]]:
+        """W_U's columns in blocks without holding W_U: (columns, iterator of (first column,
+        block [m, d] float32)), each block the output head's rows (W_E's when tied), equal to
+        ``W_U[:, first : first + m].T``. Hashed as a whole, as :attr:`W_U` is."""
+        rows = max(1, ROW_BLOCK_BYTES // (4 * self.cfg.d_model))
+        if self._W_U is not None:
+            W = self._W_U
+            n = int(W.shape[1])
+            return n, ((i, W[:, i : i + rows].T) for i in range(0, n, rows))
+        module, name = self._unembed_name()
+        if name is None and not self.cfg.tied:
+            self._name(module, "weight", required=True)  # raises, naming the tensor
+        self._unembed_stored = name
+        if name is None:  # tied: the embedding
+            if self._W_E is not None:
+                W = self._W_E
+                n = int(W.shape[0])
+                return n, ((i, W[i : i + rows]) for i in range(0, n, rows))
+            name = self._name(self.spec.embed, "weight")
+            assert name is not None
+            self._embed_name = name
+            shape, blocks = self._stream(name)
+            self._check_embedding(shape)
+        else:
+            shape, blocks = self._stream(name)
+            if len(shape) != 2 or shape[1] != self.cfg.d_model:
+                raise ShapeMismatchError(
+                    f"{self.source.name}: {self.spec.unembed} has shape {shape} but the config "
+                    f"implies {(self.cfg.vocab_size, self.cfg.d_model)}; the config and weights "
+                    "do not belong together"
+                )
+        return int(shape[0]), ((i, b.float()) for i, b in blocks)
 
     def _unembed_name(self) -> tuple[str, str | None]:
         """The output head's module path and stored weight name (None when absent: tied)."""
@@ -371,17 +460,22 @@ class ModelCircuits:
             act=activation(self.cfg.activation),
         )
 
-    def block0_mlp(self) -> tuple[Norm, MLP, Norm | None]:
-        """Block 0's (pre-MLP norm, MLP, post-MLP norm or None), read once."""
-        if self._mlp0 is None:
-            s = self.spec
-            out_norm = self.norm(s.layer_path(0, s.mlp_out_norm)) if s.mlp_out_norm else None
-            self._mlp0 = (self.norm(s.layer_path(0, s.mlp_norm)), self.mlp(0), out_norm)
-        return self._mlp0
+    def block0_mlp(self, keep: bool = True) -> tuple[Norm, MLP, Norm | None]:
+        """Block 0's (pre-MLP norm, MLP, post-MLP norm or None), read once (``keep=False``:
+        not kept when read now, for a caller that needs it once)."""
+        if self._mlp0 is not None:
+            return self._mlp0
+        s = self.spec
+        out_norm = self.norm(s.layer_path(0, s.mlp_out_norm)) if s.mlp_out_norm else None
+        mlp0 = (self.norm(s.layer_path(0, s.mlp_norm)), self.mlp(0), out_norm)
+        if keep:
+            self._mlp0 = mlp0
+        return mlp0
 
-    def effective_embedding(self, x: torch.Tensor) -> torch.Tensor:
-        """MLP0(norm2_0(x)) of block 0 (Gemma 2/3: followed by its post-MLP norm). [n, d]"""
-        norm, mlp, out_norm = self.block0_mlp()
+    def effective_embedding(self, x: torch.Tensor, keep: bool = True) -> torch.Tensor:
+        """MLP0(norm2_0(x)) of block 0 (Gemma 2/3: followed by its post-MLP norm). [n, d]
+        ``keep=False``: block 0's MLP is not kept after this call unless it was already."""
+        norm, mlp, out_norm = self.block0_mlp(keep)
         y = mlp(norm(x))
         return out_norm(y) if out_norm is not None else y
 

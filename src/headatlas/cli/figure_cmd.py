@@ -37,6 +37,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "describe`) found a pattern, i.e. is not 'Unclear' (MAPS section 5)",
     )
     p.add_argument(
+        "--style",
+        choices=("cells", "dots"),
+        default="cells",
+        help="category figures: a grid of cells (default) or one dot per head on layer × head axes",
+    )
+    p.add_argument(
+        "--caption", default=None, help="category figures: a line of text under the panels"
+    )
+    p.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -57,6 +66,8 @@ def default_out(directory: Path, args: argparse.Namespace) -> Path:
         name = "pattern-shares"
     else:
         name = "category-atlas"
+    if getattr(args, "style", "cells") == "dots" and args.relation is None:
+        name += "-dots"
     return directory / "figures" / f"{name}.png"
 
 
@@ -85,8 +96,8 @@ def run(args: argparse.Namespace) -> int:
     if args.relation is not None:
         plot_relation(results[0], args.relation, out)
     elif args.per_category:
-        plot_category_series(results[0], out)
+        plot_category_series(results[0], out, args.style, args.caption)
     else:
-        plot_category_atlas(results, out)
+        plot_category_atlas(results, out, args.style, args.caption)
     print(out)
     return 0

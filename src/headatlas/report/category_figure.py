@@ -6,12 +6,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from matplotlib.colors import BoundaryNorm, ListedColormap
+from matplotlib.axes import Axes
+from matplotlib.colors import BoundaryNorm, Colormap, ListedColormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from headatlas.report.grid_axes import (
     check_output,
+    check_style,
+    draw_head_dots,
     draw_head_grid,
     panel_grid,
     panel_size,
@@ -57,8 +60,32 @@ def _label_norm(labels: list[str]) -> BoundaryNorm:
     return BoundaryNorm(np.arange(len(labels) + 1) - 0.5, len(labels))
 
 
-def plot_category_atlas(results: Sequence[MapResults], out: Path | None = None) -> Figure:
+def _draw(
+    ax: Axes,
+    grid: np.ndarray,
+    cmap: Colormap,
+    norm: Normalize,
+    panel_in: tuple[float, float],
+    style: str,
+    background: float | None,
+    **labels: str,
+) -> None:
+    if style == "dots":
+        draw_head_dots(ax, grid, cmap, norm, panel_in, background=background, **labels)
+    else:
+        draw_head_grid(ax, grid, cmap, norm, panel_in, **labels)
+
+
+def plot_category_atlas(
+    results: Sequence[MapResults],
+    out: Path | None = None,
+    style: str = "cells",
+    caption: str | None = None,
+) -> Figure:
     """One panel per model (1 to 6) of every head coloured by its label, one shared legend.
+
+    ``style``: "cells" (a grid of cells) or "dots" (one dot per head, Unclassified heads as
+    small grey dots); ``caption``: a line under the panels.
 
     Panels are laid out 1×1, 1×2, 1×3, 2×2, 2×3, 2×3; each spans all layers (x) and heads (y) of
     its model. The legend on top lists the eight labels in ``LABELS`` order (plus any custom
@@ -66,13 +93,14 @@ def plot_category_atlas(results: Sequence[MapResults], out: Path | None = None) 
     """
     if out is not None:
         check_output(out)
+    check_style(style)
     n_rows, n_cols = panel_grid(len(results))
     labels = _labels_of(results)
     cmap, norm = label_colormap(labels), _label_norm(labels)
     panel_in = max(panel_size(r.n_layers, r.n_heads) for r in results)
     # Wide enough for a legend of four columns even when the panels are small.
     width = max(n_cols * (panel_in[0] + 0.7) + 0.3, 4 * _LEGEND_ENTRY_IN + 0.3)
-    height = n_rows * (panel_in[1] + 0.9) + 0.9
+    height = n_rows * (panel_in[1] + 0.9) + 0.9 + (0.3 if caption else 0)
     fig = Figure(figsize=(width, height), layout="constrained")
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
     titles = panel_titles(results)
@@ -81,7 +109,7 @@ def plot_category_atlas(results: Sequence[MapResults], out: Path | None = None) 
             ax.set_visible(False)
             continue
         r = results[i]
-        draw_head_grid(ax, label_grid(r, labels), cmap, norm, panel_in)
+        _draw(ax, label_grid(r, labels), cmap, norm, panel_in, style, _background(labels))
         ax.set_title(titles[i], fontsize=11 if len(titles[i]) < 40 else 8)
     n_legend_cols = min(len(labels), max(1, int(width // _LEGEND_ENTRY_IN)))
     fig.legend(
@@ -94,13 +122,26 @@ def plot_category_atlas(results: Sequence[MapResults], out: Path | None = None) 
         handleheight=1.2,
         columnspacing=1.2,
     )
+    if caption:
+        fig.supxlabel(caption, fontsize=9, color="#444444")
     if out is not None:
         save_figure(fig, out)
     return fig
 
 
-def plot_category_series(results: MapResults, out: Path | None = None) -> Figure:
+def _background(labels: list[str]) -> float | None:
+    return float(labels.index(UNCLASSIFIED)) if UNCLASSIFIED in labels else None
+
+
+def plot_category_series(
+    results: MapResults,
+    out: Path | None = None,
+    style: str = "cells",
+    caption: str | None = None,
+) -> Figure:
     """A row of panels for one model: all labels, then one panel per scored category.
+
+    ``style`` and ``caption`` as in :func:`plot_category_atlas`.
 
     Panel titles are "All Categories", "Algorithmic", "Knowledge", "Linguistic", and
     "Translation" when translation relations have scores (custom categories follow). In a
@@ -109,20 +150,24 @@ def plot_category_series(results: MapResults, out: Path | None = None) -> Figure
     """
     if out is not None:
         check_output(out)
+    check_style(style)
     labels = _labels_of([results])
     colors = label_colors(labels)
     categories = series_categories(results)
     panel_in = panel_size(results.n_layers, results.n_heads, scale=_SERIES_SCALE)
     n_panels = 1 + len(categories)
     width = n_panels * (panel_in[0] + 0.55) + 1.9
-    fig = Figure(figsize=(width, panel_in[1] + 1.2), layout="constrained")
+    height = panel_in[1] + 1.2 + (0.3 if caption else 0)
+    fig = Figure(figsize=(width, height), layout="constrained")
     axes = fig.subplots(1, n_panels, squeeze=False)[0]
-    draw_head_grid(
+    _draw(
         axes[0],
         label_grid(results, labels),
         label_colormap(labels),
         _label_norm(labels),
         panel_in,
+        style,
+        _background(labels),
         xlabel="layer",
         ylabel="head",
     )
@@ -130,12 +175,14 @@ def plot_category_series(results: MapResults, out: Path | None = None) -> Figure
     for ax, category in zip(axes[1:], categories):
         color = colors.get(category) or label_colors([*labels, category])[category]
         cmap = ListedColormap([colors[UNCLASSIFIED], color]).with_extremes(bad=MISSING_COLOR)
-        draw_head_grid(
+        _draw(
             ax,
             category_grid(results, category),
             cmap,
             BoundaryNorm([-0.5, 0.5, 1.5], 2),
             panel_in,
+            style,
+            0.0,
             xlabel="layer",
             ylabel="head",
         )
@@ -149,6 +196,8 @@ def plot_category_series(results: MapResults, out: Path | None = None) -> Figure
         handlelength=1.2,
         handleheight=1.2,
     )
+    if caption:
+        fig.supxlabel(caption, fontsize=9, color="#444444")
     if out is not None:
         save_figure(fig, out)
     return fig

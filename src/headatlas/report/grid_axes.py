@@ -30,6 +30,10 @@ _TICK_STEPS = (1, 2, 4, 5, 8, 10, 16, 20, 25, 32, 50, 64, 100, 128, 200, 256, 50
 
 MAX_MODELS = 6
 
+STYLES = ("cells", "dots")
+"""How a head grid is drawn: a grid of cells (the heatmap seeds) or one dot per head on
+layer × head axes (the scatter seeds)."""
+
 _GRID_SHAPES = {1: (1, 1), 2: (1, 2), 3: (1, 3), 4: (2, 2), 5: (2, 3), 6: (2, 3)}
 
 
@@ -133,3 +137,51 @@ def draw_head_grid(
     for spine in ax.spines.values():
         spine.set_linewidth(0.6)
     return image
+
+
+def check_style(style: str) -> str:
+    """``style`` when it is one of :data:`STYLES`, else OutputFormatError naming them."""
+    if style not in STYLES:
+        raise OutputFormatError(
+            f"figure style '{style}' is unknown: use one of {', '.join(STYLES)}"
+        )
+    return style
+
+
+def draw_head_dots(
+    ax: Axes,
+    grid: np.ndarray,
+    cmap: Colormap,
+    norm: Normalize,
+    panel_in: tuple[float, float],
+    xlabel: str = "Layer",
+    ylabel: str = "Head",
+    background: float | None = None,
+) -> None:
+    """Draw ``grid`` (n_heads, n_layers) as one dot per head, layers on x, heads on y.
+
+    Dots are sized to the cell (a diameter of 80 % of its short side, at least 1.5 points), so
+    an 80 × 64 grid stays legible; heads whose value is ``background`` (Unclassified) get a
+    quarter-size dot, so the labelled heads stand out; absent heads (NaN) get none.
+    """
+    n_heads, n_layers = grid.shape
+    width_in, height_in = panel_in
+    cell_pt = 72 * min(width_in / max(1, n_layers), height_in / max(1, n_heads))
+    size = max(1.5, 0.8 * cell_pt) ** 2  # marker area in points²
+    heads, layers = np.nonzero(~np.isnan(grid))
+    values = grid[heads, layers]
+    colors = cmap(norm(values))
+    sizes = np.full(values.shape, size)
+    if background is not None:
+        sizes[values == background] = size / 4
+    ax.scatter(layers, heads, s=sizes, c=colors, marker="o", linewidths=0)
+    ax.set_xlim(-0.5, n_layers - 0.5)
+    ax.set_ylim(-0.5, n_heads - 0.5)
+    ax.set_xticks(np.arange(0, n_layers, tick_step(n_layers, width_in)))
+    ax.set_yticks(np.arange(0, n_heads, tick_step(n_heads, height_in)))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.tick_params(labelsize=8, length=2.5)
+    ax.set_facecolor("white")
+    for spine in ax.spines.values():
+        spine.set_linewidth(0.6)

@@ -31,6 +31,7 @@ from headatlas.scoring.categories import categorize_heads
 from headatlas.scoring.options import MapOptions, compute_dtype, resolve_dtype
 from headatlas.scoring.plan import RelationPairs, ScoringPlan
 from headatlas.scoring.ranks import PairLayout
+from headatlas.scoring.recipe import SourceInputs
 from headatlas.scoring.relation_scores import layer_ranks, layer_scores
 from headatlas.store import (
     CATEGORIES,
@@ -233,8 +234,10 @@ def map_heads(
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.dtype)
     recipe = options.recipe()
+    # The sources' inputs first (only their embedding rows, block 0's MLP dropped after),
+    # then the folded unembedding: the two are never held at once.
+    inputs = SourceInputs(recipe, circuits, plan.source_ids, hf_model)
     readout = recipe.bind(circuits, device, compute_dtype(dtype))
-    inputs = readout.source_inputs(plan.source_ids, hf_model)
     layout = PairLayout(
         plan.pair_rows,
         plan.pair_targets,

@@ -224,14 +224,31 @@ def unit_roundoff(dtype: torch.dtype, device: torch.device) -> float:
 
 class SharedU:
     """The read-out factor U [d, V] every head of a map shares, with what the pruned kernel
-    reads from it prepared once: its transpose (for column gathers), the largest column norm
-    and the mean column."""
+    reads from it prepared once: the largest column norm and the mean column. U is the only
+    vocabulary-sized matrix held: columns are gathered from it (:meth:`columns`); the
+    transpose :attr:`UT` is made only when asked for (the dynamic read-out's batched
+    gathers)."""
 
     def __init__(self, U: torch.Tensor):
         self.U = U
-        self.UT = U.T.contiguous()  # [V, d]: columns of U as contiguous rows
-        self.col_max = self.UT.square().sum(1).max().sqrt()
+        step = max(1, 2**24 // max(1, U.shape[0]))  # columns per block: 64 MB of float32
+        norms = [U[:, c : c + step].square().sum(0).max() for c in range(0, U.shape[1], step)]
+        self.col_max = torch.stack(norms).max().sqrt()
         self.mean = U.mean(1, keepdim=True)
+        self._UT: torch.Tensor | None = None
+
+    @property
+    def UT(self) -> torch.Tensor:
+        """U's transpose [V, d], contiguous (made on first use, then kept)."""
+        if self._UT is None:
+            self._UT = self.U.T.contiguous()
+        return self._UT
+
+    def columns(self, idx: torch.Tensor) -> torch.Tensor:
+        """U[:, idx] [d, m]."""
+        if self._UT is not None:
+            return self._UT[idx].T
+        return self.U[:, idx]
 
 
 @dataclass
@@ -256,7 +273,7 @@ class FactoredB:
 
     def columns(self, idx: torch.Tensor) -> torch.Tensor:
         """B[:, idx]."""
-        return self.W @ self.shared.UT[idx].T
+        return self.W @ self.shared.columns(idx)
 
     def dense(self) -> torch.Tensor:
         """B itself."""

@@ -142,22 +142,31 @@ PRESETS: dict[str, Recipe] = {
 def fold_unembedding(
     circuits: ModelCircuits, final_norm: bool, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
-    """W_U with the final norm folded in: C · diag(γ) · W_U, [d, V].
+    """W_U with the final norm folded in: C · diag(γ) · W_U, [d, V] contiguous.
 
     C = I - 11ᵀ/d is LayerNorm's centring; the norm's 1/σ is a positive per-row scalar and
     leaves top-k unchanged, and its bias β is not part of any head (as in TransformerLens'
     fold_ln, where β moves to the logit bias).
+
+    Computed in blocks of vocabulary columns streamed from the checkpoint
+    (:meth:`ModelCircuits.unembedding_blocks`): the result is the only vocabulary-sized
+    matrix held, and W_U itself is not kept.
     """
     # Fold in float64 when computing in float64 (folding in float32 loses bits), else float32.
     work = torch.float64 if dtype == torch.float64 else torch.float32
-    W_U = circuits.W_U.to(work)
-    if not final_norm:
-        return W_U.to(dtype)
-    norm = circuits.final_norm()
-    G = W_U * norm.scale(W_U.shape[0]).to(work)[:, None]
-    if norm.kind == "layernorm":
-        G = G - G.mean(0, keepdim=True)
-    return G.to(dtype)
+    d = circuits.cfg.d_model
+    norm = circuits.final_norm() if final_norm else None
+    scale = None if norm is None else norm.scale(d).to(work)
+    n_cols, blocks = circuits.unembedding_blocks()
+    out = torch.empty(d, n_cols, dtype=dtype)
+    for start, block in blocks:
+        G = block.to(work)  # [m, d]: W_U[:, start : start + m].T
+        if scale is not None:
+            G = G * scale
+            if norm is not None and norm.kind == "layernorm":
+                G = G - G.mean(1, keepdim=True)
+        out[:, start : start + G.shape[0]] = G.T
+    return out
 
 
 class Readout:
@@ -278,10 +287,10 @@ class SourceInputs:
         self.recipe = recipe
         self.circuits = circuits
         self.ids = ids
-        x = circuits.embed(ids)
+        x = circuits.embed_rows(ids)  # only these rows of W_E are read into memory
         self._by_mode: dict[str, torch.Tensor] = {"none": x}
-        if recipe.embedding in ("mlp0", "residual"):
-            self._by_mode[recipe.embedding] = embedding_of(circuits, x, recipe.embedding)
+        if recipe.embedding in ("mlp0", "residual"):  # block 0's MLP is not kept after this
+            self._by_mode[recipe.embedding] = embedding_of(circuits, x, recipe.embedding, False)
         self._forward: torch.Tensor | None = None
         if recipe.embedding == "forward":
             self._forward = forward_inputs(circuits, ids, hf_model, start)
@@ -304,15 +313,18 @@ class SourceInputs:
         return self._by_mode[mode]
 
 
-def embedding_of(circuits: ModelCircuits, x: torch.Tensor, mode: str) -> torch.Tensor:
+def embedding_of(
+    circuits: ModelCircuits, x: torch.Tensor, mode: str, keep: bool = True
+) -> torch.Tensor:
     """x̃ [n, d] of token embeddings ``x`` [n, d] under a weights-only mode (mlp0, none,
-    residual); ``forward`` needs the tokens, see :func:`forward_inputs`."""
+    residual); ``forward`` needs the tokens, see :func:`forward_inputs`. ``keep=False``: block
+    0's MLP is read for this call only (unless already held)."""
     if mode == "none":
         return x
     if mode not in ("mlp0", "residual"):
         raise OptionError(f"embedding mode '{mode}' needs a forward pass, not weights alone")
     with torch.no_grad():
-        e = circuits.effective_embedding(x)
+        e = circuits.effective_embedding(x, keep)
     return e if mode == "mlp0" else x + e
 
 

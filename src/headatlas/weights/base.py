@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -44,6 +45,13 @@ class WeightSource(ABC):
         """``read(name).narrow(dim, start, stop - start)``; sources that can read a part
         without the whole (safetensors) do so."""
         return self.read(name).narrow(dim, start, stop - start)
+
+    def row_blocks(self, name: str, rows: int) -> tuple[tuple[int, ...], Iterator[torch.Tensor]]:
+        """(shape, blocks of at most ``rows`` consecutive rows): a tensor streamed along its
+        first dimension. Sources that can read a part without the whole (safetensors) hold one
+        block at a time; the others read the tensor once and hand out views."""
+        t = self.read(name)
+        return tuple(t.shape), (t[i : i + rows] for i in range(0, t.shape[0], rows))
 
     def describe(self) -> dict[str, Any]:
         """What the manifest records about the source."""

@@ -15,6 +15,7 @@ import json
 import os
 import pickle
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,16 @@ class SafetensorsFile:
                 part = f.get_slice(name)
                 index = tuple([slice(None)] * dim + [slice(start, stop)])
                 return part[index]
+        except (SafetensorError, OSError, TypeError, ValueError) as exc:
+            raise WeightSourceError(
+                f"{self.path}: tensor {name} cannot be read ({exc}): re-download the file"
+            ) from exc
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """A tensor's shape, from the header (nothing read)."""
+        try:
+            with safe_open(self.path, framework="pt") as f:
+                return tuple(f.get_slice(name).get_shape())
         except (SafetensorError, OSError, TypeError, ValueError) as exc:
             raise WeightSourceError(
                 f"{self.path}: tensor {name} cannot be read ({exc}): re-download the file"
@@ -175,6 +186,16 @@ class SafetensorsDirSource(WeightSource):
         if name in self._where:
             return self._files[self._where[name]].read_slice(name, dim, start, stop)
         return super().read_slice(name, dim, start, stop)
+
+    def row_blocks(self, name: str, rows: int) -> tuple[tuple[int, ...], Iterator[torch.Tensor]]:
+        """A tensor in blocks of rows; from safetensors each block is read alone."""
+        if name not in self._where:
+            return super().row_blocks(name, rows)
+        file = self._files[self._where[name]]
+        shape = file.shape(name)
+        n = shape[0] if shape else 0
+        blocks = (file.read_slice(name, 0, i, min(n, i + rows)) for i in range(0, n, rows))
+        return shape, blocks
 
     def tokenizer_key(self) -> str | None:
         """SHA-256 of the folder's tokenizer files (names and content)."""
