@@ -9,15 +9,21 @@
 3. Maps a synthetic Llama-3.1-8B-shaped checkpoint (random bf16 weights, all 32 layers,
    V = 128256, GQA 32/8, d_head 128) on the GPU: timings per layer and peak GPU memory, and
    the previous full kernel on one layer for the speed ratio.
+4. With ``--seed-scale [MODEL ...]``: ``benchmarks/seed_scale.py``'s checkpoints of the seeds'
+   models (published shapes, ``--seed-layers`` layers, default 2) mapped by the CLI on the GPU
+   and on the CPU from the same checkpoint: wall time, time per layer, peak GPU memory, peak
+   RSS, and how many (layer, head, relation) cells differ between the two maps.
 
     PYTHONPATH=src python benchmarks/gpu_check.py            # on a CUDA machine
     PYTHONPATH=src python benchmarks/gpu_check.py --reduced  # CPU only: a few relations, a
         # 2-layer narrow "8B" (checks the script itself; numbers mean nothing)
+    PYTHONPATH=src python benchmarks/gpu_check.py --seed-scale llama-3.1-8b --only-seed-scale
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from typing import Any
 
@@ -213,6 +219,33 @@ def llama8b(device: str, reduced: bool) -> None:
     )
 
 
+def seed_scale_check(device: str, models: list[str], layers: int, reduced: bool) -> None:
+    """seed_scale's checkpoints mapped on ``device`` and on the CPU (``--reduced``: narrow
+    models, both maps on the CPU)."""
+    import tempfile
+    from pathlib import Path
+
+    from seed_scale import MODELS, run_model, table
+
+    work = Path(tempfile.mkdtemp(prefix="headatlas-seed-gpu-"))
+    rows = []
+    for key in models:
+        model = MODELS[key].narrow(4) if reduced else MODELS[key]
+        n = min(layers, model.n_layers)
+        row = run_model(model, n, work, work / "maps", device, also=("cpu",))
+        cpu = row["also"]["cpu"]
+        gpu = "" if row["gpu_peak_gib"] is None else f", peak GPU {row['gpu_peak_gib']:.2f} GiB"
+        log(
+            f"seed_scale {key} ({n} layers) on {device}: {row['wall_s']:.0f} s wall, "
+            f"{row['per_layer_s']:.2f} s per layer{gpu}, peak RSS {row['peak_rss_gib']:.2f} GiB; "
+            f"on cpu: {cpu['wall_s']:.0f} s wall, {cpu['per_layer_s']:.2f} s per layer; "
+            f"cells differing: {cpu['cells_differing']}"
+        )
+        rows.append(row)
+    log(table(rows))
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -222,6 +255,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda")
     p.add_argument("--reduced", action="store_true", help="CPU-sized check of the script")
+    p.add_argument(
+        "--seed-scale",
+        nargs="*",
+        default=None,
+        metavar="MODEL",
+        help="also map seed_scale's checkpoints on the device and the CPU (default: all five)",
+    )
+    p.add_argument("--seed-layers", type=int, default=2, help="layers written per seed model")
+    p.add_argument("--only-seed-scale", action="store_true", help="skip checks 1 to 3")
     args = p.parse_args()
     device = "cpu" if args.reduced else args.device
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -229,13 +271,19 @@ def main() -> None:
     name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
     log(f"torch {torch.__version__}, device {device} ({name}), {torch.get_num_threads()} threads")
     t0 = time.perf_counter()
-    relations = ["country_capital", "name_copying"] if args.reduced else None
-    compare_maps("smollm2", device, relations)
-    compare_maps("gemma3-270m", device, relations)
-    if not args.reduced:
-        compare_salient_and_readout(device)
-    compare_validation_and_describe(device, args.reduced)
-    llama8b(device, args.reduced)
+    if not args.only_seed_scale:
+        relations = ["country_capital", "name_copying"] if args.reduced else None
+        compare_maps("smollm2", device, relations)
+        compare_maps("gemma3-270m", device, relations)
+        if not args.reduced:
+            compare_salient_and_readout(device)
+        compare_validation_and_describe(device, args.reduced)
+        llama8b(device, args.reduced)
+    if args.seed_scale is not None:
+        from seed_scale import MODELS
+
+        models = args.seed_scale or list(MODELS)
+        seed_scale_check(device, models, args.seed_layers, args.reduced)
     log(f"gpu_check done in {time.perf_counter() - t0:.0f} s")
 
 

@@ -99,7 +99,21 @@ class SeedModel:
 
     def tensors(self, n_layers: int) -> list[Tensor]:
         """(name, shape) of every parameter with ``n_layers`` layers, in the hub's order."""
-        return _TENSORS[self.key](self.config, n_layers)
+        return _TENSORS[self.key.removesuffix("-narrow")](self.config, n_layers)
+
+    def narrow(self, d_head: int) -> SeedModel:
+        """The same family, layer and head counts, vocabulary and dtype with ``d_head``
+        dimensions per head (hidden = heads × d_head, MLP 4 × hidden): the full grid at a
+        fraction of the cost, for figures at the real grid sizes."""
+        c = dict(self.config)
+        heads = int(c.get("num_attention_heads", c.get("n_head")))
+        hidden = heads * d_head
+        c["n_embd" if "n_embd" in c else "hidden_size"] = hidden
+        if "intermediate_size" in c:
+            c["intermediate_size"] = 4 * hidden
+        return SeedModel(
+            f"{self.key}-narrow", self.hub_id, self.dtype, c, self.layers_key, self.single_file
+        )
 
     def nbytes(self, n_layers: int) -> int:
         """Bytes of the weights with ``n_layers`` layers."""
@@ -455,6 +469,9 @@ def _counting(Z, B, layout, pairs, up, down):
 ranks._full_rows = _counting
 from headatlas.cli.main import main
 rc = main(sys.argv[2:])
+import torch
+if torch.cuda.is_available():
+    counts["gpu_peak"] = torch.cuda.max_memory_allocated()
 json.dump(counts, open(sys.argv[1], "w"))
 sys.exit(rc)
 """
@@ -507,14 +524,22 @@ def map_one(
         "peak_rss": peak,
         "timings": manifest["timings"],
         "undecided": counts["full"] / max(1, counts["pairs"]),
+        "gpu_peak": counts.get("gpu_peak"),
         "results": str(results),
     }
 
 
 def run_model(
-    model: SeedModel, n_layers: int, work: Path, out: Path, device: str, src: Path = SRC
+    model: SeedModel,
+    n_layers: int,
+    work: Path,
+    out: Path,
+    device: str = "cpu",
+    src: Path = SRC,
+    also: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Write, map and delete one model's checkpoint."""
+    """Write, map and delete one model's checkpoint. ``also``: more devices the same
+    checkpoint is mapped on, each compared with the first map (``also`` rows under "also")."""
     need = model.nbytes(n_layers)
     free = shutil.disk_usage(work).free
     if free < need * 1.05 + 2e9:
@@ -532,9 +557,37 @@ def run_model(
                 break
             print(f"{model.key}: waiting for {want / 2**30:.1f} GiB available", flush=True)
             time.sleep(10)
-        r = map_one(model, folder, out, device, src)
+        else:
+            raise RuntimeError(f"{model.key}: {want / 2**30:.1f} GiB never became available")
+        runs = {dev: map_one(model, folder, out / dev.replace(":", "-"), dev, src)
+                for dev in (device, *also)}  # fmt: skip
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    row = _row(model, n_layers, written, t_write, runs[device])
+    row["also"] = {}
+    for dev in also:
+        other = _row(model, n_layers, written, t_write, runs[dev])
+        other["cells_differing"] = differing_cells(runs[device]["results"], runs[dev]["results"])
+        row["also"][dev] = other
+    return row
+
+
+def differing_cells(a: str, b: str) -> int:
+    """(layer, head, relation) cells whose scores differ between two results folders, on the
+    layers both have."""
+    import pandas as pd
+
+    key = ["layer", "head", "relation"]
+    x = pd.read_parquet(Path(a) / "scores.parquet").set_index(key)
+    y = pd.read_parquet(Path(b) / "scores.parquet").set_index(key)
+    common = x.index.intersection(y.index)
+    cols = ["score", "suppression_score"]
+    return int((x.loc[common, cols] != y.loc[common, cols]).any(axis=1).sum())
+
+
+def _row(
+    model: SeedModel, n_layers: int, written: int, t_write: float, r: dict[str, Any]
+) -> dict[str, Any]:
     t = r["timings"]
     per_layer = t["scores_s"] / max(1, t["layers_computed"])
     fixed = r["wall_s"] - t["scores_s"]
@@ -557,6 +610,7 @@ def run_model(
         "rss_share": r["peak_rss"] / full_bytes,
         "rss_share_written": r["peak_rss"] / written,
         "undecided": r["undecided"],
+        "gpu_peak_gib": None if r["gpu_peak"] is None else r["gpu_peak"] / 2**30,
         "results": r["results"],
     }
 
@@ -571,8 +625,9 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines = [head]
     for r in rows:
         est = "" if r["layers"] == r["layers_published"] else " (extrapolated)"
+        narrow = " (narrow)" if r["model"].endswith("-narrow") else ""
         lines.append(
-            f"| {r['hub_id']} | {r['grid']} | {r['dtype']} | {r['layers']} of "
+            f"| {r['hub_id']}{narrow} | {r['grid']} | {r['dtype']} | {r['layers']} of "
             f"{r['layers_published']} | {r['checkpoint_gb']:.1f} ({r['written_gb']:.1f}) | "
             f"{r['wall_s']:.0f} | {r['prepare_s']:.0f} | {r['per_layer_s']:.1f} | "
             f"{r['full_wall_s'] / 60:.0f} min{est} | {r['peak_rss_gib']:.2f} | "
@@ -588,6 +643,13 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="where checkpoints are written")
     ap.add_argument("--keep-maps", type=Path, default=None, help="keep the results here")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    ap.add_argument(
+        "--narrow",
+        type=int,
+        default=None,
+        metavar="D_HEAD",
+        help="write every layer at D_HEAD dimensions per head (the published grid, narrow)",
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument(
         "--src", type=Path, default=SRC, help="the headatlas sources to map with (before/after)"
@@ -601,6 +663,9 @@ def main() -> None:
     for key in args.models:
         model = MODELS[key]
         n = min(model.n_layers, args.layers or DEFAULT_LAYERS[key])
+        if args.narrow is not None:
+            model = model.narrow(args.narrow)
+            n = min(model.n_layers, args.layers or model.n_layers)
         row = run_model(model, n, work, out, args.device, args.src)
         print(json.dumps(row), flush=True)
         rows.append(row)
