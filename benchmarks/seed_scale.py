@@ -559,15 +559,16 @@ def run_model(
             time.sleep(10)
         else:
             raise RuntimeError(f"{model.key}: {want / 2**30:.1f} GiB never became available")
-        runs = {dev: map_one(model, folder, out / dev.replace(":", "-"), dev, src)
-                for dev in (device, *also)}  # fmt: skip
+        devices = (device, *also)  # one results folder per run: no run reuses another's map
+        runs = [map_one(model, folder, out / f"{i}-{dev.replace(':', '-')}", dev, src)
+                for i, dev in enumerate(devices)]  # fmt: skip
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    row = _row(model, n_layers, written, t_write, runs[device])
+    row = _row(model, n_layers, written, t_write, runs[0])
     row["also"] = {}
-    for dev in also:
-        other = _row(model, n_layers, written, t_write, runs[dev])
-        other["cells_differing"] = differing_cells(runs[device]["results"], runs[dev]["results"])
+    for dev, run in zip(also, runs[1:], strict=True):
+        other = _row(model, n_layers, written, t_write, run)
+        other["cells_differing"] = differing_cells(runs[0]["results"], run["results"])
         row["also"][dev] = other
     return row
 
