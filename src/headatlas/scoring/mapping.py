@@ -20,6 +20,7 @@ import torch
 
 from headatlas.circuits import ModelCircuits
 from headatlas.errors import HeadAtlasError, OptionError, ResultsError
+from headatlas.progress import track
 from headatlas.relations import (
     Relation,
     TokenizedRelation,
@@ -234,7 +235,7 @@ def map_heads(
     dtype = resolve_dtype(options.dtype)
     recipe = options.recipe()
     readout = recipe.bind(circuits, device, compute_dtype(dtype))
-    inputs = readout.source_inputs(plan.source_ids, hf_model)
+    inputs = readout.source_inputs(plan.source_ids, hf_model, progress=progress)
     layout = PairLayout(
         plan.pair_rows,
         plan.pair_targets,
@@ -350,8 +351,4 @@ def _layer_frame(
 
 
 def _progress(it: range, enabled: bool, name: str) -> Any:
-    if enabled and sys.stderr.isatty():
-        from tqdm import tqdm
-
-        return tqdm(it, desc=f"mapping {name}", unit="layer")
-    return it
+    return track(it, len(it), f"mapping {name}", unit="layer", enabled=enabled)
