@@ -364,6 +364,9 @@ def forward_inputs(
     out = torch.empty(L, len(ids), circuits.cfg.d_model)
     was_training = hf_model.training
     hf_model.eval()
+    # The body alone (no LM head): its hidden states are the same tensors, and the logits over
+    # the vocabulary, which nothing here reads, were most of the work (Gemma 3: V = 262144).
+    body = getattr(hf_model, "base_model", None) or hf_model
     try:
         batches = range(0, len(ids), _FORWARD_BATCH)
         desc = "forward recipe: inputs of every layer"
@@ -374,7 +377,7 @@ def forward_inputs(
                 if bos is not None:
                     cols.insert(0, torch.full_like(chunk[:, None], bos))
                 inp = torch.cat(cols, 1).to(device)
-                res = hf_model(input_ids=inp, output_hidden_states=True, use_cache=False)
+                res = body(input_ids=inp, output_hidden_states=True, use_cache=False)
                 hs = res.hidden_states
                 for layer in range(L):
                     out[layer, start : start + len(chunk)] = hs[layer][:, -1].float().cpu()
