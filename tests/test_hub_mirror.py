@@ -23,6 +23,7 @@ pytest.importorskip("olah")
 SINGLE = "toyorg/tiny"
 SHARDED = "toyorg/sharded"
 BIG = "toyorg/big"
+PICKLED = "toyorg/pickled"
 
 
 def _scaled(model: Any, factor: float) -> Any:
@@ -84,6 +85,11 @@ def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     big = save_tiny(model, staged / "big")
     commit_folder(server.new_repo(BIG), big, "init")
     size = (big / "model.safetensors").stat().st_size
+    pickled = staged / "pickled"
+    pickled.mkdir()
+    model.config.to_json_file(pickled / "config.json")
+    (pickled / "pytorch_model.bin").write_bytes(b"never downloaded")
+    commit_folder(server.new_repo(PICKLED), pickled, "init")
     with server:
         yield {"server": server, "model": model, "commits": commits, "big_size": size}
 
@@ -222,3 +228,14 @@ def test_map_of_a_single_file_repo_at_a_tag(
     results = load_results(next(p for p in out.iterdir() if p.is_dir()))
     assert results.manifest["model"]["source"]["commit"] == mirror["commits"]["v1"]
     assert len(results.scores) > 0
+
+
+def test_repo_without_safetensors_is_named_and_nothing_is_downloaded(
+    mirror: dict[str, Any], online: Path
+) -> None:
+    server = mirror["server"]
+    before = len(server.requests())
+    with pytest.raises(WeightSourceError, match="has no safetensors weights") as err:
+        open_source(PICKLED)
+    assert f"'{PICKLED}'" in str(err.value) and "\n" not in str(err.value)
+    assert not any(".bin" in r for r in _new_requests(server, before))
