@@ -162,6 +162,7 @@ def map_heads(
     progress: bool = True,
     log: Any = None,
     hf_model: Any = None,
+    layers: Sequence[int] | None = None,
 ) -> MapResults:
     """Score every attention head on every relation and label heads by category.
 
@@ -172,6 +173,12 @@ def map_heads(
     layer by layer after an interruption). ``hf_model``: the ``transformers`` model the
     ``forward`` embedding mode runs (loaded from ``model`` when None). Returns the scores and
     categories as DataFrames.
+
+    ``layers`` (with ``out``): compute only these layers, each saved to the results folder's
+    partial store as a one-process map saves it, and write no final files; the returned
+    results hold those layers' scores, no categories, and a manifest with ``cache_key`` and
+    ``timings.layers_computed``. A later full map of the same inputs reuses them (this is how
+    :func:`headatlas.sweep.split.map_split` spreads one model over Ray tasks).
     """
     options = options or MapOptions()
     say = log or (lambda msg: print(msg, file=sys.stderr))
@@ -253,8 +260,8 @@ def map_heads(
     partial = directory / PARTIAL / key if directory is not None else None
     frames: list[pd.DataFrame] = []
     digests: list[str] = []
-    layers = range(circuits.cfg.n_layers)
-    bar = _progress(layers, progress, summary["display_name"])
+    todo = _layers_to_compute(layers, circuits.cfg.n_layers, directory)
+    bar = _progress(todo, progress, summary["display_name"])
     layer_seconds: list[float] = []
     for i in bar:
         t0 = time.perf_counter()
@@ -279,6 +286,11 @@ def map_heads(
         frames.append(frame)
         layer_seconds.append(time.perf_counter() - t0)
     t_scores = time.perf_counter()
+    if layers is not None:  # a share of a split map: saved in the partial store, nothing final
+        part = pd.concat(frames, ignore_index=True)[list(SCORE_COLUMNS)]
+        info = {"cache_key": key, "layers": list(todo), "layer_digests": digests}
+        info["timings"] = {"layers_computed": len(layer_seconds)}
+        return MapResults(directory or Path("."), info, part, pd.DataFrame())
     summary["fingerprint"] = circuits.weights_fingerprint(digests)
     if directory is not None and not layer_seconds:
         say(f"reusing the finished map in {directory} (same weights, options and relations)")
@@ -350,5 +362,21 @@ def _layer_frame(
     return pd.DataFrame(rows, columns=list(SCORE_COLUMNS))
 
 
-def _progress(it: range, enabled: bool, name: str) -> Any:
+def _layers_to_compute(
+    layers: Sequence[int] | None, n_layers: int, directory: Path | None
+) -> list[int]:
+    """Every layer, or the asked ones (in order, each once) after checking them."""
+    if layers is None:
+        return list(range(n_layers))
+    if directory is None:
+        raise OptionError("a map of some layers needs an out folder to save them: pass out=")
+    bad = [i for i in layers if not 0 <= i < n_layers]
+    if bad:
+        raise OptionError(
+            f"layers {bad} are outside the model's {n_layers} layers: give 0..{n_layers - 1}"
+        )
+    return sorted(set(layers))
+
+
+def _progress(it: list[int], enabled: bool, name: str) -> Any:
     return track(it, len(it), f"mapping {name}", unit="layer", enabled=enabled)
