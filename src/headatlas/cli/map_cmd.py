@@ -45,6 +45,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="results folder; results go to OUT/<model-slug>/ (default: atlas)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument(
+        "--ray",
+        default=None,
+        metavar="ADDRESS",
+        help="split the layers over Ray tasks: 'local' (a cluster on this machine), 'auto' or "
+        "a cluster address; OUT must be reachable from every worker (default: one process)",
+    )
+    p.add_argument(
+        "--ray-tasks",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --ray: layer ranges (default: one per cluster CPU)",
+    )
     add_model_source_args(p)
     add_method_args(p)
     p.set_defaults(func=run)
@@ -54,14 +68,30 @@ def run(args: argparse.Namespace) -> int:
     """Map the model and print a summary."""
     circuits = open_circuits(args)
     options = options_from_args(args, calibrated_recipe(args, circuits))
-    results = map_heads(
-        circuits,
-        relations=args.relations,
-        relation_files=args.relations_file,
-        options=options,
-        out=args.out,
-        progress=not args.quiet,
-    )
+    if args.ray:
+        from headatlas.sweep.split import map_split
+
+        results, tasks = map_split(
+            str(circuits.source.name),
+            relations=args.relations,
+            relation_files=args.relations_file,
+            options=options,
+            out=args.out,
+            ray_address=args.ray,
+            tasks=args.ray_tasks,
+            progress=not args.quiet,
+        )
+        computed = sum(t.layers_computed or 0 for t in tasks)
+        print(f"{len(tasks)} Ray tasks computed {computed} layers")
+    else:
+        results = map_heads(
+            circuits,
+            relations=args.relations,
+            relation_files=args.relations_file,
+            options=options,
+            out=args.out,
+            progress=not args.quiet,
+        )
     if not args.quiet:
         print(summary_text(results))
     print(f"results: {results.directory}")

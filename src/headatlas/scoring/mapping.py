@@ -20,6 +20,7 @@ import torch
 
 from headatlas.circuits import ModelCircuits
 from headatlas.errors import HeadAtlasError, OptionError, ResultsError
+from headatlas.progress import track
 from headatlas.relations import (
     Relation,
     TokenizedRelation,
@@ -162,6 +163,7 @@ def map_heads(
     progress: bool = True,
     log: Any = None,
     hf_model: Any = None,
+    layers: Sequence[int] | None = None,
 ) -> MapResults:
     """Score every attention head on every relation and label heads by category.
 
@@ -172,6 +174,12 @@ def map_heads(
     layer by layer after an interruption). ``hf_model``: the ``transformers`` model the
     ``forward`` embedding mode runs (loaded from ``model`` when None). Returns the scores and
     categories as DataFrames.
+
+    ``layers`` (with ``out``): compute only these layers, each saved to the results folder's
+    partial store as a one-process map saves it, and write no final files; the returned
+    results hold those layers' scores, no categories, and a manifest with ``cache_key`` and
+    ``timings.layers_computed``. A later full map of the same inputs reuses them (this is how
+    :func:`headatlas.sweep.split.map_split` spreads one model over Ray tasks).
     """
     options = options or MapOptions()
     say = log or (lambda msg: print(msg, file=sys.stderr))
@@ -236,7 +244,7 @@ def map_heads(
     recipe = options.recipe()
     # The sources' inputs first (only their embedding rows, block 0's MLP dropped after),
     # then the folded unembedding: the two are never held at once.
-    inputs = SourceInputs(recipe, circuits, plan.source_ids, hf_model)
+    inputs = SourceInputs(recipe, circuits, plan.source_ids, hf_model, progress=progress)
     readout = recipe.bind(circuits, device, compute_dtype(dtype))
     layout = PairLayout(
         plan.pair_rows,
@@ -255,8 +263,8 @@ def map_heads(
     partial = directory / PARTIAL / key if directory is not None else None
     frames: list[pd.DataFrame] = []
     digests: list[str] = []
-    layers = range(circuits.cfg.n_layers)
-    bar = _progress(layers, progress, summary["display_name"])
+    todo = _layers_to_compute(layers, circuits.cfg.n_layers, directory)
+    bar = _progress(todo, progress, summary["display_name"])
     layer_seconds: list[float] = []
     for i in bar:
         t0 = time.perf_counter()
@@ -281,6 +289,11 @@ def map_heads(
         frames.append(frame)
         layer_seconds.append(time.perf_counter() - t0)
     t_scores = time.perf_counter()
+    if layers is not None:  # a share of a split map: saved in the partial store, nothing final
+        part = pd.concat(frames, ignore_index=True)[list(SCORE_COLUMNS)]
+        info = {"cache_key": key, "layers": list(todo), "layer_digests": digests}
+        info["timings"] = {"layers_computed": len(layer_seconds)}
+        return MapResults(directory or Path("."), info, part, pd.DataFrame())
     summary["fingerprint"] = circuits.weights_fingerprint(digests)
     if directory is not None and not layer_seconds:
         say(f"reusing the finished map in {directory} (same weights, options and relations)")
@@ -352,9 +365,21 @@ def _layer_frame(
     return pd.DataFrame(rows, columns=list(SCORE_COLUMNS))
 
 
-def _progress(it: range, enabled: bool, name: str) -> Any:
-    if enabled and sys.stderr.isatty():
-        from tqdm import tqdm
+def _layers_to_compute(
+    layers: Sequence[int] | None, n_layers: int, directory: Path | None
+) -> list[int]:
+    """Every layer, or the asked ones (in order, each once) after checking them."""
+    if layers is None:
+        return list(range(n_layers))
+    if directory is None:
+        raise OptionError("a map of some layers needs an out folder to save them: pass out=")
+    bad = [i for i in layers if not 0 <= i < n_layers]
+    if bad:
+        raise OptionError(
+            f"layers {bad} are outside the model's {n_layers} layers: give 0..{n_layers - 1}"
+        )
+    return sorted(set(layers))
 
-        return tqdm(it, desc=f"mapping {name}", unit="layer")
-    return it
+
+def _progress(it: list[int], enabled: bool, name: str) -> Any:
+    return track(it, len(it), f"mapping {name}", unit="layer", enabled=enabled)

@@ -35,6 +35,7 @@ import torch
 
 from headatlas.circuits import LayerOV, ModelCircuits, Norm
 from headatlas.errors import OptionError
+from headatlas.progress import track
 
 if TYPE_CHECKING:
     from headatlas.scoring.options import MapOptions
@@ -200,11 +201,16 @@ class Readout:
 
     # ---- inputs --------------------------------------------------------------------------
     def source_inputs(
-        self, ids: torch.Tensor, hf_model: Any = None, start: int | str | None = "auto"
+        self,
+        ids: torch.Tensor,
+        hf_model: Any = None,
+        start: int | str | None = "auto",
+        progress: bool = False,
     ) -> SourceInputs:
         """Per-layer source embeddings x̃ of tokens ``ids`` [n] (float32, on the CPU);
-        ``hf_model`` and ``start`` are for the ``forward`` mode (see :func:`forward_inputs`)."""
-        return SourceInputs(self.recipe, self.circuits, ids, hf_model, start)
+        ``hf_model``, ``start`` and ``progress`` are for the ``forward`` mode (see
+        :func:`forward_inputs`)."""
+        return SourceInputs(self.recipe, self.circuits, ids, hf_model, start, progress)
 
     # ---- one layer ------------------------------------------------------------------------
     def value_vectors(self, layer: LayerOV, X: torch.Tensor) -> torch.Tensor:
@@ -283,6 +289,7 @@ class SourceInputs:
         ids: torch.Tensor,
         hf_model: Any = None,
         start: int | str | None = "auto",
+        progress: bool = False,
     ):
         self.recipe = recipe
         self.circuits = circuits
@@ -293,7 +300,7 @@ class SourceInputs:
             self._by_mode[recipe.embedding] = embedding_of(circuits, x, recipe.embedding, False)
         self._forward: torch.Tensor | None = None
         if recipe.embedding == "forward":
-            self._forward = forward_inputs(circuits, ids, hf_model, start)
+            self._forward = forward_inputs(circuits, ids, hf_model, start, progress)
 
     def digest(self) -> str:
         """Content hash of inputs that weights alone do not fix: the ``forward`` mode's
@@ -339,12 +346,13 @@ def forward_inputs(
     ids: torch.Tensor,
     hf_model: Any = None,
     start: int | str | None = "auto",
+    progress: bool = False,
 ) -> torch.Tensor:
     """Each layer's input residual stream at token s of ``[start, s]`` for every id in ``ids``:
     [n_layers, n, d] float32 on the CPU (Hugging Face's ``hidden_states[l]`` at the last
     position). ``start``: "auto" = the tokenizer's BOS; None (or a tokenizer without BOS):
     ``[s]`` alone. ``hf_model``: the ``transformers`` model (loaded from the circuits' source
-    when None)."""
+    when None). ``progress``: a bar (or log lines) over the batches."""
     if hf_model is None:
         held = getattr(circuits.source, "model", None)
         if isinstance(held, torch.nn.Module):
@@ -368,15 +376,20 @@ def forward_inputs(
     out = torch.empty(L, len(ids), circuits.cfg.d_model)
     was_training = hf_model.training
     hf_model.eval()
+    # The body alone (no LM head): its hidden states are the same tensors, and the logits over
+    # the vocabulary, which nothing here reads, were most of the work (Gemma 3: V = 262144).
+    body = getattr(hf_model, "base_model", None) or hf_model
     try:
+        batches = range(0, len(ids), _FORWARD_BATCH)
+        desc = "forward recipe: inputs of every layer"
         with torch.no_grad():
-            for start in range(0, len(ids), _FORWARD_BATCH):
+            for start in track(batches, len(batches), desc, unit="batch", enabled=progress):
                 chunk = ids[start : start + _FORWARD_BATCH].to(torch.int64)
                 cols = [chunk[:, None]]
                 if bos is not None:
                     cols.insert(0, torch.full_like(chunk[:, None], bos))
                 inp = torch.cat(cols, 1).to(device)
-                res = hf_model(input_ids=inp, output_hidden_states=True, use_cache=False)
+                res = body(input_ids=inp, output_hidden_states=True, use_cache=False)
                 hs = res.hidden_states
                 for layer in range(L):
                     out[layer, start : start + len(chunk)] = hs[layer][:, -1].float().cpu()

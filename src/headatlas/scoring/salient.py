@@ -36,6 +36,7 @@ import torch
 
 from headatlas.circuits import LayerOV, ModelCircuits, Norm
 from headatlas.errors import HeadAtlasError, ResultsError
+from headatlas.progress import track
 from headatlas.relations import resolve_relations
 from headatlas.scoring.mapping import resolve_device
 from headatlas.scoring.options import MapOptions, compute_dtype, resolve_dtype
@@ -604,8 +605,4 @@ def all_salient_operations(
 
 
 def _progress(it: list[int], enabled: bool, name: str) -> Any:
-    if enabled and sys.stderr.isatty():
-        from tqdm import tqdm
-
-        return tqdm(it, desc=f"salient operations of {name}", unit="layer")
-    return it
+    return track(it, len(it), f"salient operations of {name}", unit="layer", enabled=enabled)

@@ -4,11 +4,11 @@ after another in this process. Both yield each task's result as it finishes."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from headatlas.errors import OptionError
-from headatlas.sweep.task import MapJob, TaskResult, map_task
+from headatlas.sweep.task import TaskResult, map_task
 
 LOCAL = "local"
 OFF = "off"
@@ -39,12 +39,14 @@ class InProcessEngine:
         """One line for the terminal."""
         return f"one process, maps one after another ({self.reason})"
 
-    def run(self, jobs: Sequence[MapJob]) -> Iterator[tuple[MapJob, TaskResult]]:
-        """Yield (job, result) per job, in order."""
+    def run(
+        self, jobs: Sequence[Any], task: Callable[[Any], TaskResult] = map_task
+    ) -> Iterator[tuple[Any, TaskResult]]:
+        """Yield (job, result) per job, in order (``task``: what runs a job, a map by default)."""
         for job in jobs:
             for attempt in range(self.retries + 1):
                 try:
-                    result = map_task(job)
+                    result = task(job)
                     break
                 except Exception as exc:  # anything not a HeadAtlasError may heal on a retry
                     result = TaskResult(job.spec, "failed", error=_one_line(exc))
@@ -110,15 +112,18 @@ class RayEngine:
             f"(up to {int(self.cpus // self.cpus_per_task)} at once)"
         )
 
-    def run(self, jobs: Sequence[MapJob]) -> Iterator[tuple[MapJob, TaskResult]]:
-        """Submit every job; yield (job, result) as each finishes."""
+    def run(
+        self, jobs: Sequence[Any], task: Callable[[Any], TaskResult] = map_task
+    ) -> Iterator[tuple[Any, TaskResult]]:
+        """Submit every job; yield (job, result) as each finishes (``task``: what runs a job,
+        a map by default)."""
         ray = self.ray
-        remote = ray.remote(map_task).options(
+        remote = ray.remote(task).options(
             num_cpus=self.cpus_per_task,
             max_retries=self.retries,
             retry_exceptions=True,
         )
-        by_ref: dict[Any, MapJob] = {remote.remote(job): job for job in jobs}
+        by_ref: dict[Any, Any] = {remote.remote(job): job for job in jobs}
         pending = list(by_ref)
         try:
             while pending:

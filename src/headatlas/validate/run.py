@@ -28,6 +28,7 @@ import torch
 import headatlas.validate.causal as causal_mod
 from headatlas.circuits import ModelCircuits
 from headatlas.errors import ValidationInputError
+from headatlas.progress import Progress
 from headatlas.relations import Relation, resolve_relations, tokenize_relation
 from headatlas.scoring.mapping import map_heads, resolve_device
 from headatlas.scoring.options import MapOptions
@@ -261,12 +262,8 @@ def _run_causal(
     res.causal_curves = causal_mod.curves_table(found)
 
 
-def _bar(total: int, enabled: bool, desc: str) -> Any:
-    if enabled and sys.stderr.isatty():
-        from tqdm import tqdm
-
-        return tqdm(total=total, desc=desc)
-    return None
+def _bar(total: int, enabled: bool, desc: str) -> Progress:
+    return Progress(total, desc, unit="pass", enabled=enabled)
 
 
 def _clean(x: Any) -> Any:

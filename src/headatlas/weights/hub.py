@@ -69,6 +69,49 @@ def hub_offline() -> bool:
     return env in {"1", "ON", "YES", "TRUE"} or bool(constants.HF_HUB_OFFLINE)
 
 
+def hub_endpoint() -> str | None:
+    """The hub's address: ``HF_ENDPOINT`` read now (a mirror such as olah), else the library's
+    default (``huggingface_hub`` reads it once, at import)."""
+    return os.environ.get("HF_ENDPOINT") or None
+
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+
+
+def needed_shards(weight_map: dict[str, str], wanted: set[str]) -> list[str]:
+    """The shards of an index that hold a wanted tensor (prefix variants allowed); all of them
+    if the index names none of the wanted tensors."""
+    shards = {
+        file
+        for key, file in weight_map.items()
+        if key in wanted or any(key.endswith("." + w) or w.endswith("." + key) for w in wanted)
+    }
+    return sorted(shards or set(weight_map.values()))
+
+
+def _weight_files(
+    folder_has: Callable[[str], bool],
+    read_json: Callable[[str], dict[str, Any]],
+    needed: Callable[[dict[str, Any]], Iterable[str]],
+) -> list[str]:
+    """The weight files a pass reads: the needed shards of an index, or the single file;
+    ``[]`` when the revision holds no safetensors weights."""
+    if folder_has(INDEX_FILE):
+        config = read_json("config.json")
+        try:
+            weight_map: dict[str, str] = read_json(INDEX_FILE)["weight_map"]
+        except KeyError as exc:
+            raise WeightSourceError(
+                f"{INDEX_FILE} has no weight_map: the repository's index is not a safetensors "
+                "index; re-upload it or pass a local folder"
+            ) from exc
+        return [INDEX_FILE, *needed_shards(weight_map, set(needed(config)))]
+    if folder_has(SINGLE_FILE):
+        return [SINGLE_FILE]
+    return []
+
+
 def download_needed(
     repo_id: str,
     needed: Callable[[dict[str, Any]], Iterable[str]],
@@ -78,12 +121,15 @@ def download_needed(
     """Fetch config, tokenizer and the shards holding ``needed(config)`` tensors; return the
     snapshot folder.
 
-    ``needed`` maps the config to the tensor names a pass will read (checkpoint naming).
+    ``needed`` maps the config to the tensor names a pass will read (checkpoint naming). Which
+    files exist comes from one metadata call (the revision's file list), so a mirror that
+    answers 401 instead of 404 for an absent file reads like the hub; offline, the cached
+    snapshot must hold every file the pass needs.
     """
     try:
-        from huggingface_hub import hf_hub_download, snapshot_download
+        from huggingface_hub import HfApi, hf_hub_download
+        from huggingface_hub import errors as hub_errors
         from huggingface_hub.errors import (
-            EntryNotFoundError,
             LocalEntryNotFoundError,
             RepositoryNotFoundError,
             RevisionNotFoundError,
@@ -92,47 +138,117 @@ def download_needed(
         raise WeightSourceError(
             "hub ids need huggingface_hub: pip install huggingface_hub"
         ) from exc
+    # Transport failures: OSError under requests, the HTTP client's own HTTPError under httpx.
+    network = (OSError, LocalEntryNotFoundError, getattr(hub_errors, "HTTPError", OSError))
+    name = with_revision(repo_id, revision)
+    ref = revision or "main"
     where: dict[str, Any] = {
-        "revision": revision,
+        "revision": ref,
         "cache_dir": hub_cache_dir(cache_dir),
-        "local_files_only": hub_offline(),
+        "endpoint": hub_endpoint(),
     }
+    if hub_offline():
+        return _cached_snapshot(repo_id, name, needed, where)
+    api = HfApi(endpoint=where["endpoint"])
     try:
-        config_path = Path(hf_hub_download(repo_id, "config.json", **where))
-        config = json.loads(config_path.read_text())
-        patterns = ["config.json", *TOKENIZER_FILES]
-        try:
-            index_path = Path(hf_hub_download(repo_id, "model.safetensors.index.json", **where))
-            weight_map: dict[str, str] = json.loads(index_path.read_text())["weight_map"]
-            patterns.append("model.safetensors.index.json")
-            wanted = set(needed(config))
-            shards = {
-                file
-                for key, file in weight_map.items()
-                if key in wanted
-                or any(key.endswith("." + w) or w.endswith("." + key) for w in wanted)
-            }
-            patterns.extend(sorted(shards or set(weight_map.values())))
-        except (EntryNotFoundError, LocalEntryNotFoundError):
-            patterns.append("model.safetensors")
-        folder = snapshot_download(repo_id, allow_patterns=patterns, **where)
+        info = api.model_info(repo_id, revision=ref)
     except RevisionNotFoundError as exc:
-        raise WeightSourceError(
-            f"hub model '{repo_id}' has no revision '{revision}': check the branch, tag or "
-            "commit name on the model's hub page"
-        ) from exc
-    except LocalEntryNotFoundError as exc:
-        raise WeightSourceError(
-            f"hub model '{with_revision(repo_id, revision)}' is not in the local cache and downloads are off "
-            "(HF_HUB_OFFLINE=1 or no network): download it once with network access, "
-            "or pass a local folder"
-        ) from exc
+        raise _no_revision(repo_id, revision) from exc
     except RepositoryNotFoundError as exc:
+        # Mirrors answer an unknown revision like an unknown repository: ask about main.
+        if revision and revision != "main" and _exists(api, repo_id):
+            raise _no_revision(repo_id, revision) from exc
         raise WeightSourceError(
             f"hub model '{repo_id}' does not exist or needs a token: check the id, "
             "or log in with `hf auth login`"
         ) from exc
-    return Path(folder)
+    except network as exc:
+        raise _unreachable(name, where["endpoint"], exc) from exc
+    files = {s.rfilename for s in info.siblings or []}
+    if "config.json" not in files:
+        raise WeightSourceError(
+            f"hub model '{name}' has no config.json: it is not a transformers model "
+            "repository; check the id and revision"
+        )
+    fetched: dict[str, Path] = {}
+
+    def fetch(file: str) -> Path:
+        if file not in fetched:
+            try:
+                fetched[file] = Path(hf_hub_download(repo_id, file, **where))
+            except network as exc:
+                raise _unreachable(name, where["endpoint"], exc) from exc
+        return fetched[file]
+
+    weights = _weight_files(files.__contains__, lambda f: json.loads(fetch(f).read_text()), needed)
+    if not weights:
+        raise WeightSourceError(
+            f"hub model '{name}' has no safetensors weights ({INDEX_FILE} or {SINGLE_FILE}): "
+            "headatlas reads safetensors from the hub; convert the repository or pass a "
+            "local folder (--allow-pickle for *.bin)"
+        )
+    for file in ["config.json", *[f for f in TOKENIZER_FILES if f in files], *weights]:
+        fetch(file)
+    return fetched["config.json"].parent
+
+
+def _cached_snapshot(
+    repo_id: str,
+    name: str,
+    needed: Callable[[dict[str, Any]], Iterable[str]],
+    where: dict[str, Any],
+) -> Path:
+    """The cached snapshot of a revision, offline: it must hold every file the pass reads."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        config = Path(hf_hub_download(repo_id, "config.json", local_files_only=True, **where))
+    except LocalEntryNotFoundError as exc:
+        raise WeightSourceError(
+            f"hub model '{name}' is not in the local cache and downloads are off "
+            "(HF_HUB_OFFLINE=1 or no network): download it once with network access, "
+            "or pass a local folder"
+        ) from exc
+    folder = config.parent
+    weights = _weight_files(
+        lambda f: (folder / f).is_file(),
+        lambda f: json.loads((folder / f).read_text()),
+        needed,
+    )
+    missing = [f for f in weights if not (folder / f).is_file()] if weights else [SINGLE_FILE]
+    if missing:
+        raise WeightSourceError(
+            f"hub model '{name}' is only partly in the local cache (missing {', '.join(missing)}) "
+            "and downloads are off (HF_HUB_OFFLINE=1): download it again with network access"
+        )
+    return folder
+
+
+def _exists(api: Any, repo_id: str) -> bool:
+    """Whether the repository's main branch answers (tells a missing revision from a missing
+    repository where the server answers both alike)."""
+    try:
+        api.model_info(repo_id, revision="main")
+    except Exception:  # any failure means "cannot tell": say the repo is missing
+        return False
+    return True
+
+
+def _no_revision(repo_id: str, revision: str | None) -> WeightSourceError:
+    return WeightSourceError(
+        f"hub model '{repo_id}' has no revision '{revision}': check the branch, tag or "
+        "commit name on the model's hub page"
+    )
+
+
+def _unreachable(name: str, endpoint: str | None, exc: BaseException) -> WeightSourceError:
+    where = endpoint or "the hub"
+    return WeightSourceError(
+        f"download of hub model '{name}' from {where} stopped ({type(exc).__name__}): "
+        "files fetched completely are kept in the cache and partial ones are not used; "
+        "rerun when the server is reachable, or set HF_HUB_OFFLINE=1 to use the cache"
+    )
 
 
 class HubSource(SafetensorsDirSource):
