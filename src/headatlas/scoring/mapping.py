@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from headatlas.circuits import ModelCircuits
-from headatlas.errors import HeadAtlasError, OptionError, ResultsError
+from headatlas.errors import HeadAtlasError, OptionError, ResultsError, ResultsMismatchError
 from headatlas.relations import (
     Relation,
     TokenizedRelation,
@@ -38,10 +38,11 @@ from headatlas.store import (
     SCORE_COLUMNS,
     SCORES,
     MapResults,
+    check_files,
     read_manifest,
     read_table,
     results_folder,
-    write_json_atomic,
+    write_manifest,
     write_parquet_atomic,
 )
 from headatlas.weights import ModelSpec
@@ -130,6 +131,16 @@ def _finished_layers(
         return {}, []
     digests = old.get("layer_digests")
     if old.get("cache_key") != key or not isinstance(digests, list):
+        return {}, []
+    try:
+        if not check_files(directory, old, [SCORES]):
+            say(
+                f"recomputing the earlier map in {directory}: its manifest vouches for no file "
+                "(written before file hashes)"
+            )
+            return {}, []
+    except ResultsMismatchError as exc:
+        say(f"recomputing: {exc}")
         return {}, []
     try:
         scores = read_table(directory / SCORES, SCORE_COLUMNS)
@@ -234,7 +245,11 @@ def map_heads(
     dtype = resolve_dtype(options.dtype)
     recipe = options.recipe()
     readout = recipe.bind(circuits, device, compute_dtype(dtype))
-    inputs = readout.source_inputs(plan.source_ids, hf_model)
+    inputs = readout.source_inputs(plan.source_ids, hf_model, options.forward_start())
+    forward_prefix = None
+    if recipe.embedding == "forward":
+        forward_prefix = forward_prefix_record(inputs.start)
+        say(f"forward embedding: each source token runs as {forward_prefix['sequence']}")
     layout = PairLayout(
         plan.pair_rows,
         plan.pair_targets,
@@ -284,7 +299,7 @@ def map_heads(
 
     scores = pd.concat(frames, ignore_index=True)[list(SCORE_COLUMNS)]
     categories = categorize_heads(scores, options.threshold, options.use_suppression)
-    manifest = {
+    manifest: dict[str, Any] = {
         "model": summary,
         "options": options.as_dict(),
         "recipe": {**dataclasses.asdict(recipe), "label": recipe.label()},
@@ -302,14 +317,22 @@ def map_heads(
         },
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if forward_prefix is not None:
+        manifest["forward_prefix"] = forward_prefix
     if directory is not None:
         manifest = _keep_other_sections(directory, manifest)
         if layer_seconds or len(finished) != len(frames):  # else scores.parquet is current
             write_parquet_atomic(scores, directory / SCORES)
         write_parquet_atomic(categories, directory / CATEGORIES)
-        write_json_atomic(manifest, directory / MANIFEST)
+        manifest = write_manifest(directory, manifest, [SCORES, CATEGORIES])  # last
         shutil.rmtree(directory / PARTIAL, ignore_errors=True)
     return MapResults(directory or Path("."), manifest, scores, categories)
+
+
+def forward_prefix_record(start: int | None) -> dict[str, Any]:
+    """What the manifest records of the ``forward`` mode's prefix: the start token id (None:
+    none) and the sequence each source token runs as."""
+    return {"start_token": start, "sequence": "[s]" if start is None else f"[{start}, s]"}
 
 
 def _keep_other_sections(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:

@@ -1,11 +1,14 @@
 """A Hugging Face hub id: download only config, tokenizer and the safetensors shards that hold
 the tensors a pass needs, then read them as a local folder. Honours ``HF_HUB_OFFLINE``,
-``HF_HUB_CACHE`` / ``HF_HOME`` and the local cache (nothing is fetched twice)."""
+``HF_HUB_CACHE`` / ``HF_HOME`` and the local cache (nothing is fetched twice). When the hub
+does not answer within ``HEADATLAS_HUB_TIMEOUT`` seconds (default 5) only the cache is used, so
+an offline machine gets its error at once instead of after the hub library's retries."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -69,6 +72,33 @@ def hub_offline() -> bool:
     return env in {"1", "ON", "YES", "TRUE"} or bool(constants.HF_HUB_OFFLINE)
 
 
+HUB_TIMEOUT_ENV = "HEADATLAS_HUB_TIMEOUT"
+DEFAULT_HUB_TIMEOUT = 5.0
+
+
+def hub_unreachable(timeout: float | None = None) -> str | None:
+    """None when the hub endpoint (``HF_ENDPOINT``, a mirror too) accepts a connection within
+    ``timeout`` seconds (``$HEADATLAS_HUB_TIMEOUT``, default 5), else why not, in words."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if timeout is None:
+        try:
+            timeout = float(os.environ.get(HUB_TIMEOUT_ENV) or DEFAULT_HUB_TIMEOUT)
+        except ValueError:
+            timeout = DEFAULT_HUB_TIMEOUT
+    url = urlparse(constants.ENDPOINT)
+    host = url.hostname or "huggingface.co"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        return f"{host} does not answer within {timeout:g} s ({why})"
+    return None
+
+
 def download_needed(
     repo_id: str,
     needed: Callable[[dict[str, Any]], Iterable[str]],
@@ -92,10 +122,12 @@ def download_needed(
         raise WeightSourceError(
             "hub ids need huggingface_hub: pip install huggingface_hub"
         ) from exc
+    offline = hub_offline()
+    unreachable = None if offline else hub_unreachable()
     where: dict[str, Any] = {
         "revision": revision,
         "cache_dir": hub_cache_dir(cache_dir),
-        "local_files_only": hub_offline(),
+        "local_files_only": offline or unreachable is not None,
     }
     try:
         config_path = Path(hf_hub_download(repo_id, "config.json", **where))
@@ -122,6 +154,12 @@ def download_needed(
             "commit name on the model's hub page"
         ) from exc
     except LocalEntryNotFoundError as exc:
+        if unreachable is not None:
+            raise WeightSourceError(
+                f"hub model '{with_revision(repo_id, revision)}' is not in the local cache and "
+                f"the hub is unreachable ({unreachable}): connect to the network, or pass a "
+                f"local folder ({HUB_TIMEOUT_ENV} sets the wait)"
+            ) from exc
         raise WeightSourceError(
             f"hub model '{with_revision(repo_id, revision)}' is not in the local cache and downloads are off "
             "(HF_HUB_OFFLINE=1 or no network): download it once with network access, "
