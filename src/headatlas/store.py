@@ -97,7 +97,21 @@ def results_folder(out: str | Path, name: str) -> Path:
             f"cannot create the results folder {directory} ({_reason(exc)}): "
             f"{_fix(exc, 'choose a writable --out folder')}"
         ) from exc
+    try:
+        st = os.statvfs(directory)
+    except (OSError, AttributeError):  # no statvfs (Windows): writes say it when they fail
+        return directory
+    if st.f_bavail * st.f_frsize < MIN_FREE_BYTES:
+        raise ResultsError(
+            f"cannot write to {directory} (no space left on the device, "
+            f"{st.f_bavail * st.f_frsize // 1024} KiB free): free space on that disk or choose "
+            "another --out"
+        )
     return directory
+
+
+MIN_FREE_BYTES = 64 * 1024
+"""Less free space than this where results go stops a command before it starts its work."""
 
 
 def _file_on_path(path: Path) -> Path | None:
@@ -109,10 +123,18 @@ def _file_on_path(path: Path) -> Path | None:
 
 
 def is_disk_full(exc: BaseException) -> bool:
-    """Whether an error is the device running out of space (or quota)."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    return "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc)
+    """Whether an error is, or was raised while handling, the device running out of space
+    (or quota): a writer's clean-up may fail after the write did (matplotlib's PDF)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(seen) or "Disk quota exceeded" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _reason(exc: BaseException) -> str:
