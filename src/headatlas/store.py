@@ -4,7 +4,8 @@ Layout of ``OUT/<model-slug>/``::
 
     manifest.json        model (name, display_name, source, fingerprint, architecture, shape),
                          options, relations (name, category, n_pairs, k, skipped reason),
-                         package versions, timings
+                         package versions, timings, files (name -> sha256, rows: what the
+                         manifest vouches for)
     scores.parquet       model, layer, head, relation, category, k, n_pairs, score,
                          suppression_score
     categories.parquet   layer, head, label, categories, n_relations, relations
@@ -50,6 +51,12 @@ SALIENT = "salient.parquet"
 DESCRIPTIONS = "descriptions.jsonl"
 FILES = "files"
 """The manifest section that vouches for the files beside it."""
+WRITERS = {
+    SCORES: "headatlas map",
+    CATEGORIES: "headatlas map",
+    SALIENT: "headatlas salient --all",
+}
+"""The command that rewrites each file (for error messages)."""
 SCORE_COLUMNS = (
     "model",
     "layer",
@@ -110,7 +117,7 @@ def results_folder(out: str | Path, name: str) -> Path:
     return directory
 
 
-MIN_FREE_BYTES = 64 * 1024
+MIN_FREE_BYTES = 8 * 1024
 """Less free space than this where results go stops a command before it starts its work."""
 
 
@@ -292,7 +299,15 @@ def write_manifest(
     of files already written beside it) and keeping what it vouched for before for the rest.
     Returns the manifest written."""
     directory = Path(directory)
-    vouched = dict(manifest.get(FILES) or {})
+    vouched = {}
+    for name, rec in dict(manifest.get(FILES) or {}).items():
+        # An entry kept from before stays only while its file is still the one it vouched
+        # for (else a stale entry would refuse the folder after every later run).
+        try:
+            if name not in files and file_record(directory / name) == rec:
+                vouched[name] = rec
+        except Exception:  # missing or unreadable: no longer vouched for
+            continue
     for name in files:
         try:
             vouched[name] = file_record(directory / name)
@@ -306,37 +321,45 @@ def write_manifest(
 
 
 def check_files(
-    directory: str | Path, manifest: dict[str, Any], names: Sequence[str] | None = None
+    directory: str | Path,
+    manifest: dict[str, Any],
+    names: Sequence[str] | None = None,
+    require: Sequence[str] = (),
 ) -> bool:
     """The one check every reader makes: each file the manifest vouches for (or each of
-    ``names`` it vouches for) is present with the recorded hash and rows. Raises a
-    ResultsMismatchError naming the first that is not; returns False when the manifest vouches
-    for nothing (an old one without file hashes: unverified), True otherwise."""
+    ``names`` it vouches for) is present with the recorded hash and rows, and each of
+    ``require`` is vouched for. Raises a ResultsMismatchError naming the first that is not;
+    returns False when the manifest vouches for nothing (an old one without file hashes:
+    unverified), True otherwise."""
     directory = Path(directory)
     vouched = manifest.get(FILES)
     if not isinstance(vouched, dict):
         return False
+    for name in require:
+        if name not in vouched:
+            raise ResultsMismatchError(
+                f"{directory / name} is not vouched for by {directory / MANIFEST} (written by "
+                f"another run): re-run `{WRITERS.get(name, 'the command that wrote it')}`"
+            )
     for name, rec in vouched.items():
         if names is not None and name not in names:
             continue
         path = directory / name
+        rerun = f"re-run `{WRITERS.get(name, 'the command that wrote it')}`"
         if not path.is_file():
             raise ResultsMismatchError(
-                f"{path} is missing but the manifest vouches for it: re-run `headatlas map` "
-                "(or the command that wrote it)"
+                f"{path} is missing but the manifest vouches for it: {rerun}"
             )
         try:
             now = file_record(path)
         except Exception as exc:  # unreadable parquet footer, permissions...
-            raise ResultsMismatchError(
-                f"{path} is unreadable ({_reason(exc)}): re-run `headatlas map`"
-            ) from exc
+            raise ResultsMismatchError(f"{path} is unreadable ({_reason(exc)}): {rerun}") from exc
         if now["sha256"] != rec.get("sha256") or (
             rec.get("rows") is not None and now["rows"] != rec.get("rows")
         ):
             raise ResultsMismatchError(
                 f"{path} is not the file its manifest vouches for (changed or replaced after "
-                "the run, or a run cut short): re-run `headatlas map` to recompute it"
+                f"the run, or a run cut short): {rerun} to recompute it"
             )
     return True
 
@@ -433,7 +456,7 @@ def load_results(directory: str | Path) -> MapResults:
             f"{directory} lacks {', '.join(missing)}: the map did not finish; "
             "re-run `headatlas map` (finished layers are reused)"
         )
-    if not check_files(directory, manifest):
+    if not check_files(directory, manifest, require=(SCORES, CATEGORIES)):
         warn(
             f"{directory / MANIFEST} vouches for no file (written before file hashes): its "
             "tables are unverified; re-run `headatlas map` to vouch for them"

@@ -46,7 +46,7 @@ def load_operations(
         )
     if tokens < 1 or mappings < 1:
         raise ResultsError(f"tokens and mappings must be at least 1, got {tokens}, {mappings}")
-    if not store.check_files(directory, manifest, [store.SALIENT]):
+    if not store.check_files(directory, manifest, [store.SALIENT], require=[store.SALIENT]):
         store.warn(f"{directory / store.MANIFEST} vouches for no file: {path} is unverified")
     table = store.read_table(path, _SALIENT_COLUMNS)
     operations: dict[HeadKey, Operations] = {}

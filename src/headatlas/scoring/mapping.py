@@ -133,7 +133,7 @@ def _finished_layers(
     if old.get("cache_key") != key or not isinstance(digests, list):
         return {}, []
     try:
-        if not check_files(directory, old, [SCORES]):
+        if not check_files(directory, old, [SCORES], require=[SCORES]):
             say(
                 f"recomputing the earlier map in {directory}: its manifest vouches for no file "
                 "(written before file hashes)"

@@ -95,7 +95,7 @@ class Ledger:
         if not (directory / SCORES).is_file() or not (directory / CATEGORIES).is_file():
             return None
         try:
-            if not check_files(directory, manifest, [SCORES, CATEGORIES]):
+            if not check_files(directory, manifest, require=[SCORES, CATEGORIES]):
                 return None  # an old manifest: its task maps again (and reuses what matches)
         except HeadAtlasError:
             return None
