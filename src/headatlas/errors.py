@@ -31,6 +31,11 @@ class ResultsError(HeadAtlasError):
     """A results directory is missing or does not hold what a command needs."""
 
 
+class ResultsMismatchError(ResultsError):
+    """A file beside a manifest is not the one the manifest vouches for (edited, replaced,
+    or left half-new by a run that failed)."""
+
+
 class DescribeError(HeadAtlasError):
     """A description backend failed in a way the user must fix (bad URL, missing key...)."""
 

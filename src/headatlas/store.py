@@ -4,7 +4,8 @@ Layout of ``OUT/<model-slug>/``::
 
     manifest.json        model (name, display_name, source, fingerprint, architecture, shape),
                          options, relations (name, category, n_pairs, k, skipped reason),
-                         package versions, timings
+                         package versions, timings, files (name -> sha256, rows: what the
+                         manifest vouches for)
     scores.parquet       model, layer, head, relation, category, k, n_pairs, score,
                          suppression_score
     categories.parquet   layer, head, label, categories, n_relations, relations
@@ -14,14 +15,24 @@ Layout of ``OUT/<model-slug>/``::
 
 Every write goes to a temporary file in the same folder and is renamed into place, so a file is
 either the old version or the new one, never half-written.
+
+The manifest vouches for the files beside it: its ``files`` section maps each file name to its
+content hash and row count (``{"scores.parquet": {"sha256": ..., "rows": ...}}``). Writers put
+their tables first and the manifest last (:func:`write_manifest`), so a failure in between
+leaves a manifest that no longer matches; every reader checks the match through one function,
+:func:`check_files`. A new table registers by being named in ``write_manifest(files=...)``.
+A manifest without a ``files`` section (written before file hashes) is unverified: ``map``
+recomputes it, readers accept it with a warning.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -31,13 +42,21 @@ from typing import Any
 
 import pandas as pd
 
-from headatlas.errors import ResultsError
+from headatlas.errors import ResultsError, ResultsMismatchError
 
 MANIFEST = "manifest.json"
 SCORES = "scores.parquet"
 CATEGORIES = "categories.parquet"
 SALIENT = "salient.parquet"
 DESCRIPTIONS = "descriptions.jsonl"
+FILES = "files"
+"""The manifest section that vouches for the files beside it."""
+WRITERS = {
+    SCORES: "headatlas map",
+    CATEGORIES: "headatlas map",
+    SALIENT: "headatlas salient --all",
+}
+"""The command that rewrites each file (for error messages)."""
 SCORE_COLUMNS = (
     "model",
     "layer",
@@ -75,11 +94,73 @@ def results_folder(out: str | Path, name: str) -> Path:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        blocker = _file_on_path(directory)
+        if blocker is not None:
+            raise ResultsError(
+                f"cannot create the results folder {directory}: {blocker} is a file, not a "
+                "folder; choose another --out"
+            ) from exc
         raise ResultsError(
-            f"cannot create the results folder {directory} ({exc.strerror or exc}): choose a "
-            "writable --out folder"
+            f"cannot create the results folder {directory} ({_reason(exc)}): "
+            f"{_fix(exc, 'choose a writable --out folder')}"
         ) from exc
+    try:
+        st = os.statvfs(directory)
+    except (OSError, AttributeError):  # no statvfs (Windows): writes say it when they fail
+        return directory
+    if st.f_bavail * st.f_frsize < MIN_FREE_BYTES:
+        raise ResultsError(
+            f"cannot write to {directory} (no space left on the device, "
+            f"{st.f_bavail * st.f_frsize // 1024} KiB free): free space on that disk or choose "
+            "another --out"
+        )
     return directory
+
+
+MIN_FREE_BYTES = 8 * 1024
+"""Less free space than this where results go stops a command before it starts its work."""
+
+
+def _file_on_path(path: Path) -> Path | None:
+    """The first part of ``path`` that exists and is not a folder (None when there is none)."""
+    for part in (*reversed(path.parents), path):
+        if part.exists() and not part.is_dir():
+            return part
+    return None
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether an error is, or was raised while handling, the device running out of space
+    (or quota): a writer's clean-up may fail after the write did (matplotlib's PDF)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(seen) or "Disk quota exceeded" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _reason(exc: BaseException) -> str:
+    if is_disk_full(exc):
+        return "no space left on the device"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _fix(exc: BaseException, otherwise: str) -> str:
+    return "free space on that disk or choose another --out" if is_disk_full(exc) else otherwise
+
+
+def write_error(path: Path, exc: BaseException) -> ResultsError:
+    """The one-line error for a failed write of ``path`` (a full disk says so)."""
+    return ResultsError(
+        f"cannot write {path} ({_reason(exc)}): {_fix(exc, 'choose a writable output folder')}"
+    )
 
 
 _UMASK = os.umask(0)
@@ -87,22 +168,39 @@ os.umask(_UMASK)
 
 
 @contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; renamed onto ``path`` when the block
+    ends without error, removed otherwise (so a full disk leaves the old file or none, never
+    a cut-short one). Write errors become a ResultsError naming ``path``."""
+    path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
-        raise ResultsError(
-            f"cannot write {path} ({exc.strerror or exc}): choose a writable output folder"
-        ) from exc
+        blocker = _file_on_path(path.parent)
+        if blocker is not None:
+            raise ResultsError(
+                f"cannot write {path}: {blocker} is a file, not a folder; choose another "
+                "output path"
+            ) from exc
+        raise write_error(path, exc) from exc
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are ordinary files
         os.replace(tmp, path)
+    except ResultsError:
+        raise
+    except Exception as exc:
+        if isinstance(exc, OSError) or is_disk_full(exc):
+            raise write_error(path, exc) from exc
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+_atomic_path = atomic_path
 
 
 def write_json_atomic(obj: Any, path: Path) -> None:
@@ -123,8 +221,9 @@ def write_text_atomic(text: str, path: Path) -> None:
         tmp.write_text(text)
 
 
-def read_manifest(directory: Path) -> dict[str, Any]:
-    """The manifest of a results folder, or a ResultsError saying what is missing."""
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    """The manifest of a results folder, its shape checked, or a ResultsError saying what is
+    missing or wrong."""
     directory = Path(directory)
     path = directory / MANIFEST
     if not directory.is_dir():
@@ -138,10 +237,136 @@ def read_manifest(directory: Path) -> dict[str, Any]:
             "(OUT/<model-slug>/ as written by `headatlas map`)"
         )
     try:
-        data: dict[str, Any] = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ResultsError(f"{path} is not valid JSON ({exc}): re-run `headatlas map`") from exc
-    return data
+    problem = _manifest_problem(data)
+    if problem:
+        raise ResultsError(
+            f"{path} is not a headatlas manifest ({problem}): re-run `headatlas map`"
+        )
+    return dict(data)
+
+
+def _manifest_problem(data: Any) -> str | None:
+    """What is wrong with a parsed manifest's shape (None when nothing is)."""
+    if not isinstance(data, dict):
+        return f"a JSON {type(data).__name__ if data is not None else 'null'}, not an object"
+    model = data.get("model")
+    if not isinstance(model, dict):
+        return "no 'model' section"
+    for key in ("n_layers", "n_heads"):
+        value = model.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            return f"model.{key} is {value!r}, not a whole number >= 1"
+    for key in ("relations",):
+        if key in data and not (
+            isinstance(data[key], list) and all(isinstance(r, dict) for r in data[key])
+        ):
+            return f"'{key}' is not a list of objects"
+    files = data.get(FILES)
+    if files is not None:
+        if not isinstance(files, dict):
+            return f"'{FILES}' is not an object"
+        for name, rec in files.items():
+            if not isinstance(rec, dict) or not isinstance(rec.get("sha256"), str):
+                return f"'{FILES}.{name}' has no sha256"
+    return None
+
+
+def file_record(path: Path) -> dict[str, Any]:
+    """What a manifest records of one file: its content hash and row count (parquet rows,
+    text lines; None for other files)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    rows: int | None = None
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        rows = int(pq.ParquetFile(path).metadata.num_rows)
+    elif path.suffix in (".jsonl", ".csv", ".txt"):
+        with open(path, "rb") as f:
+            rows = sum(1 for _ in f)
+    return {"sha256": h.hexdigest(), "rows": rows}
+
+
+def write_manifest(
+    directory: str | Path, manifest: dict[str, Any], files: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Write ``directory/manifest.json`` last and atomically, vouching for ``files`` (names
+    of files already written beside it) and keeping what it vouched for before for the rest.
+    Returns the manifest written."""
+    directory = Path(directory)
+    vouched = {}
+    for name, rec in dict(manifest.get(FILES) or {}).items():
+        # An entry kept from before stays only while its file is still the one it vouched
+        # for (else a stale entry would refuse the folder after every later run).
+        try:
+            if name not in files and file_record(directory / name) == rec:
+                vouched[name] = rec
+        except Exception:  # missing or unreadable: no longer vouched for
+            continue
+    for name in files:
+        try:
+            vouched[name] = file_record(directory / name)
+        except OSError as exc:
+            raise ResultsError(
+                f"cannot read back {directory / name} ({_reason(exc)}): re-run the command"
+            ) from exc
+    manifest = {**manifest, FILES: vouched}
+    write_json_atomic(manifest, directory / MANIFEST)
+    return manifest
+
+
+def check_files(
+    directory: str | Path,
+    manifest: dict[str, Any],
+    names: Sequence[str] | None = None,
+    require: Sequence[str] = (),
+) -> bool:
+    """The one check every reader makes: each file the manifest vouches for (or each of
+    ``names`` it vouches for) is present with the recorded hash and rows, and each of
+    ``require`` is vouched for. Raises a ResultsMismatchError naming the first that is not;
+    returns False when the manifest vouches for nothing (an old one without file hashes:
+    unverified), True otherwise."""
+    directory = Path(directory)
+    vouched = manifest.get(FILES)
+    if not isinstance(vouched, dict):
+        return False
+    for name in require:
+        if name not in vouched:
+            raise ResultsMismatchError(
+                f"{directory / name} is not vouched for by {directory / MANIFEST} (written by "
+                f"another run): re-run `{WRITERS.get(name, 'the command that wrote it')}`"
+            )
+    for name, rec in vouched.items():
+        if names is not None and name not in names:
+            continue
+        path = directory / name
+        rerun = f"re-run `{WRITERS.get(name, 'the command that wrote it')}`"
+        if not path.is_file():
+            raise ResultsMismatchError(
+                f"{path} is missing but the manifest vouches for it: {rerun}"
+            )
+        try:
+            now = file_record(path)
+        except Exception as exc:  # unreadable parquet footer, permissions...
+            raise ResultsMismatchError(f"{path} is unreadable ({_reason(exc)}): {rerun}") from exc
+        if now["sha256"] != rec.get("sha256") or (
+            rec.get("rows") is not None and now["rows"] != rec.get("rows")
+        ):
+            raise ResultsMismatchError(
+                f"{path} is not the file its manifest vouches for (changed or replaced after "
+                f"the run, or a run cut short): {rerun} to recompute it"
+            )
+    return True
+
+
+def warn(message: str) -> None:
+    """A one-line warning on stderr."""
+    print(f"headatlas: warning: {message}", file=sys.stderr)
 
 
 def read_table(path: Path, columns: Sequence[str] = ()) -> pd.DataFrame:
@@ -197,21 +422,32 @@ class MapResults:
         return read_table(path) if path.is_file() else None
 
     def descriptions(self) -> list[dict[str, Any]]:
-        """LLM descriptions stored beside the map (may be empty)."""
+        """LLM descriptions stored beside the map (may be empty); lines that are not JSON
+        objects (one cut short by a hard kill, or another tool's) are left out."""
         path = self.directory / DESCRIPTIONS
         if not path.is_file():
             return []
         records = []
-        for line in path.read_text().splitlines():
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ResultsError(
+                f"{path} is unreadable ({_reason(exc)}): delete it and re-run `headatlas describe`"
+            ) from exc
+        for line in text.splitlines():
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:  # a line cut short by a hard kill; re-run describe
                 continue
+            if isinstance(record, dict):
+                records.append(record)
         return records
 
 
 def load_results(directory: str | Path) -> MapResults:
-    """Read a results folder written by ``headatlas map``."""
+    """Read a results folder written by ``headatlas map``, checked against its manifest (the
+    files' hashes and rows, the relation set); an old manifest without file hashes is read
+    with a warning."""
     directory = Path(directory)
     manifest = read_manifest(directory)
     missing = [n for n in (SCORES, CATEGORIES) if not (directory / n).is_file()]
@@ -220,9 +456,35 @@ def load_results(directory: str | Path) -> MapResults:
             f"{directory} lacks {', '.join(missing)}: the map did not finish; "
             "re-run `headatlas map` (finished layers are reused)"
         )
+    if not check_files(directory, manifest, require=(SCORES, CATEGORIES)):
+        warn(
+            f"{directory / MANIFEST} vouches for no file (written before file hashes): its "
+            "tables are unverified; re-run `headatlas map` to vouch for them"
+        )
+    scores = read_table(directory / SCORES, SCORE_COLUMNS)
+    check_relation_set(directory, manifest, scores)
     return MapResults(
         directory=directory,
         manifest=manifest,
-        scores=read_table(directory / SCORES, SCORE_COLUMNS),
+        scores=scores,
         categories=read_table(directory / CATEGORIES, ("layer", "head", "label")),
     )
+
+
+def check_relation_set(directory: Path, manifest: dict[str, Any], scores: pd.DataFrame) -> None:
+    """The relations in ``scores`` are the ones the manifest says were scored (those not
+    skipped); a ResultsMismatchError names the difference."""
+    listed = manifest.get("relations")
+    if not isinstance(listed, list):
+        return
+    want = {str(r.get("name")) for r in listed if not r.get("skipped")}
+    have = set(scores["relation"].astype(str).unique())
+    if want != have:
+        extra, lost = sorted(have - want), sorted(want - have)
+        parts = ([f"not in the manifest: {', '.join(extra[:5])}"] if extra else []) + (
+            [f"missing: {', '.join(lost[:5])}"] if lost else []
+        )
+        raise ResultsMismatchError(
+            f"{directory / SCORES} does not hold the relations its manifest lists "
+            f"({'; '.join(parts)}): re-run `headatlas map` to recompute it"
+        )

@@ -8,6 +8,7 @@ import sys
 from headatlas.cli.common import (
     add_method_args,
     add_model_source_args,
+    check_out,
     open_circuits,
     options_from_args,
 )
@@ -79,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         dynamic_readout=args.dynamic_readout,
     )
     circuits = open_circuits(args)
+    check_out(args, circuits)
     res = calibrate(
         circuits,
         relations=args.relations,

@@ -32,6 +32,15 @@ def open_circuits(args: argparse.Namespace) -> ModelCircuits:
     return ModelCircuits.load(args.model, allow_pickle=args.allow_pickle, revision=args.revision)
 
 
+def check_out(args: argparse.Namespace, circuits: ModelCircuits) -> None:
+    """Create ``--out``'s results folder for this model now, so an unusable output path (a
+    file on the path, a full disk) is named before the model runs."""
+    if getattr(args, "out", None) is not None:
+        from headatlas.store import results_folder
+
+        results_folder(args.out, str(circuits.source.name))
+
+
 def calibrated_recipe(args: argparse.Namespace, circuits: ModelCircuits) -> Recipe | None:
     """The recipe ``calibrate`` recorded under ``--out`` for this model, when
     ``--preset calibrated`` asks for it (else None)."""

@@ -50,11 +50,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"headatlas: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a path the system refused (unwritable, too long, not a folder...)
+        from headatlas.store import is_disk_full
+
         where = f" {exc.filename}" if exc.filename else ""
-        print(
-            f"headatlas: error: cannot use{where}: {exc.strerror or exc}; check the path",
-            file=sys.stderr,
-        )
+        if is_disk_full(exc):
+            print(
+                f"headatlas: error: cannot write{where}: no space left on the device; free "
+                "space on that disk or choose another output folder",
+                file=sys.stderr,
+            )
+            return 2
+        reason = " ".join(str(exc.strerror or exc).split())
+        print(f"headatlas: error: cannot use{where}: {reason}; check the path", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

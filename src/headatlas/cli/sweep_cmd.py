@@ -37,6 +37,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "the running one; ADDRESS: join that cluster; off: run the maps in this process",
     )
     p.add_argument(
+        "--ray-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="how long a Ray ADDRESS may take to answer before the sweep stops with an error "
+        "(default: $HEADATLAS_RAY_TIMEOUT or 10)",
+    )
+    p.add_argument(
         "--cpus", type=int, default=None, help="CPUs of a local cluster (default: all cores)"
     )
     p.add_argument(
@@ -73,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         cpus_per_task=args.cpus_per_task,
         num_cpus=args.cpus,
         progress=not args.quiet,
+        ray_timeout=args.ray_timeout,
     )
     print(report.summary_text())
     if not args.no_views and report.finished:

@@ -10,6 +10,7 @@ from headatlas.cli.common import (
     add_method_args,
     add_model_source_args,
     calibrated_recipe,
+    check_out,
     open_circuits,
     options_from_args,
 )
@@ -74,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     options = dataclass_from_args(ValidationOptions, args)
     experiments = args.experiment or list(EXPERIMENTS)
     circuits = open_circuits(args)
+    check_out(args, circuits)
     map_options = options_from_args(args, calibrated_recipe(args, circuits))
     res = validate(
         circuits,

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from headatlas.errors import ResultsError
 from headatlas.store import write_text_atomic
 
 HeadKey = tuple[int, int]
@@ -43,11 +44,20 @@ def read_records(path: Path) -> dict[HeadKey, dict[str, Any]]:
     if not path.is_file():
         return {}
     records: dict[HeadKey, dict[str, Any]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ResultsError(
+            f"{path} is not a descriptions file ({exc.__class__.__name__}): delete it and re-run "
+            "`headatlas describe`"
+        ) from exc
+    for line in text.splitlines():
         if not line.strip():
             continue
         try:
             record = json.loads(line)
+            if not isinstance(record, dict):
+                continue  # another tool's line: not a record
             key = (int(record["layer"]), int(record["head"]))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             continue  # a line cut short by a kill mid-write: that head is simply redone

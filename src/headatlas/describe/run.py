@@ -37,7 +37,7 @@ def load_operations(
 ) -> dict[HeadKey, Operations]:
     """Each head's top ``tokens`` salient operations, each with its first ``mappings`` targets."""
     directory = Path(results_dir)
-    store.read_manifest(directory)  # a clear error for a wrong folder
+    manifest = store.read_manifest(directory)  # a clear error for a wrong folder
     path = directory / store.SALIENT
     if not path.is_file():
         raise ResultsError(
@@ -46,6 +46,8 @@ def load_operations(
         )
     if tokens < 1 or mappings < 1:
         raise ResultsError(f"tokens and mappings must be at least 1, got {tokens}, {mappings}")
+    if not store.check_files(directory, manifest, [store.SALIENT], require=[store.SALIENT]):
+        store.warn(f"{directory / store.MANIFEST} vouches for no file: {path} is unverified")
     table = store.read_table(path, _SALIENT_COLUMNS)
     operations: dict[HeadKey, Operations] = {}
     table = table.sort_values(["layer", "head", "rank"], kind="stable")

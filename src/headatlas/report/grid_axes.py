@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 
 from headatlas.errors import OutputFormatError, TooManyModelsError
+from headatlas.store import atomic_path
 
 FORMATS = (".png", ".svg", ".pdf")
 """Extensions the figure writers produce; the format follows the extension."""
@@ -81,10 +82,11 @@ def check_output(out: Path) -> Path:
 
 
 def save_figure(fig: Figure, out: Path) -> Path:
-    """Write ``fig`` to ``out`` (format from the extension), creating the folder."""
+    """Write ``fig`` to ``out`` (format from the extension), creating the folder; atomically,
+    so a failed write (a full disk) leaves the old image or none, never a cut-short one."""
     out = check_output(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=SAVE_DPI, metadata=_metadata(out))
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format=out.suffix.lower()[1:], dpi=SAVE_DPI, metadata=_metadata(out))
     return out
 
 

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from headatlas.circuits import ModelCircuits
-from headatlas.errors import HeadAtlasError, OptionError, ResultsError
+from headatlas.errors import HeadAtlasError, OptionError, ResultsError, ResultsMismatchError
 from headatlas.progress import track
 from headatlas.relations import (
     Relation,
@@ -40,10 +40,11 @@ from headatlas.store import (
     SCORE_COLUMNS,
     SCORES,
     MapResults,
+    check_files,
     read_manifest,
     read_table,
     results_folder,
-    write_json_atomic,
+    write_manifest,
     write_parquet_atomic,
 )
 from headatlas.weights import ModelSpec
@@ -132,6 +133,16 @@ def _finished_layers(
         return {}, []
     digests = old.get("layer_digests")
     if old.get("cache_key") != key or not isinstance(digests, list):
+        return {}, []
+    try:
+        if not check_files(directory, old, [SCORES], require=[SCORES]):
+            say(
+                f"recomputing the earlier map in {directory}: its manifest vouches for no file "
+                "(written before file hashes)"
+            )
+            return {}, []
+    except ResultsMismatchError as exc:
+        say(f"recomputing: {exc}")
         return {}, []
     try:
         scores = read_table(directory / SCORES, SCORE_COLUMNS)
@@ -244,7 +255,13 @@ def map_heads(
     recipe = options.recipe()
     # The sources' inputs first (only their embedding rows, block 0's MLP dropped after),
     # then the folded unembedding: the two are never held at once.
-    inputs = SourceInputs(recipe, circuits, plan.source_ids, hf_model, progress=progress)
+    inputs = SourceInputs(
+        recipe, circuits, plan.source_ids, hf_model, options.forward_start(), progress
+    )
+    forward_prefix = None
+    if recipe.embedding == "forward":
+        forward_prefix = forward_prefix_record(inputs.start)
+        say(f"forward embedding: each source token runs as {forward_prefix['sequence']}")
     readout = recipe.bind(circuits, device, compute_dtype(dtype))
     layout = PairLayout(
         plan.pair_rows,
@@ -300,7 +317,7 @@ def map_heads(
 
     scores = pd.concat(frames, ignore_index=True)[list(SCORE_COLUMNS)]
     categories = categorize_heads(scores, options.threshold, options.use_suppression)
-    manifest = {
+    manifest: dict[str, Any] = {
         "model": summary,
         "options": options.as_dict(),
         "recipe": {**dataclasses.asdict(recipe), "label": recipe.label()},
@@ -318,14 +335,22 @@ def map_heads(
         },
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if forward_prefix is not None:
+        manifest["forward_prefix"] = forward_prefix
     if directory is not None:
         manifest = _keep_other_sections(directory, manifest)
         if layer_seconds or len(finished) != len(frames):  # else scores.parquet is current
             write_parquet_atomic(scores, directory / SCORES)
         write_parquet_atomic(categories, directory / CATEGORIES)
-        write_json_atomic(manifest, directory / MANIFEST)
+        manifest = write_manifest(directory, manifest, [SCORES, CATEGORIES])  # last
         shutil.rmtree(directory / PARTIAL, ignore_errors=True)
     return MapResults(directory or Path("."), manifest, scores, categories)
+
+
+def forward_prefix_record(start: int | None) -> dict[str, Any]:
+    """What the manifest records of the ``forward`` mode's prefix: the start token id (None:
+    none) and the sequence each source token runs as."""
+    return {"start_token": start, "sequence": "[s]" if start is None else f"[{start}, s]"}
 
 
 def _keep_other_sections(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:

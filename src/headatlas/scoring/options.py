@@ -81,6 +81,9 @@ class MapOptions:
     paper's), none = the token embedding, residual = x + MLP0(norm(x)), forward = each
     layer's input residual stream at s of a ``[BOS, s]`` forward pass (see
     :mod:`headatlas.scoring.recipe`)."""
+    start_token: str = field(default="auto", metadata={"metavar": "auto|none|ID"})
+    """The prefix of the ``forward`` embedding: auto = the tokenizer's start token ([BOS, s];
+    [s] when it has none), none = [s], or a token id ([ID, s]). Recorded in the manifest."""
     pre_norm: bool = True
     """Apply each layer's pre-attention norm to the source embedding before W_V."""
     final_norm: bool = True
@@ -123,6 +126,13 @@ class MapOptions:
                 raise OptionError(f"option k_per_relation (--k-relation) has a bad name {name!r}")
             _whole(f"k_per_relation[{name}]", k, switch=f"--k-relation {name}=K")
         _whole("min_pairs", self.min_pairs)
+        if not isinstance(self.start_token, str) or not (
+            self.start_token in ("auto", "none") or self.start_token.isdigit()
+        ):
+            raise OptionError(
+                f"option start_token (--start-token) must be auto, none or a token id, "
+                f"got {self.start_token!r}"
+            )
         if (
             isinstance(self.threshold, bool)
             or not isinstance(self.threshold, (int, float))
@@ -192,6 +202,12 @@ class MapOptions:
 
         return Recipe.of(self)
 
+    def forward_start(self) -> int | str | None:
+        """``start_token`` as :func:`~headatlas.scoring.recipe.forward_inputs` takes it."""
+        if self.start_token == "none":
+            return None
+        return "auto" if self.start_token == "auto" else int(self.start_token)
+
     def k_for(self, relation: str, copying: bool, vocab_size: int) -> int:
         """The k used for one relation."""
         if relation in self.k_per_relation:
@@ -214,4 +230,6 @@ class MapOptions:
         d = self.as_dict()
         for name in ("threshold", "use_suppression", "device"):
             d.pop(name)
+        if d["start_token"] == "auto":  # keys of maps made before the field stay valid
+            d.pop("start_token")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

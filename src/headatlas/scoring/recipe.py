@@ -16,7 +16,8 @@ Embedding modes (layers >= 1; layer 0 reads the token embedding unless ``embeddi
 - ``forward``: each layer's real input residual stream for the token alone after the model's
   start token, ``[BOS, s]``, read at ``s`` from one batched forward pass over every source
   token. A model whose tokenizer has no start token runs ``[s]`` alone (its first position
-  then attends only to itself, as every first token does).
+  then attends only to itself, as every first token does); ``MapOptions.start_token`` names
+  the prefix instead, and the map records and prints the choice.
 
 :class:`Recipe` holds the switches; :meth:`Recipe.bind` gives a :class:`Readout` with the
 tensors every consumer needs (the folded unembedding, the logit bias, each layer's output map,
@@ -299,8 +300,11 @@ class SourceInputs:
         if recipe.embedding in ("mlp0", "residual"):  # block 0's MLP is not kept after this
             self._by_mode[recipe.embedding] = embedding_of(circuits, x, recipe.embedding, False)
         self._forward: torch.Tensor | None = None
+        self.start: int | None = None
+        """The start token the ``forward`` mode put before each source (None: none)."""
         if recipe.embedding == "forward":
-            self._forward = forward_inputs(circuits, ids, hf_model, start, progress)
+            self.start = resolve_start(circuits, start)
+            self._forward = forward_inputs(circuits, ids, hf_model, self.start, progress)
 
     def digest(self) -> str:
         """Content hash of inputs that weights alone do not fix: the ``forward`` mode's
@@ -341,6 +345,20 @@ def start_token(tokenizer: Any) -> int | None:
     return None if bos is None else int(bos)
 
 
+def resolve_start(circuits: ModelCircuits, start: int | str | None) -> int | None:
+    """The start token id ``start`` names: "auto" = the tokenizer's BOS (None when it has
+    none), None = none, else the id itself (checked against the vocabulary)."""
+    bos = start_token(circuits.tokenizer) if start == "auto" else start
+    if isinstance(bos, str):
+        raise OptionError(f"start token {start!r} is not valid: use auto, none or a token id")
+    if bos is not None and not 0 <= int(bos) < circuits.cfg.vocab_size:
+        raise OptionError(
+            f"start token {bos} is outside the model's vocabulary of {circuits.cfg.vocab_size}: "
+            "give a start token the model knows (--start-token ID or none)"
+        )
+    return None if bos is None else int(bos)
+
+
 def forward_inputs(
     circuits: ModelCircuits,
     ids: torch.Tensor,
@@ -362,13 +380,7 @@ def forward_inputs(
 
             hf_model = load_hf_model(circuits.source.name)
     L = circuits.cfg.n_layers
-    bos = start_token(circuits.tokenizer) if start == "auto" else start
-    assert not isinstance(bos, str), f"start must be 'auto', an id or None, got {start!r}"
-    if bos is not None and not 0 <= int(bos) < circuits.cfg.vocab_size:
-        raise OptionError(
-            f"start token {bos} is outside the model's vocabulary of {circuits.cfg.vocab_size}: "
-            "give a start token the model knows"
-        )
+    bos = resolve_start(circuits, start)
     try:
         device = next(hf_model.parameters()).device
     except StopIteration:

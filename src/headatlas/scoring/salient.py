@@ -48,7 +48,7 @@ from headatlas.store import (
     read_manifest,
     read_table,
     results_folder,
-    write_json_atomic,
+    write_manifest,
     write_parquet_atomic,
 )
 from headatlas.weights import ModelSpec
@@ -597,7 +597,7 @@ def all_salient_operations(
             except HeadAtlasError:
                 say(f"{directory / MANIFEST} is unreadable; writing a fresh one")
         manifest["salient"] = section
-        write_json_atomic(manifest, directory / MANIFEST)
+        write_manifest(directory, manifest, [SALIENT])  # last: it vouches for the table
         import shutil
 
         shutil.rmtree(directory / PARTIAL, ignore_errors=True)

@@ -4,6 +4,7 @@ after another in this process. Both yield each task's result as it finishes."""
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -12,6 +13,49 @@ from headatlas.sweep.task import TaskResult, map_task
 
 LOCAL = "local"
 OFF = "off"
+RAY_TIMEOUT_ENV = "HEADATLAS_RAY_TIMEOUT"
+DEFAULT_RAY_TIMEOUT = 10.0
+"""Seconds to wait for a Ray cluster's address to answer before giving up."""
+
+
+def ray_timeout(seconds: float | None = None) -> float:
+    """``seconds``, else ``$HEADATLAS_RAY_TIMEOUT``, else 10."""
+    if seconds is None:
+        raw = os.environ.get(RAY_TIMEOUT_ENV, "")
+        try:
+            seconds = float(raw) if raw.strip() else DEFAULT_RAY_TIMEOUT
+        except ValueError as exc:
+            raise OptionError(
+                f"{RAY_TIMEOUT_ENV}={raw!r} is not a number of seconds: set it to e.g. 10"
+            ) from exc
+    if not seconds > 0:
+        raise OptionError(f"the Ray timeout must be > 0 seconds, got {seconds!r}")
+    return float(seconds)
+
+
+def check_reachable(address: str, timeout: float) -> None:
+    """Refuse a Ray ``host:port`` (or ``ray://host:port``) address that does not accept a
+    connection within ``timeout`` seconds (Ray itself retries for minutes)."""
+    client = address.startswith("ray://")
+    rest = address[len("ray://") :] if client else address
+    host, sep, port_text = rest.rpartition(":")
+    if not sep:
+        host, port_text = rest, "10001" if client else "6379"
+    try:
+        port = int(port_text)
+    except ValueError as exc:
+        raise OptionError(
+            f"Ray address '{address}' has no valid port: use HOST:PORT, local, auto or off"
+        ) from exc
+    try:
+        socket.create_connection((host.strip("[]"), port), timeout=timeout).close()
+    except OSError as exc:
+        why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise OptionError(
+            f"cannot reach the Ray cluster at '{address}' within {timeout:g} s ({why}): check "
+            f"the address, start one with `ray start --head`, or use --ray local "
+            f"(--ray-timeout sets the wait)"
+        ) from exc
 
 
 def ray_available() -> bool:
@@ -67,6 +111,7 @@ class RayEngine:
         retries: int,
         cpus_per_task: float = 1.0,
         num_cpus: int | None = None,
+        join_timeout: float | None = None,
     ):
         import ray
 
@@ -88,6 +133,8 @@ class RayEngine:
             )
             self.started = True
         else:
+            if address != "auto":
+                check_reachable(address, ray_timeout(join_timeout))
             try:
                 ray.init(address=address, log_to_driver=False, configure_logging=False)
             except (ConnectionError, ValueError, RuntimeError) as exc:
@@ -147,10 +194,15 @@ class RayEngine:
 
 
 def make_engine(
-    ray_address: str, retries: int, cpus_per_task: float = 1.0, num_cpus: int | None = None
+    ray_address: str,
+    retries: int,
+    cpus_per_task: float = 1.0,
+    num_cpus: int | None = None,
+    join_timeout: float | None = None,
 ) -> tuple[InProcessEngine | RayEngine, str | None]:
     """The engine for ``--ray`` (``local``, ``auto``, an address, or ``off``), and a note to
-    print when Ray was wanted but is not installed."""
+    print when Ray was wanted but is not installed. ``join_timeout``: seconds an address may
+    take to answer (see :func:`ray_timeout`)."""
     if ray_address == OFF:
         return InProcessEngine(retries, "--ray off"), None
     if not ray_available():
@@ -161,4 +213,4 @@ def make_engine(
         return InProcessEngine(retries, "ray not installed"), note
     if num_cpus is None and ray_address == LOCAL:
         num_cpus = os.cpu_count() or 1
-    return RayEngine(ray_address, retries, cpus_per_task, num_cpus), None
+    return RayEngine(ray_address, retries, cpus_per_task, num_cpus, join_timeout), None

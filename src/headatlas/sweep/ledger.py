@@ -23,6 +23,7 @@ from headatlas.store import (
     CATEGORIES,
     SCORES,
     MapResults,
+    check_files,
     load_results,
     read_manifest,
     write_json_atomic,
@@ -52,6 +53,20 @@ def request_key(
     return h.hexdigest()[:16]
 
 
+def read_ledger(path: Path) -> dict[str, dict[str, Any]]:
+    """The entries of a ledger file, spec -> record; entries of the wrong shape are left out,
+    and a file that is not a ledger (unreadable, cut short, another tool's) gives none: every
+    map is then checked again (map_heads reuses finished maps)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    entries = data.get("entries") if isinstance(data, dict) else None
+    if not isinstance(entries, dict):
+        return {}
+    return {str(k): dict(v) for k, v in entries.items() if isinstance(v, dict)}
+
+
 class Ledger:
     """``OUT/sweep/sweep.json``: what the sweeps into this store have mapped."""
 
@@ -61,18 +76,14 @@ class Ledger:
         self.path = self.folder / LEDGER
         self.events = self.folder / EVENTS
         self.entries: dict[str, dict[str, Any]] = {}
-        if self.path.is_file():
-            try:
-                self.entries = dict(json.loads(self.path.read_text()).get("entries", {}))
-            except (ValueError, AttributeError):
-                self.entries = {}  # unreadable: every map is checked again (map_heads reuses)
+        self.entries = read_ledger(self.path)
 
     def finished(self, spec: str, request: str) -> str | None:
         """The results folder of ``spec`` when a map for the same request is still there."""
         rec = self.entries.get(spec)
         if not rec or rec.get("status") not in ("mapped", "reused", "skipped"):
             return None
-        if rec.get("request") != request or not rec.get("directory"):
+        if rec.get("request") != request or not isinstance(rec.get("directory"), str):
             return None
         directory = Path(rec["directory"])
         try:
@@ -82,6 +93,11 @@ class Ledger:
         if manifest.get("cache_key") != rec.get("cache_key"):
             return None
         if not (directory / SCORES).is_file() or not (directory / CATEGORIES).is_file():
+            return None
+        try:
+            if not check_files(directory, manifest, require=[SCORES, CATEGORIES]):
+                return None  # an old manifest: its task maps again (and reuses what matches)
+        except HeadAtlasError:
             return None
         return str(directory)
 

@@ -91,6 +91,7 @@ def run_sweep(
     num_cpus: int | None = None,
     progress: bool = True,
     log: Callable[[str], Any] | None = None,
+    ray_timeout: float | None = None,
 ) -> SweepReport:
     """Map every entry into ``out`` (one folder per model, plus ``out/sweep/``).
 
@@ -138,7 +139,7 @@ def run_sweep(
     by_spec = {e.spec: e for e in entries}
     report = SweepReport(out, "nothing to run")
     if jobs:
-        engine, note = make_engine(ray, retries, cpus_per_task, num_cpus)
+        engine, note = make_engine(ray, retries, cpus_per_task, num_cpus, ray_timeout)
         if note:
             say(note)
         report.engine = engine.describe()

@@ -18,7 +18,14 @@ from typing import Any
 from headatlas.errors import HeadAtlasError
 from headatlas.scoring.options import MapOptions
 
-HUB_ENV = ("HF_HUB_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "HF_TOKEN")
+HUB_ENV = (
+    "HF_HUB_CACHE",
+    "HF_HOME",
+    "HF_HUB_OFFLINE",
+    "HF_TOKEN",
+    "HF_ENDPOINT",
+    "HEADATLAS_HUB_TIMEOUT",
+)
 """Environment variables a task takes from the driver (where the hub cache is, offline or not)."""
 
 

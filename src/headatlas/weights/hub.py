@@ -1,11 +1,14 @@
 """A Hugging Face hub id: download only config, tokenizer and the safetensors shards that hold
 the tensors a pass needs, then read them as a local folder. Honours ``HF_HUB_OFFLINE``,
-``HF_HUB_CACHE`` / ``HF_HOME`` and the local cache (nothing is fetched twice)."""
+``HF_HUB_CACHE`` / ``HF_HOME`` and the local cache (nothing is fetched twice). When the hub
+does not answer within ``HEADATLAS_HUB_TIMEOUT`` seconds (default 5) only the cache is used, so
+an offline machine gets its error at once instead of after the hub library's retries."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -73,6 +76,33 @@ def hub_endpoint() -> str | None:
     """The hub's address: ``HF_ENDPOINT`` read now (a mirror such as olah), else the library's
     default (``huggingface_hub`` reads it once, at import)."""
     return os.environ.get("HF_ENDPOINT") or None
+
+
+HUB_TIMEOUT_ENV = "HEADATLAS_HUB_TIMEOUT"
+DEFAULT_HUB_TIMEOUT = 5.0
+
+
+def hub_unreachable(timeout: float | None = None) -> str | None:
+    """None when the hub endpoint (``HF_ENDPOINT``, a mirror too) accepts a connection within
+    ``timeout`` seconds (``$HEADATLAS_HUB_TIMEOUT``, default 5), else why not, in words."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if timeout is None:
+        try:
+            timeout = float(os.environ.get(HUB_TIMEOUT_ENV) or DEFAULT_HUB_TIMEOUT)
+        except ValueError:
+            timeout = DEFAULT_HUB_TIMEOUT
+    url = urlparse(hub_endpoint() or constants.ENDPOINT)
+    host = url.hostname or "huggingface.co"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        return f"{host} does not answer within {timeout:g} s ({why})"
+    return None
 
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -149,6 +179,9 @@ def download_needed(
     }
     if hub_offline():
         return _cached_snapshot(repo_id, name, needed, where)
+    unreachable = hub_unreachable()
+    if unreachable is not None:  # no minutes of retries: the cache or a one-line error
+        return _cached_snapshot(repo_id, name, needed, where, unreachable)
     api = HfApi(endpoint=where["endpoint"])
     try:
         info = api.model_info(repo_id, revision=ref)
@@ -197,14 +230,22 @@ def _cached_snapshot(
     name: str,
     needed: Callable[[dict[str, Any]], Iterable[str]],
     where: dict[str, Any],
+    unreachable: str | None = None,
 ) -> Path:
-    """The cached snapshot of a revision, offline: it must hold every file the pass reads."""
+    """The cached snapshot of a revision, offline (or with the hub ``unreachable``, in words):
+    it must hold every file the pass reads."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
         config = Path(hf_hub_download(repo_id, "config.json", local_files_only=True, **where))
     except LocalEntryNotFoundError as exc:
+        if unreachable is not None:
+            raise WeightSourceError(
+                f"hub model '{name}' is not in the local cache and the hub is unreachable "
+                f"({unreachable}): connect to the network, or pass a local folder "
+                f"({HUB_TIMEOUT_ENV} sets the wait)"
+            ) from exc
         raise WeightSourceError(
             f"hub model '{name}' is not in the local cache and downloads are off "
             "(HF_HUB_OFFLINE=1 or no network): download it once with network access, "
