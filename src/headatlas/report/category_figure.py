@@ -19,7 +19,7 @@ from headatlas.report.grid_axes import (
 )
 from headatlas.report.head_grids import category_grid, label_grid, scored_categories
 from headatlas.report.palette import MISSING_COLOR, label_colormap, label_colors, label_order
-from headatlas.report.titles import panel_titles
+from headatlas.report.titles import class_level_caption, panel_titles
 from headatlas.scoring.categories import UNCLASSIFIED
 from headatlas.store import MapResults
 
@@ -94,6 +94,9 @@ def plot_category_atlas(results: Sequence[MapResults], out: Path | None = None) 
         handleheight=1.2,
         columnspacing=1.2,
     )
+    caption = class_level_caption(results)
+    if caption:
+        fig.supxlabel(caption, fontsize=8)
     if out is not None:
         save_figure(fig, out)
     return fig
@@ -149,6 +152,9 @@ def plot_category_series(results: MapResults, out: Path | None = None) -> Figure
         handlelength=1.2,
         handleheight=1.2,
     )
+    caption = class_level_caption([results])
+    if caption:
+        fig.supxlabel(caption, fontsize=8)
     if out is not None:
         save_figure(fig, out)
     return fig
