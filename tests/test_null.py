@@ -200,3 +200,27 @@ def test_class_level_relations_are_in_the_manifest(folder: Path, tmp_path: Path)
     assert s["score"].max() >= 0.05  # some head ranks " the" in its top 5000
     assert res.manifest["relations_class_level"] == ["to_the"]
     assert (res.categories["label"] == "Unclassified").all()
+
+
+def test_class_level_relations_in_captions_and_atlas(tmp_path: Path) -> None:
+    from report_fixtures import make_results
+
+    from headatlas.report.atlas_html import atlas_data
+    from headatlas.report.category_figure import plot_category_atlas, plot_category_series
+    from headatlas.report.relation_figure import plot_relation
+    from headatlas.store import MANIFEST, load_results, read_manifest, write_json_atomic
+
+    folder = make_results(tmp_path, 3, 2)
+    manifest = read_manifest(folder)
+    plain = load_results(folder)
+    assert atlas_data(plain)["class_level"] == []
+    assert plot_category_atlas([plain]).get_supxlabel() == ""
+    write_json_atomic(
+        {**manifest, "relations_class_level": ["country to capital"]}, folder / MANIFEST
+    )
+    res = load_results(folder)
+    assert "class-level" in plot_relation(res, "country to capital").get_suptitle()
+    assert "class-level" not in plot_relation(res, "name copying").get_suptitle()
+    for fig in (plot_category_atlas([res]), plot_category_series(res)):
+        assert "country to capital" in fig.get_supxlabel()
+    assert atlas_data(res)["class_level"] == ["country to capital"]
