@@ -82,6 +82,13 @@ def main() -> None:
     for (layer, head), label in changed.items():
         print(f"  L{layer}H{head}: {label} -> {null.loc[(layer, head)]}")
     print(f"class-level relations: {b.manifest['relations_class_level']}")
+    for rel in b.manifest["relations_class_level"]:
+        cells = s[(s["relation"] == rel) & ((s["score"] >= th) | (s["null_max"] >= th))]
+        for r in cells.sort_values(["layer", "head"]).itertuples():
+            print(
+                f"  {rel} L{r.layer}H{r.head}: score {r.score:.3f}, null mean {r.null_mean:.3f} "
+                f"max {r.null_max:.3f}, p {r.p_value:.2f}, z {r.z:.1f}"
+            )
 
 
 if __name__ == "__main__":

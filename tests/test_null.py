@@ -224,3 +224,35 @@ def test_class_level_relations_in_captions_and_atlas(tmp_path: Path) -> None:
     for fig in (plot_category_atlas([res]), plot_category_series(res)):
         assert "country to capital" in fig.get_supxlabel()
     assert atlas_data(res)["class_level"] == ["country to capital"]
+
+
+def test_null_hits_equal_the_kernels_relation_decision(folder: Path) -> None:
+    from headatlas.scoring.null import null_hits, null_plan
+    from headatlas.scoring.plan import RelationPairs
+    from headatlas.scoring.ranks import PairLayout, pair_ranks
+    from headatlas.scoring.recipe import SourceInputs
+    from headatlas.scoring.relation_scores import candidate_orders, head_readouts
+
+    circuits = ModelCircuits.load(folder)
+    gen = torch.Generator().manual_seed(0)
+    V = circuits.cfg.vocab_size
+    sources = torch.randperm(V, generator=gen)[:300].tolist()
+    targets = torch.randint(0, 400, (300,), generator=gen).tolist()  # few targets: some hits
+    rels = [
+        RelationPairs("a", "X", 5000, sources[:200], targets[:200]),
+        RelationPairs("b", "Y", 1, sources[100:], targets[100:]),
+    ]
+    plan = null_plan(rels, 3, 0)
+    opts = MapOptions()
+    readout = opts.recipe().bind(circuits, torch.device("cpu"), torch.float32)
+    inputs = SourceInputs(opts.recipe(), circuits, plan.source_ids, None)
+    layout = PairLayout(plan.pair_rows, plan.pair_targets, len(plan.source_ids), V, k=plan.pair_k)
+    heads = head_readouts(circuits.layer(1), inputs.layer(1), readout)
+    hits = 0
+    for (Z, B), order in zip(heads, candidate_orders(heads), strict=True):
+        up, _ = pair_ranks(Z, B, layout, order=order)
+        got = null_hits(Z, B, layout, order)
+        assert torch.equal(got, up < plan.pair_k)
+        assert torch.equal(null_hits(Z, B, layout, None), got)  # full rows only
+        hits += int(got.sum())
+    assert hits > 0

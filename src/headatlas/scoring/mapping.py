@@ -32,6 +32,7 @@ from headatlas.scoring.evidence import EvidenceLimits, empty_evidence, layer_evi
 from headatlas.scoring.null import (
     NULL_COLUMNS,
     class_level_relations,
+    null_hits,
     null_plan,
     null_scores,
     null_statistics,
@@ -39,7 +40,12 @@ from headatlas.scoring.null import (
 from headatlas.scoring.options import MapOptions, compute_dtype, resolve_dtype
 from headatlas.scoring.plan import RelationPairs, ScoringPlan
 from headatlas.scoring.ranks import PairLayout
-from headatlas.scoring.relation_scores import head_readouts, layer_ranks_multi, layer_scores
+from headatlas.scoring.relation_scores import (
+    candidate_orders,
+    head_readouts,
+    layer_ranks_multi,
+    layer_scores,
+)
 from headatlas.store import (
     CATEGORIES,
     EVIDENCE,
@@ -267,15 +273,13 @@ def map_heads(
     layout.to(device)
     n_perm = options.null_permutations
     null = null_plan(plan.relations, n_perm, options.null_seed) if n_perm else None
-    layouts = [layout]
+    null_layout = None
     if null is not None:
         if not torch.equal(null.source_ids, plan.source_ids):
             raise AssertionError("the null's pairs must share the map's source rows")
-        layouts.append(
-            PairLayout(
-                null.pair_rows, null.pair_targets, len(null.source_ids), layout.vocab, k=null.pair_k
-            ).to(device)
-        )
+        null_layout = PairLayout(
+            null.pair_rows, null.pair_targets, len(null.source_ids), layout.vocab, k=null.pair_k
+        ).to(device)
     limits = EvidenceLimits(options.threshold, options.evidence_right, options.evidence_wrong)
     tag = hashlib.sha256(json.dumps(limits.as_dict()).encode()).hexdigest()[:8]
     decode = _decoder(circuits, words)
@@ -289,8 +293,7 @@ def map_heads(
     frames: list[pd.DataFrame] = []
     evidence: list[pd.DataFrame] = []
     digests: list[str] = []
-    seconds = [0.0] * len(layouts)  # comparisons of the map's pairs, of the null's
-    evidence_s = 0.0
+    null_s = evidence_s = 0.0
     layers = range(circuits.cfg.n_layers)
     bar = _progress(layers, progress, summary["display_name"])
     layer_seconds: list[float] = []
@@ -324,8 +327,16 @@ def map_heads(
         with torch.no_grad():
             heads = head_readouts(layer, X, readout)
             if frame is None:
-                ranks = layer_ranks_multi(layer, X, readout, layouts, seconds, heads)
-                frame = _layer_frame(summary["name"], i, plan, ranks, null, n_perm)
+                orders = candidate_orders(heads)
+                ranks = layer_ranks_multi(layer, X, readout, [layout], heads, orders)[0]
+                hits = None
+                if null is not None and null_layout is not None:
+                    t1 = time.perf_counter()
+                    hits = torch.stack(
+                        [null_hits(Z, B, null_layout, o) for (Z, B), o in zip(heads, orders)]
+                    )
+                    null_s += time.perf_counter() - t1
+                frame = _layer_frame(summary["name"], i, plan, ranks, null, hits, n_perm)
                 layer_seconds.append(time.perf_counter() - t0)
                 if path is not None:
                     write_parquet_atomic(frame, path)
@@ -347,7 +358,6 @@ def map_heads(
         scores, options.threshold, options.use_suppression, options.label_rule, options.null_alpha
     )
     class_level = class_level_relations(scores, options.threshold)
-    null_s = seconds[1] if len(seconds) > 1 else 0.0
     manifest = {
         "model": summary,
         "options": options.as_dict(),
@@ -406,16 +416,17 @@ def _layer_frame(
     model: str,
     layer: int,
     plan: ScoringPlan,
-    ranks: list[tuple[torch.Tensor, torch.Tensor]],
+    ranks: tuple[torch.Tensor, torch.Tensor],
     null: ScoringPlan | None,
+    null_hits: torch.Tensor | None,
     n_perm: int,
 ) -> pd.DataFrame:
-    """One layer's rows of the scores table from the map's ranks (and the null's)."""
-    score, sup = layer_scores(plan, *ranks[0])
+    """One layer's rows of the scores table from the map's ranks (and the null's hits)."""
+    score, sup = layer_scores(plan, *ranks)
     H, R = score.shape
     n_pairs = torch.tensor([len(r.source_ids) for r in plan.relations])
-    if null is not None:
-        stats = null_statistics(score, null_scores(null, ranks[1][0], H, R, n_perm), n_pairs)
+    if null is not None and null_hits is not None:
+        stats = null_statistics(score, null_scores(null, null_hits, H, R, n_perm), n_pairs)
     else:
         nan = torch.full((H, R), float("nan"), dtype=torch.float64)
         stats = {c: nan for c in NULL_COLUMNS}

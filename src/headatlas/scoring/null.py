@@ -22,6 +22,14 @@ import pandas as pd
 import torch
 
 from headatlas.scoring.plan import RelationPairs, ScoringPlan
+from headatlas.scoring.ranks import (
+    STAGES,
+    PairLayout,
+    ReadoutB,
+    _columns,
+    _full_rows,
+    rounding_margin,
+)
 
 NULL_COLUMNS: tuple[str, ...] = ("null_mean", "null_max", "p_value", "z")
 """Columns the null adds to scores.parquet."""
@@ -52,11 +60,57 @@ def null_plan(relations: Sequence[RelationPairs], n_perm: int, seed: int) -> Sco
     return ScoringPlan.build(rels)
 
 
-def null_scores(plan: ScoringPlan, up: torch.Tensor, H: int, R: int, n_perm: int) -> torch.Tensor:
-    """Relation scores [H, R, n_perm] of the null's pairs from their ranks ``up`` [H, pairs]
-    (a pair counts when its rank is below k, as for the real pairs)."""
-    hits = (up < plan.pair_k.to(up.device)).cpu()
-    return plan.relation_means(hits).reshape(H, R, n_perm)
+def null_hits(
+    Z: torch.Tensor,
+    B: ReadoutB,
+    layout: PairLayout,
+    order: torch.Tensor | None,
+    stages: tuple[int, ...] = STAGES,
+) -> torch.Tensor:
+    """Per pair (original order), whether the target's relation rank is below k (bool): what
+    :func:`~headatlas.scoring.ranks.pair_ranks` decides for the relation score, without the
+    suppression side the null does not need.
+
+    A pair is a miss when the k-th largest of its row's candidate logits (``order``'s first
+    columns, :func:`~headatlas.scoring.relation_scores.candidate_orders`) exceeds the target's
+    logit by more than :func:`~headatlas.scoring.ranks.rounding_margin`: k tokens are then above
+    the target in every computation. That is one top-k per source row instead of one comparison
+    per pair and column; the pairs left (targets near the top) get exact ranks from full rows.
+    """
+    kk = layout.k
+    if kk is None:
+        raise ValueError("the null needs a layout with k")
+    n = layout.n_pairs
+    up = torch.zeros(n, dtype=torch.int64, device=Z.device)
+    alive = torch.arange(n, device=Z.device)
+    if order is not None and Z.device.type != "meta":
+        src, tgt = layout.src, layout.tgt
+        uniq, inv = torch.unique(tgt, return_inverse=True)  # permuted targets: few distinct
+        t = (Z[src] * _columns(B, uniq)[:, inv].T).sum(1)
+        margin = rounding_margin(Z, B, torch.arange(layout.n_rows, device=Z.device))[src]
+        k_max = int(kk.max())
+        end = 0
+        for size in stages:
+            end = min(end + size, int(order.numel()))
+            if alive.numel() == 0 or end == 0:
+                break
+            rows, loc = torch.unique(src[alive], return_inverse=True)
+            S = Z[rows] @ _columns(B, order[:end])  # [m, c]
+            kth = S.topk(min(k_max, end), dim=1).values  # [m, ≤k_max], descending
+            ka = kk[alive]
+            v = kth[loc, (ka - 1).clamp(max=kth.shape[1] - 1)]
+            miss = (ka <= kth.shape[1]) & (v > t[alive] + margin[alive])
+            up[alive[miss]] = ka[miss]
+            alive = alive[~miss]
+    _full_rows(Z, B, layout, alive, up, torch.empty_like(up))
+    hits = torch.empty(n, dtype=torch.bool, device=Z.device)
+    hits[layout.t_index] = up < kk
+    return hits
+
+
+def null_scores(plan: ScoringPlan, hits: torch.Tensor, H: int, R: int, n_perm: int) -> torch.Tensor:
+    """Relation scores [H, R, n_perm] of the null's pairs from their hits [H, pairs]."""
+    return plan.relation_means(hits.cpu()).reshape(H, R, n_perm)
 
 
 def null_statistics(

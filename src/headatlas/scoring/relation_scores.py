@@ -3,7 +3,6 @@ relations' pairs."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 import torch
@@ -92,38 +91,43 @@ def head_readouts(
     return heads
 
 
+def candidate_orders(heads: Sequence[tuple[torch.Tensor, FactoredB]]) -> list[torch.Tensor | None]:
+    """Each head's candidate columns for the pruned kernel's first passes, best first
+    (Σ STAGES of them, every head's from one pass over U); None on the meta device."""
+    if not heads or heads[0][0].device.type == "meta":
+        return [None] * len(heads)
+    dirs = [candidate_directions(Z, B) for Z, B in heads]
+    return list(candidate_columns_shared(dirs, heads[0][1].shared, sum(STAGES)))
+
+
 def layer_ranks_multi(
     layer: LayerOV,
     X: torch.Tensor,
     readout: Readout,
     layouts: Sequence[PairLayout],
-    seconds: list[float] | None = None,
-    heads: list[tuple[torch.Tensor, FactoredB]] | None = None,
+    heads: Sequence[tuple[torch.Tensor, FactoredB]] | None = None,
+    orders: Sequence[torch.Tensor | None] | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """:func:`layer_ranks` (pruned kernel) for several pair layouts over the same source rows
-    (the map's pairs and the null's permuted pairs), sharing each head's factors and candidate
-    columns; each layout's ranks are exactly what :func:`layer_ranks` gives for it alone.
-    ``seconds``: per layout, the time its comparisons took is added; ``heads``: the layer's
-    :func:`head_readouts` when the caller has them already."""
+    """:func:`layer_ranks` (pruned kernel) for several pair layouts over the same source rows,
+    sharing each head's factors and candidate columns; each layout's ranks are exactly what
+    :func:`layer_ranks` gives for it alone. ``heads`` (:func:`head_readouts`) and ``orders``
+    (:func:`candidate_orders`): when the caller has them already."""
     if heads is None:
         heads = head_readouts(layer, X, readout)
-    device = readout.W_Uf.device
-    orders: list[torch.Tensor | None] = [None] * len(heads)
-    if any(lay.k is not None for lay in layouts) and device.type != "meta":
-        # every head's columns, one pass over U
-        dirs = [candidate_directions(Z, B) for Z, B in heads]
-        orders = list(candidate_columns_shared(dirs, heads[0][1].shared, sum(STAGES)))
+    if orders is None:
+        orders = (
+            candidate_orders(heads)
+            if any(lay.k is not None for lay in layouts)
+            else [None] * len(heads)
+        )
     out = []
-    for j, layout in enumerate(layouts):
-        t0 = time.perf_counter()
+    for layout in layouts:
         ups, downs = [], []
         for (Z, B), order in zip(heads, orders, strict=True):
             up, down = pair_ranks(Z, B, layout, order=order if layout.k is not None else None)
             ups.append(up)
             downs.append(down)
         out.append((torch.stack(ups), torch.stack(downs)))
-        if seconds is not None:
-            seconds[j] += time.perf_counter() - t0
     return out
 
 
