@@ -128,9 +128,10 @@ class MapOptions:
     """The p-value bound of label_rule p-value."""
     evidence_right: int = 20
     """Evidence kept per (head, relation) scoring at least the threshold: at most this many
-    pairs the head gets right (0 with evidence_wrong 0: no evidence.parquet)."""
+    pairs the head gets right (with evidence_wrong, both 0: evidence.parquet stays empty)."""
     evidence_wrong: int = 10
-    """... and at most this many it gets wrong."""
+    """Evidence kept per (head, relation) scoring at least the threshold: at most this many
+    pairs the head gets wrong."""
     dtype: str = field(default="float32", metadata={"choices": tuple(_DTYPES)})
     """Storage dtype of weights and inputs: float32, float64 or bfloat16. Ranks are computed in
     float32 (float64 when asked for) whatever this is; see :func:`compute_dtype`."""
