@@ -30,15 +30,13 @@ from headatlas.cli import report_cmd
 from headatlas.errors import OutputFormatError, ResultsError, TooManyModelsError
 from headatlas.report.atlas_html import atlas_data, embed_json, render_atlas_html
 from headatlas.report.head_pages import (
-    EVIDENCE,
-    EVIDENCE_COLUMNS,
     KINDS,
     MAX_PAIRS_PER_RELATION,
     MAX_WRONG_PER_RELATION,
     evidence_by_head,
     similar_heads,
 )
-from headatlas.store import MapResults, load_results
+from headatlas.store import EVIDENCE, EVIDENCE_COLUMNS, MapResults, load_results
 
 EVIL_RELATION = "<img src=x onerror=alert(1)>"
 EVIL_TOKEN = "<script>alert(1)</script>"

@@ -51,7 +51,7 @@ def test_map_writes_tables_and_manifest_then_reuses(
     assert len(results.scores) == 2 * 4 * len(scored)
     assert list(results.scores.columns) == [
         "model", "layer", "head", "relation", "category", "k", "n_pairs", "score",
-        "suppression_score",
+        "suppression_score", "null_mean", "null_max", "p_value", "z",
     ]  # fmt: skip
     assert results.scores["score"].between(0, 1).all()
     k = results.scores.set_index("relation")["k"]
@@ -83,13 +83,14 @@ def test_user_relation_file_and_threshold(gpt2_dir: Path, tmp_path: Path) -> Non
     out = tmp_path / "out"
     rc = run_cli(
         "map", gpt2_dir, "--out", out, "--relations-file", rel, "--relations", "copying",
-        "--threshold", "0.0", "--quiet",
+        "--threshold", "0.0", "--label-rule", "paper", "--quiet",
     )  # fmt: skip
     assert rc == 0
     results = load_results(out / model_slug(str(gpt2_dir)))
     echo = results.scores[results.scores.relation == "echo"]
     assert (echo["category"] == "Custom").all() and (echo["n_pairs"] == len(words)).all()
-    # Threshold 0: every head implements both relations -> "2 categories".
+    # Threshold 0 under the paper's rule (no null to beat): every head implements both
+    # relations -> "2 categories".
     assert (results.categories["label"] == "2 categories").all()
 
 

@@ -117,12 +117,13 @@ def test_other_threshold_or_suppression_relabels_a_reused_map(
     assert run_cli("map", folder, "--out", out, *RELS, "--quiet") == 0
     before = load_results(out / model_slug(str(folder)))
     capsys.readouterr()
-    assert run_cli("map", folder, "--out", out, *RELS, "--quiet", "--threshold", "0") == 0
+    relabel = ("--threshold", "0", "--label-rule", "paper")  # threshold 0 never beats a null
+    assert run_cli("map", folder, "--out", out, *RELS, "--quiet", *relabel) == 0
     assert "reusing the finished map" in capsys.readouterr().err
     after = load_results(out / model_slug(str(folder)))
     assert after.manifest["timings"]["layers_computed"] == 0
     assert after.manifest["options"]["threshold"] == 0
-    relabelled = categorize_heads(after.scores, 0.0, False)
+    relabelled = categorize_heads(after.scores, 0.0, False, "paper")
     pd.testing.assert_frame_equal(after.categories, relabelled)
     assert not relabelled["label"].equals(before.categories["label"])
     pd.testing.assert_frame_equal(after.scores, before.scores)

@@ -7,7 +7,8 @@ Layout of ``OUT/<model-slug>/``::
                          package versions, timings, files (name -> sha256, rows: what the
                          manifest vouches for)
     scores.parquet       model, layer, head, relation, category, k, n_pairs, score,
-                         suppression_score
+                         suppression_score, null_mean, null_max, p_value, z
+    evidence.parquet     pairs behind each score >= threshold (EVIDENCE_COLUMNS)
     categories.parquet   layer, head, label, categories, n_relations, relations
     salient.parquet      salient operations (``headatlas salient --all``)
     descriptions.jsonl   LLM descriptions of heads (``headatlas describe``)
@@ -68,7 +69,22 @@ SCORE_COLUMNS = (
     "score",
     "suppression_score",
 )
-"""Columns of scores.parquet."""
+"""Columns of scores.parquet every reader needs (maps since the null also hold
+``headatlas.scoring.null.NULL_COLUMNS``)."""
+EVIDENCE = "evidence.parquet"
+EVIDENCE_COLUMNS = (
+    "model",
+    "layer",
+    "head",
+    "relation",
+    "source",
+    "target",
+    "correct",
+    "target_rank",
+    "top_tokens",
+    "kind",
+)
+"""Columns of evidence.parquet (see :mod:`headatlas.scoring.evidence`)."""
 
 
 def model_slug(name: str) -> str:
@@ -391,6 +407,14 @@ def read_table(path: Path, columns: Sequence[str] = ()) -> pd.DataFrame:
     return df
 
 
+def read_evidence(path: Path) -> pd.DataFrame:
+    """An evidence table (:data:`EVIDENCE_COLUMNS`) with ``top_tokens`` as lists of str, as
+    the map makes them (parquet gives arrays back)."""
+    df = read_table(path, EVIDENCE_COLUMNS)
+    df["top_tokens"] = [[str(t) for t in tops] for tops in df["top_tokens"]]
+    return df
+
+
 @dataclass
 class MapResults:
     """The map of one model: scores per (layer, head, relation) and a label per head."""
@@ -399,6 +423,8 @@ class MapResults:
     manifest: dict[str, Any]
     scores: pd.DataFrame
     categories: pd.DataFrame
+    evidence: pd.DataFrame | None = None
+    """The pairs behind each score >= threshold (None: a map from before evidence)."""
 
     @property
     def display_name(self) -> str:
@@ -468,6 +494,7 @@ def load_results(directory: str | Path) -> MapResults:
         manifest=manifest,
         scores=scores,
         categories=read_table(directory / CATEGORIES, ("layer", "head", "label")),
+        evidence=read_evidence(directory / EVIDENCE) if (directory / EVIDENCE).is_file() else None,
     )
 
 

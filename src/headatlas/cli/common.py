@@ -9,7 +9,7 @@ from pathlib import Path
 from headatlas.circuits import ModelCircuits
 from headatlas.cli.dataclass_args import add_dataclass_args, dataclass_from_args
 from headatlas.errors import OptionError
-from headatlas.scoring.options import MapOptions, recipe_fields
+from headatlas.scoring.options import MapOptions, preset_fields
 from headatlas.scoring.recipe import PRESETS, Recipe
 
 
@@ -84,7 +84,7 @@ def options_from_args(args: argparse.Namespace, recipe: Recipe | None = None) ->
     defaults = MapOptions()
     changes = {
         name: value
-        for name, value in recipe_fields(base).items()
+        for name, value in preset_fields(preset, base).items()
         if getattr(options, name) == getattr(defaults, name)
     }
     return dataclasses.replace(options, **changes)

@@ -122,6 +122,19 @@ def summary_text(results: MapResults) -> str:
             f"L{int(best_sup.layer)}H{int(best_sup['head'])} {best_sup.suppression_score:.2f}"
             f"  (k={int(best.k)}, {int(best.n_pairs)} pairs)"
         )
+    null = m.get("null", {})
+    if null.get("permutations"):
+        t = m["timings"]
+        lines += [
+            "",
+            f"null: {null['permutations']} target permutations per relation, "
+            f"{t['null_s']:.1f} s of {t['scores_s']:.1f} s scoring; label rule {null['label_rule']}",
+        ]
+        if m.get("relations_class_level"):
+            lines.append(
+                "  class-level (shuffled targets reach the threshold): "
+                + ", ".join(m["relations_class_level"])
+            )
     skipped = [r for r in m["relations"] if r["skipped"]]
     if skipped:
         lines += ["", "skipped relations:"]

@@ -33,7 +33,7 @@ from headatlas.report.grid_axes import MAX_MODELS
 from headatlas.report.head_grids import relation_names
 from headatlas.report.head_pages import head_page_data
 from headatlas.report.palette import label_colors, label_order, score_colormap
-from headatlas.report.titles import panel_titles
+from headatlas.report.titles import class_level_of, panel_titles
 from headatlas.scoring.categories import CATEGORIES, DEFAULT_THRESHOLD
 from headatlas.store import MapResults, write_text_atomic
 
@@ -314,6 +314,7 @@ def atlas_data(results: MapResults) -> dict[str, Any]:
             if r.get("skipped")
         ],
         "validation": _validation(results),
+        "class_level": class_level_of(results),
     }
 
 

@@ -22,7 +22,7 @@ from headatlas.report.grid_axes import (
 )
 from headatlas.report.head_grids import category_grid, label_grid, scored_categories
 from headatlas.report.palette import MISSING_COLOR, label_colormap, label_colors, label_order
-from headatlas.report.titles import panel_titles
+from headatlas.report.titles import class_level_caption, panel_titles
 from headatlas.scoring.categories import UNCLASSIFIED
 from headatlas.store import MapResults
 
@@ -122,8 +122,9 @@ def plot_category_atlas(
         handleheight=1.2,
         columnspacing=1.2,
     )
-    if caption:
-        fig.supxlabel(caption, fontsize=9, color="#444444")
+    notes = [note for note in (caption, class_level_caption(results)) if note]
+    if notes:
+        fig.supxlabel("\n".join(notes), fontsize=9, color="#444444")
     if out is not None:
         save_figure(fig, out)
     return fig
@@ -196,8 +197,9 @@ def plot_category_series(
         handlelength=1.2,
         handleheight=1.2,
     )
-    if caption:
-        fig.supxlabel(caption, fontsize=9, color="#444444")
+    notes = [note for note in (caption, class_level_caption([results])) if note]
+    if notes:
+        fig.supxlabel("\n".join(notes), fontsize=9, color="#444444")
     if out is not None:
         save_figure(fig, out)
     return fig

@@ -27,23 +27,8 @@ import numpy as np
 import pandas as pd
 
 from headatlas.report.head_words import EvidencePair, RelationReading, head_line
-from headatlas.store import MapResults, read_table
-
-EVIDENCE = "evidence.parquet"
-"""Evidence pairs beside the map (written by ``headatlas map``)."""
-
-EVIDENCE_COLUMNS = (
-    "layer",
-    "head",
-    "relation",
-    "source",
-    "target",
-    "correct",
-    "target_rank",
-    "top_tokens",
-    "kind",
-)
-NULL_COLUMNS = ("null_mean", "null_max", "p_value", "z")
+from headatlas.scoring.null import NULL_COLUMNS
+from headatlas.store import MapResults
 
 DYNAMIC_HEADS = Path("validation") / "correlative_heads.csv"
 """Per-head dynamic scores written by ``headatlas validate``."""
@@ -65,10 +50,7 @@ KINDS = ("relation", "suppression")
 
 def evidence_table(results: MapResults) -> pd.DataFrame | None:
     """The map's evidence pairs, or None when the map has none (maps before evidence)."""
-    path = results.directory / EVIDENCE
-    if not path.is_file():
-        return None
-    return read_table(path, EVIDENCE_COLUMNS)
+    return results.evidence
 
 
 def _as_strings(value: Any, limit: int) -> list[str]:

@@ -15,6 +15,7 @@ from matplotlib.lines import Line2D
 from headatlas.report.grid_axes import check_output, draw_head_grid, panel_size, save_figure
 from headatlas.report.head_grids import relation_grid
 from headatlas.report.palette import score_colormap
+from headatlas.report.titles import class_level_of
 from headatlas.store import MapResults
 
 TOP_N = 5
@@ -77,7 +78,12 @@ def plot_relation(
     assert image is not None
     bar = fig.colorbar(image, ax=list(axes), shrink=0.85, pad=0.02)
     bar.set_label("score (0–1)")
-    fig.suptitle(f"{results.display_name} — {relation} ({category})", fontsize=12)
+    note = (
+        " — class-level: shuffled targets score alike"
+        if relation in class_level_of(results)
+        else ""
+    )
+    fig.suptitle(f"{results.display_name} — {relation} ({category}){note}", fontsize=12)
     if out is not None:
         save_figure(fig, out)
     return fig

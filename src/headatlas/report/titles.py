@@ -50,3 +50,23 @@ def panel_titles(results: Sequence[MapResults]) -> list[str]:
         label = recipe_label(r) if name in repeated else ""
         titles.append(f"{name} — {label}" if label else name)
     return titles
+
+
+def class_level_of(results: MapResults) -> list[str]:
+    """The relations the map flagged class-level (its null reaches the threshold: shuffled
+    targets score alike, see :mod:`headatlas.scoring.null`); empty for maps before the null."""
+    found = results.manifest.get("relations_class_level")
+    return [str(r) for r in found] if isinstance(found, list) else []
+
+
+def class_level_caption(results: Sequence[MapResults]) -> str:
+    """A caption line naming each map's class-level relations ("" when there are none)."""
+    parts = []
+    many = len(results) > 1
+    for r, title in zip(results, panel_titles(results), strict=True):
+        names = class_level_of(r)
+        if names:
+            parts.append((f"{title}: " if many else "") + ", ".join(names))
+    if not parts:
+        return ""
+    return "class-level (shuffled targets score alike): " + "; ".join(parts)

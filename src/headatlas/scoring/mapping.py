@@ -29,18 +29,34 @@ from headatlas.relations import (
     tokenize_relation,
 )
 from headatlas.scoring.categories import categorize_heads
+from headatlas.scoring.evidence import EvidenceLimits, empty_evidence, layer_evidence
+from headatlas.scoring.null import (
+    NULL_COLUMNS,
+    class_level_relations,
+    null_hits,
+    null_plan,
+    null_scores,
+    null_statistics,
+)
 from headatlas.scoring.options import MapOptions, compute_dtype, resolve_dtype
 from headatlas.scoring.plan import RelationPairs, ScoringPlan
 from headatlas.scoring.ranks import PairLayout
 from headatlas.scoring.recipe import SourceInputs
-from headatlas.scoring.relation_scores import layer_ranks, layer_scores
+from headatlas.scoring.relation_scores import (
+    candidate_orders,
+    head_readouts,
+    layer_ranks_multi,
+    layer_scores,
+)
 from headatlas.store import (
     CATEGORIES,
+    EVIDENCE,
     MANIFEST,
     SCORE_COLUMNS,
     SCORES,
     MapResults,
     check_files,
+    read_evidence,
     read_manifest,
     read_table,
     results_folder,
@@ -50,6 +66,8 @@ from headatlas.store import (
 from headatlas.weights import ModelSpec
 
 PARTIAL = "partial"
+TABLE_COLUMNS = (*SCORE_COLUMNS, *NULL_COLUMNS)
+"""Columns of the scores table a map writes."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -120,36 +138,47 @@ def _cache_key(weights: str, options: MapOptions, plan: ScoringPlan) -> str:
 
 
 def _finished_layers(
-    directory: Path | None, key: str, say: Any
-) -> tuple[dict[int, pd.DataFrame], list[str]]:
-    """Layer tables of a finished map computed with the same key, and their weight digests
-    (empty when there is none, or its files cannot be read: then they are named)."""
+    directory: Path | None, key: str, limits: EvidenceLimits, say: Any
+) -> tuple[dict[int, pd.DataFrame], list[str], dict[int, pd.DataFrame] | None]:
+    """Layer tables of a finished map computed with the same key, their weight digests and
+    their evidence (None when it was kept with other limits or cannot be read: then it is
+    recomputed); empty when there is no such map, or its files cannot be read (then they
+    are named)."""
     if directory is None or not (directory / MANIFEST).is_file():
-        return {}, []
+        return {}, [], None
     try:
         old = read_manifest(directory)
     except HeadAtlasError as exc:
         say(f"ignoring the earlier map: {exc}")
-        return {}, []
+        return {}, [], None
     digests = old.get("layer_digests")
     if old.get("cache_key") != key or not isinstance(digests, list):
-        return {}, []
+        return {}, [], None
     try:
         if not check_files(directory, old, [SCORES], require=[SCORES]):
             say(
                 f"recomputing the earlier map in {directory}: its manifest vouches for no file "
                 "(written before file hashes)"
             )
-            return {}, []
+            return {}, [], None
     except ResultsMismatchError as exc:
         say(f"recomputing: {exc}")
-        return {}, []
+        return {}, [], None
     try:
-        scores = read_table(directory / SCORES, SCORE_COLUMNS)
+        scores = read_table(directory / SCORES, TABLE_COLUMNS)
     except ResultsError as exc:
         say(f"recomputing: {exc}")
-        return {}, []
-    return {int(i): g.reset_index(drop=True) for i, g in scores.groupby("layer")}, digests
+        return {}, [], None
+    layers = {int(i): g.reset_index(drop=True) for i, g in scores.groupby("layer")}
+    evidence: dict[int, pd.DataFrame] | None = None
+    if old.get("evidence", {}).get("limits") == limits.as_dict():
+        try:
+            check_files(directory, old, [EVIDENCE], require=[EVIDENCE])
+            ev = read_evidence(directory / EVIDENCE)
+            evidence = {int(i): g.reset_index(drop=True) for i, g in ev.groupby("layer")}
+        except ResultsError as exc:
+            say(f"recomputing evidence: {exc}")
+    return layers, digests, evidence
 
 
 def _partial_layer(path: Path, say: Any) -> pd.DataFrame | None:
@@ -158,7 +187,7 @@ def _partial_layer(path: Path, say: Any) -> pd.DataFrame | None:
     if not path.is_file():
         return None
     try:
-        return read_table(path, SCORE_COLUMNS)
+        return read_table(path, TABLE_COLUMNS)
     except ResultsError as exc:
         say(f"recomputing layer: {exc}")
         path.unlink(missing_ok=True)
@@ -271,15 +300,29 @@ def map_heads(
         k=plan.pair_k,
     )
     layout.to(device)
+    n_perm = options.null_permutations
+    null = null_plan(plan.relations, n_perm, options.null_seed) if n_perm else None
+    null_layout = None
+    if null is not None:
+        if not torch.equal(null.source_ids, plan.source_ids):
+            raise AssertionError("the null's pairs must share the map's source rows")
+        null_layout = PairLayout(
+            null.pair_rows, null.pair_targets, len(null.source_ids), layout.vocab, k=null.pair_k
+        ).to(device)
+    limits = EvidenceLimits(options.threshold, options.evidence_right, options.evidence_wrong)
+    tag = hashlib.sha256(json.dumps(limits.as_dict()).encode()).hexdigest()[:8]
+    decode = _decoder(circuits, words)
     # Everything read so far (config, embeddings, unembedding, norms, block-0 MLP) was hashed
     # while it was read; each layer adds the hash of its own tensors below.
     key = _cache_key(circuits.content_fingerprint() + inputs.digest(), options, plan)
     t_prep = time.perf_counter()
 
-    finished, old_digests = _finished_layers(directory, key, say)
+    finished, old_digests, old_evidence = _finished_layers(directory, key, limits, say)
     partial = directory / PARTIAL / key if directory is not None else None
     frames: list[pd.DataFrame] = []
+    evidence: list[pd.DataFrame] = []
     digests: list[str] = []
+    null_s = evidence_s = 0.0
     todo = _layers_to_compute(layers, circuits.cfg.n_layers, directory)
     bar = _progress(todo, progress, summary["display_name"])
     layer_seconds: list[float] = []
@@ -287,27 +330,55 @@ def map_heads(
         t0 = time.perf_counter()
         layer = circuits.layer(i)  # read (and hashed) in any case: reuse needs a true match
         digests.append(layer.digest)
-        if i in finished and i < len(old_digests) and old_digests[i] == layer.digest:
-            frames.append(finished[i])
-            continue
         path = partial / f"layer_{i:04d}-{layer.digest}.parquet" if partial is not None else None
-        saved = _partial_layer(path, say) if path is not None else None
-        if saved is not None:
-            frames.append(saved)
+        ev_path = (
+            partial / f"evidence_{i:04d}-{layer.digest}-{tag}.parquet"
+            if partial is not None
+            else None
+        )
+        if i in finished and i < len(old_digests) and old_digests[i] == layer.digest:
+            frame: pd.DataFrame | None = finished[i]
+            ev = (old_evidence or {}).get(i, empty_evidence()) if old_evidence is not None else None
+        else:
+            frame = _partial_layer(path, say) if path is not None else None
+            ev = None
+            if frame is not None and ev_path is not None and ev_path.is_file():
+                try:
+                    ev = read_evidence(ev_path)
+                except ResultsError as exc:
+                    say(f"recomputing evidence: {exc}")
+        if frame is not None and ev is not None:
+            frames.append(frame)
+            evidence.append(ev)
             continue
         layer = layer.to(device, dtype)  # stored in dtype, computed in `compute`
         X = inputs.layer(i).to(device=device, dtype=dtype)
         with torch.no_grad():
-            up, down = layer_ranks(layer, X, readout, layout)
-        score, sup = layer_scores(plan, up, down)
-        frame = _layer_frame(summary["name"], i, plan, score, sup)
-        if path is not None:
-            write_parquet_atomic(frame, path)
+            heads = head_readouts(layer, X, readout)
+            if frame is None:
+                orders = candidate_orders(heads)
+                ranks = layer_ranks_multi(layer, X, readout, [layout], heads, orders)[0]
+                hits = None
+                if null is not None and null_layout is not None:
+                    t1 = time.perf_counter()
+                    hits = torch.stack(
+                        [null_hits(Z, B, null_layout, o) for (Z, B), o in zip(heads, orders)]
+                    )
+                    null_s += time.perf_counter() - t1
+                frame = _layer_frame(summary["name"], i, plan, ranks, null, hits, n_perm)
+                layer_seconds.append(time.perf_counter() - t0)
+                if path is not None:
+                    write_parquet_atomic(frame, path)
+            t1 = time.perf_counter()
+            ev = layer_evidence(summary["name"], i, heads, plan, frame, limits, decode)
+            evidence_s += time.perf_counter() - t1
+        if ev_path is not None:
+            write_parquet_atomic(ev, ev_path)
         frames.append(frame)
-        layer_seconds.append(time.perf_counter() - t0)
+        evidence.append(ev)
     t_scores = time.perf_counter()
     if layers is not None:  # a share of a split map: saved in the partial store, nothing final
-        part = pd.concat(frames, ignore_index=True)[list(SCORE_COLUMNS)]
+        part = pd.concat(frames, ignore_index=True)[list(TABLE_COLUMNS)]
         info = {"cache_key": key, "layers": list(todo), "layer_digests": digests}
         info["timings"] = {"layers_computed": len(layer_seconds)}
         return MapResults(directory or Path("."), info, part, pd.DataFrame())
@@ -315,8 +386,12 @@ def map_heads(
     if directory is not None and not layer_seconds:
         say(f"reusing the finished map in {directory} (same weights, options and relations)")
 
-    scores = pd.concat(frames, ignore_index=True)[list(SCORE_COLUMNS)]
-    categories = categorize_heads(scores, options.threshold, options.use_suppression)
+    scores = pd.concat(frames, ignore_index=True)[list(TABLE_COLUMNS)]
+    evidence_table = pd.concat(evidence, ignore_index=True) if evidence else empty_evidence()
+    categories = categorize_heads(
+        scores, options.threshold, options.use_suppression, options.label_rule, options.null_alpha
+    )
+    class_level = class_level_relations(scores, options.threshold)
     manifest: dict[str, Any] = {
         "model": summary,
         "options": options.as_dict(),
@@ -324,12 +399,23 @@ def map_heads(
         "cache_key": key,
         "layer_digests": digests,
         "relations": relations_info,
+        "null": {
+            "permutations": n_perm,
+            "seed": options.null_seed,
+            "label_rule": options.label_rule,
+            "alpha": options.null_alpha,
+            "columns": list(NULL_COLUMNS),
+        },
+        "relations_class_level": class_level,
+        "evidence": {"limits": limits.as_dict(), "rows": len(evidence_table)},
         "versions": package_versions(),
         "device": str(device),
         "timings": {
             "load_s": round(t_load - t_start, 3),
             "prepare_s": round(t_prep - t_load, 3),
             "scores_s": round(t_scores - t_prep, 3),
+            "null_s": round(null_s, 3),
+            "evidence_s": round(evidence_s, 3),
             "layers_computed": len(layer_seconds),
             "total_s": round(time.perf_counter() - t_start, 3),
         },
@@ -341,10 +427,11 @@ def map_heads(
         manifest = _keep_other_sections(directory, manifest)
         if layer_seconds or len(finished) != len(frames):  # else scores.parquet is current
             write_parquet_atomic(scores, directory / SCORES)
+        write_parquet_atomic(evidence_table, directory / EVIDENCE)
         write_parquet_atomic(categories, directory / CATEGORIES)
-        manifest = write_manifest(directory, manifest, [SCORES, CATEGORIES])  # last
+        manifest = write_manifest(directory, manifest, [SCORES, CATEGORIES, EVIDENCE])  # last
         shutil.rmtree(directory / PARTIAL, ignore_errors=True)
-    return MapResults(directory or Path("."), manifest, scores, categories)
+    return MapResults(directory or Path("."), manifest, scores, categories, evidence_table)
 
 
 def forward_prefix_record(start: int | None) -> dict[str, Any]:
@@ -368,9 +455,23 @@ def _keep_other_sections(directory: Path, manifest: dict[str, Any]) -> dict[str,
 
 
 def _layer_frame(
-    model: str, layer: int, plan: ScoringPlan, score: torch.Tensor, sup: torch.Tensor
+    model: str,
+    layer: int,
+    plan: ScoringPlan,
+    ranks: tuple[torch.Tensor, torch.Tensor],
+    null: ScoringPlan | None,
+    null_hits: torch.Tensor | None,
+    n_perm: int,
 ) -> pd.DataFrame:
-    H = score.shape[0]
+    """One layer's rows of the scores table from the map's ranks (and the null's hits)."""
+    score, sup = layer_scores(plan, *ranks)
+    H, R = score.shape
+    n_pairs = torch.tensor([len(r.source_ids) for r in plan.relations])
+    if null is not None and null_hits is not None:
+        stats = null_statistics(score, null_scores(null, null_hits, H, R, n_perm), n_pairs)
+    else:
+        nan = torch.full((H, R), float("nan"), dtype=torch.float64)
+        stats = {c: nan for c in NULL_COLUMNS}
     rows = []
     for h in range(H):
         for r, rel in enumerate(plan.relations):
@@ -385,9 +486,24 @@ def _layer_frame(
                     len(rel.source_ids),
                     float(score[h, r]),
                     float(sup[h, r]),
+                    *(float(stats[c][h, r]) for c in NULL_COLUMNS),
                 )
             )
-    return pd.DataFrame(rows, columns=list(SCORE_COLUMNS))
+    return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+
+
+def _decoder(circuits: ModelCircuits, words: Sequence[str]) -> Any:
+    """Token ids -> their strings, one each, with the tokenizer the map encoded with."""
+
+    found: list[Any] = []
+
+    def decode(ids: list[int]) -> list[str]:
+        if not found:
+            enc = circuits.encoder(words)
+            found.append(enc if hasattr(enc, "decode") else circuits.tokenizer)
+        return [str(found[0].decode([i])) for i in ids]
+
+    return decode
 
 
 def _layers_to_compute(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from headatlas.errors import OptionError
-from headatlas.scoring.categories import DEFAULT_THRESHOLD
+from headatlas.scoring.categories import DEFAULT_THRESHOLD, LABEL_RULES
 
 LARGE_VOCAB = 100_000
 
@@ -34,6 +35,15 @@ def recipe_fields(recipe: Recipe) -> dict[str, Any]:
         "final_norm": recipe.final_norm,
         "unembed_bias": recipe.unembed_bias,
     }
+
+
+def preset_fields(name: str, recipe: Recipe) -> dict[str, Any]:
+    """The MapOptions fields preset ``name`` (giving ``recipe``) sets: the recipe's, and for
+    ``maps`` the paper's label rule too."""
+    fields = recipe_fields(recipe)
+    if name == "maps":
+        fields["label_rule"] = "paper"
+    return fields
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -107,6 +117,24 @@ class MapOptions:
     """A head implements a relation when its score is at least this."""
     use_suppression: bool = False
     """Let suppression scores count towards categories too."""
+    null_permutations: int = 3
+    """Seeded target permutations per relation scored as its null (0: none, then the label
+    rule must be ``paper``); see :mod:`headatlas.scoring.null`."""
+    null_seed: int = 0
+    """Seed of the null's permutations."""
+    label_rule: str = field(default="null", metadata={"choices": LABEL_RULES})
+    """When a score counts towards a label: null = at least the threshold and above every
+    shuffled-target score (null_max; with n permutations this is the p <= 1/(n+1) test),
+    p-value = at least the threshold and empirical p <= null_alpha (needs >= 1/alpha - 1
+    permutations), paper = at least the threshold (the MAPS rule; ``--preset maps``)."""
+    null_alpha: float = 0.05
+    """The p-value bound of label_rule p-value."""
+    evidence_right: int = 20
+    """Evidence kept per (head, relation) scoring at least the threshold: at most this many
+    pairs the head gets right (with evidence_wrong, both 0: evidence.parquet stays empty)."""
+    evidence_wrong: int = 10
+    """Evidence kept per (head, relation) scoring at least the threshold: at most this many
+    pairs the head gets wrong."""
     dtype: str = field(default="float32", metadata={"choices": tuple(_DTYPES)})
     """Storage dtype of weights and inputs: float32, float64 or bfloat16. Ranks are computed in
     float32 (float64 when asked for) whatever this is; see :func:`compute_dtype`."""
@@ -132,6 +160,38 @@ class MapOptions:
             raise OptionError(
                 f"option start_token (--start-token) must be auto, none or a token id, "
                 f"got {self.start_token!r}"
+            )
+        for name in ("null_permutations", "null_seed", "evidence_right", "evidence_wrong"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                spelled = "--" + name.replace("_", "-")
+                raise OptionError(
+                    f"option {name} ({spelled}) must be a whole number >= 0, got {value!r}"
+                )
+        if self.label_rule not in LABEL_RULES:
+            raise OptionError(
+                f"option label_rule (--label-rule) must be one of {', '.join(LABEL_RULES)}, "
+                f"got {self.label_rule!r}"
+            )
+        if (
+            isinstance(self.null_alpha, bool)
+            or not isinstance(self.null_alpha, (int, float))
+            or not 0 < self.null_alpha <= 1
+        ):
+            raise OptionError(
+                f"option null_alpha (--null-alpha) must be a number in (0, 1], "
+                f"got {self.null_alpha!r}"
+            )
+        if self.label_rule != "paper" and self.null_permutations == 0:
+            raise OptionError(
+                f"label rule {self.label_rule} needs the null: set --null-permutations >= 1, "
+                "or --label-rule paper"
+            )
+        if self.label_rule == "p-value" and 1 / (1 + self.null_permutations) > self.null_alpha:
+            need = math.ceil(1 / self.null_alpha - 1)
+            raise OptionError(
+                f"with {self.null_permutations} permutations no p-value is <= "
+                f"{self.null_alpha}: set --null-permutations >= {need}, or --label-rule null"
             )
         if (
             isinstance(self.threshold, bool)
@@ -194,7 +254,7 @@ class MapOptions:
 
         if name not in PRESETS:
             raise OptionError(f"preset '{name}' is unknown: use one of {', '.join(PRESETS)}")
-        return cls(**{**recipe_fields(PRESETS[name]), **overrides})
+        return cls(**{**preset_fields(name, PRESETS[name]), **overrides})
 
     def recipe(self) -> Recipe:
         """The :class:`~headatlas.scoring.recipe.Recipe` these options describe."""
@@ -228,7 +288,8 @@ class MapOptions:
     def scoring_key(self) -> str:
         """Hash of the switches that change scores (not device, dtype-insensitive parts kept)."""
         d = self.as_dict()
-        for name in ("threshold", "use_suppression", "device"):
+        relabel = ("threshold", "use_suppression", "label_rule", "null_alpha")
+        for name in ("device", *relabel, "evidence_right", "evidence_wrong"):
             d.pop(name)
         if d["start_token"] == "auto":  # keys of maps made before the field stay valid
             d.pop("start_token")

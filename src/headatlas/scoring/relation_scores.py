@@ -3,6 +3,8 @@ relations' pairs."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from headatlas.circuits import LayerOV, Norm
@@ -45,6 +47,23 @@ def layer_ranks(
     norm's per-row factor s = 1/σ(y) is positive and cancels out of top-k, so it is computed
     (through a d_head x d_head Gram matrix) only when a bias follows it.
     """
+    if kernel == "full":
+        W_Uf = readout.W_Uf
+        layer = layer.to(W_Uf.device, W_Uf.dtype)
+        Zg = readout.value_vectors(layer, X)
+        W_O, b_O = readout.output_map(layer)
+        return _layer_ranks_full(
+            layer, Zg, W_O, b_O, W_Uf, readout.logit_bias, layout, readout.final_norm
+        )
+    return layer_ranks_multi(layer, X, readout, [layout])[0]
+
+
+def head_readouts(
+    layer: LayerOV, X: torch.Tensor, readout: Readout
+) -> list[tuple[torch.Tensor, FactoredB]]:
+    """Every head's logits kept factored, ``Z`` [n_sources, r] and ``B`` = W @ U [r, V]
+    (logits = Z @ B, up to the final norm's positive per-row factor when no bias follows
+    it), on the readout's device and in its dtype."""
     W_Uf = readout.W_Uf
     dtype, device = W_Uf.dtype, W_Uf.device
     layer = layer.to(device, dtype)
@@ -52,8 +71,6 @@ def layer_ranks(
     W_O, b_O = readout.output_map(layer)  # [H, dh, d], [d]: post-attention gain applied
     post_bias = readout.logit_bias
     final_norm = readout.final_norm
-    if kernel == "full":
-        return _layer_ranks_full(layer, Zg, W_O, b_O, W_Uf, post_bias, layout, final_norm)
     # B = W @ U stays factored; a post-norm logit bias is one more row of U.
     U = _shared_readout(W_Uf, post_bias, post_bias)
     heads = []
@@ -71,16 +88,47 @@ def layer_ranks(
             one[0, -1] = 1
             W = torch.cat([W, one], 0)
         heads.append((Z.contiguous(), FactoredB(W, U)))
-    orders: list[torch.Tensor | None] = [None] * len(heads)
-    if layout.k is not None and device.type != "meta":  # every head's columns, one pass over U
-        dirs = [candidate_directions(Z, B) for Z, B in heads]
-        orders = list(candidate_columns_shared(dirs, U, sum(STAGES)))
-    ups, downs = [], []
-    for (Z, B), order in zip(heads, orders, strict=True):
-        up, down = pair_ranks(Z, B, layout, order=order)
-        ups.append(up)
-        downs.append(down)
-    return torch.stack(ups), torch.stack(downs)
+    return heads
+
+
+def candidate_orders(heads: Sequence[tuple[torch.Tensor, FactoredB]]) -> list[torch.Tensor | None]:
+    """Each head's candidate columns for the pruned kernel's first passes, best first
+    (Σ STAGES of them, every head's from one pass over U); None on the meta device."""
+    if not heads or heads[0][0].device.type == "meta":
+        return [None] * len(heads)
+    dirs = [candidate_directions(Z, B) for Z, B in heads]
+    return list(candidate_columns_shared(dirs, heads[0][1].shared, sum(STAGES)))
+
+
+def layer_ranks_multi(
+    layer: LayerOV,
+    X: torch.Tensor,
+    readout: Readout,
+    layouts: Sequence[PairLayout],
+    heads: Sequence[tuple[torch.Tensor, FactoredB]] | None = None,
+    orders: Sequence[torch.Tensor | None] | None = None,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`layer_ranks` (pruned kernel) for several pair layouts over the same source rows,
+    sharing each head's factors and candidate columns; each layout's ranks are exactly what
+    :func:`layer_ranks` gives for it alone. ``heads`` (:func:`head_readouts`) and ``orders``
+    (:func:`candidate_orders`): when the caller has them already."""
+    if heads is None:
+        heads = head_readouts(layer, X, readout)
+    if orders is None:
+        orders = (
+            candidate_orders(heads)
+            if any(lay.k is not None for lay in layouts)
+            else [None] * len(heads)
+        )
+    out = []
+    for layout in layouts:
+        ups, downs = [], []
+        for (Z, B), order in zip(heads, orders, strict=True):
+            up, down = pair_ranks(Z, B, layout, order=order if layout.k is not None else None)
+            ups.append(up)
+            downs.append(down)
+        out.append((torch.stack(ups), torch.stack(downs)))
+    return out
 
 
 def _layer_ranks_full(

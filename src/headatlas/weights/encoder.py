@@ -46,6 +46,11 @@ class BackendEncoder:
         ids: list[int] = self._backend.encode(text, add_special_tokens=False).ids
         return ids
 
+    def decode(self, ids: list[int]) -> str:
+        """The text of token ids (special tokens kept), as the backend decodes it."""
+        text: str = self._backend.decode(ids, skip_special_tokens=False)
+        return text
+
 
 def _versions() -> str:
     out = []

@@ -94,6 +94,7 @@
     var meta = m.name + " \u00b7 " + m.n_layers + " layers \u00d7 " + m.n_heads + " heads \u00b7 " +
       classified + " classified heads \u00b7 " + m.relations.length + " relations";
     if (m.skipped.length) meta += " \u00b7 skipped: " + m.skipped.map(function (s) { return s[0] + " (" + s[1] + ")"; }).join(", ");
+    if (m.class_level && m.class_level.length) meta += " \u00b7 class-level (shuffled targets score alike): " + m.class_level.join(", ");
     this.root.appendChild(el("p", "meta", meta));
 
     /* Controls: colour by, suppression toggle, implements-category filter. */
