@@ -174,3 +174,30 @@ def test_pearson_with_interval() -> None:
 def test_bad_qk_options_are_refused(bad: dict[str, Any]) -> None:
     with pytest.raises(OptionError):
         QKOptions(**bad)
+
+
+def test_map_writes_qk_scores_when_asked(tmp_path: Path) -> None:
+    """``headatlas map --qk`` writes qk_scores.parquet and a manifest section; the OV map's
+    cache key is the same with or without it."""
+    from tiny_models import gpt2_tokenizer, save_tiny
+
+    from headatlas.cli.main import main
+    from headatlas.scoring.options import MapOptions
+    from headatlas.store import load_results, model_slug
+
+    folder = save_tiny(tiny_model("gpt2"), tmp_path / "gpt2")
+    gpt2_tokenizer().save_pretrained(folder)
+    out = tmp_path / "out"
+    assert main(["map", str(folder), "--out", str(out), "--relations", "copying", "--quiet"]) == 0
+    plain = load_results(out / model_slug(str(folder)))
+    assert plain.qk() is None and "qk" not in plain.manifest
+    args = ["map", str(folder), "--out", str(out), "--relations", "copying", "--quiet", "--qk",
+            "--qk-rotary", "offsets"]  # fmt: skip
+    assert main(args) == 0
+    res = load_results(out / model_slug(str(folder)))
+    table = res.qk()
+    assert table is not None and len(table) == 2 * 4
+    assert table.dup_score.between(0, 1).all() and table.salient_keys.map(len).eq(10).all()
+    assert res.manifest["qk"]["options"]["rotary"] == "offsets"
+    assert res.manifest["qk"]["rows"] == len(table) and res.manifest["options"]["qk"] is True
+    assert MapOptions(qk=True).scoring_key() == MapOptions().scoring_key()

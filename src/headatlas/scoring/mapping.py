@@ -278,6 +278,11 @@ def map_heads(
         frames.append(frame)
         layer_seconds.append(time.perf_counter() - t0)
     t_scores = time.perf_counter()
+    qk_section = None
+    if options.qk:  # the QK circuit: where each head attends (headatlas.scoring.qk)
+        from headatlas.scoring.qk import map_qk
+
+        qk_section = map_qk(circuits, options, recipe, directory, hf_model)
     summary["fingerprint"] = circuits.weights_fingerprint(digests)
     if directory is not None and not layer_seconds:
         say(f"reusing the finished map in {directory} (same weights, options and relations)")
@@ -302,6 +307,8 @@ def map_heads(
         },
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if qk_section is not None:
+        manifest["qk"] = qk_section
     if directory is not None:
         manifest = _keep_other_sections(directory, manifest)
         if layer_seconds or len(finished) != len(frames):  # else scores.parquet is current

@@ -109,6 +109,13 @@ class MapOptions:
     float32 (float64 when asked for) whatever this is; see :func:`compute_dtype`."""
     device: str = "auto"
     """'auto' (a CUDA GPU when present, else CPU), 'cpu', 'cuda', 'cuda:1'..."""
+    qk: bool = False
+    """Also read every head's QK circuit (where it attends) and write qk_scores.parquet beside
+    the scores (see docs/qk.md)."""
+    qk_rotary: str = field(default="slow", metadata={"choices": ("none", "offsets", "slow")})
+    """How the static QK reading handles rotary positions: none, offsets (the logit averaged
+    over distances 1..64) or slow (only the frequency pairs that turn under a quarter turn over
+    64 positions); ``calibrate`` measures which predicts inference best."""
 
     def __post_init__(self) -> None:
         """Refuse values no map can use, naming the option (the API and CLI share this)."""
@@ -144,6 +151,7 @@ class MapOptions:
             "leading_space",
             "first_token",
             "use_suppression",
+            "qk",
         ):
             if not isinstance(getattr(self, name), bool):
                 raise OptionError(
@@ -155,6 +163,11 @@ class MapOptions:
             raise OptionError(
                 f"option embedding (--embedding) must be one of {', '.join(EMBEDDINGS)}, "
                 f"got {self.embedding!r}"
+            )
+        if self.qk_rotary not in ("none", "offsets", "slow"):
+            raise OptionError(
+                f"option qk_rotary (--qk-rotary) must be one of none, offsets, slow, "
+                f"got {self.qk_rotary!r}"
             )
         resolve_dtype(self.dtype)
         if not isinstance(self.device, str):  # the device itself is checked where it is used
@@ -212,6 +225,6 @@ class MapOptions:
     def scoring_key(self) -> str:
         """Hash of the switches that change scores (not device, dtype-insensitive parts kept)."""
         d = self.as_dict()
-        for name in ("threshold", "use_suppression", "device"):
-            d.pop(name)
+        for name in ("threshold", "use_suppression", "device", "qk", "qk_rotary"):
+            d.pop(name)  # the QK switches change qk_scores.parquet only, not the OV scores
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

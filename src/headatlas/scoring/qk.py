@@ -26,7 +26,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -35,12 +36,15 @@ from headatlas.circuits import ModelCircuits
 from headatlas.errors import OptionError
 from headatlas.qk_circuits import LayerQK, read_qk
 from headatlas.scoring.recipe import Recipe, embedding_of
+from headatlas.store import QK_COLUMNS, QK_SCORES, write_parquet_atomic
+
+if TYPE_CHECKING:
+    from headatlas.scoring.options import MapOptions
 
 ROTARY_MODES = ("none", "offsets", "slow")
 """How a static reading handles the rotary position (see the module docstring)."""
 QK_INPUTS = ("recipe", "context")
 """Where the sample's x̃ comes from: the recipe's embedding mode, or in-context residuals."""
-QK_COLUMNS = ("model", "layer", "head", "dup_score", "salient_keys", "salient_queries")
 
 
 @dataclass(frozen=True)
@@ -203,7 +207,7 @@ def qk_scores(
     salient: bool = True,
     start: int | str | None = "auto",
 ) -> pd.DataFrame:
-    """Static QK scores of every head (columns :data:`QK_COLUMNS`), one row per head.
+    """Static QK scores of every head (columns :data:`headatlas.store.QK_COLUMNS`), one row per head.
     ``hf_model`` and ``start`` are for the inputs that run the model (``context``, and the
     recipe's ``forward`` mode)."""
     options = options or QKOptions()
@@ -278,3 +282,28 @@ def salient_tokens(
         keys[h] = [int(i) for i in key_ids[h]]
         queries[h] = [int(i) for i in qry_ids[h]]
     return keys, queries
+
+
+def map_qk(
+    circuits: ModelCircuits,
+    options: MapOptions,
+    recipe: Recipe,
+    directory: Path | None,
+    hf_model: Any = None,
+) -> dict[str, Any]:
+    """The map's QK step (``MapOptions.qk``): static QK scores of every head through the map's
+    recipe, written to ``directory/qk_scores.parquet``; returns the manifest's ``qk`` section."""
+    import time
+
+    t0 = time.perf_counter()
+    qk_options = QKOptions(rotary=options.qk_rotary)
+    table = qk_scores(circuits, qk_options, recipe, hf_model)
+    section: dict[str, Any] = {
+        "options": qk_options.as_dict(),
+        "file": QK_SCORES,
+        "rows": len(table),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    if directory is not None:
+        write_parquet_atomic(table, directory / QK_SCORES)
+    return section
