@@ -201,3 +201,37 @@ def test_map_writes_qk_scores_when_asked(tmp_path: Path) -> None:
     assert res.manifest["qk"]["options"]["rotary"] == "offsets"
     assert res.manifest["qk"]["rows"] == len(table) and res.manifest["options"]["qk"] is True
     assert MapOptions(qk=True).scoring_key() == MapOptions().scoring_key()
+
+
+def test_validate_qk_correlates_every_reading(tmp_path: Path, capsys: Any) -> None:
+    """``headatlas validate --experiment qk`` prints r per reading and stores the tables."""
+    from tiny_models import gpt2_tokenizer, save_tiny
+
+    from headatlas.cli.main import main
+    from headatlas.store import model_slug
+
+    folder = save_tiny(tiny_model("gpt2"), tmp_path / "gpt2")
+    gpt2_tokenizer().save_pretrained(folder)
+    out = tmp_path / "out"
+    args = ["validate", str(folder), "--out", str(out), "--relations", "copying",
+            "--experiment", "qk", "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "| recipe | slow |" in printed and "| context | none |" in printed
+    assert "Best reading:" in printed
+    d = out / model_slug(str(folder)) / "validation"
+    import json
+
+    import pandas as pd
+
+    table = pd.read_csv(d / "qk.csv")
+    assert len(table) == 6 and table["n_heads"].eq(8).all()
+    heads = pd.read_csv(d / "qk_heads.csv")
+    assert len(heads) == 8 and {"dynamic", "recipe/slow", "context/offsets"} <= set(heads.columns)
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["experiments"] == ["qk"]
+    assert summary["runs"]["qk"]["means"]["duplicate_token_best"]["rotary"] in (
+        "none",
+        "offsets",
+        "slow",
+    )

@@ -206,14 +206,17 @@ def qk_scores(
     layers: Sequence[int] | None = None,
     salient: bool = True,
     start: int | str | None = "auto",
+    x_of: Callable[[int], torch.Tensor] | None = None,
 ) -> pd.DataFrame:
-    """Static QK scores of every head (columns :data:`headatlas.store.QK_COLUMNS`), one row per head.
-    ``hf_model`` and ``start`` are for the inputs that run the model (``context``, and the
-    recipe's ``forward`` mode)."""
+    """Static QK scores of every head (columns :data:`headatlas.store.QK_COLUMNS`), one row
+    per head. ``hf_model`` and ``start`` are for the inputs that run the model (``context``,
+    and the recipe's ``forward`` mode); ``x_of``: the sample's x̃ per layer when already
+    formed (by :func:`sample_inputs` with the same options)."""
     options = options or QKOptions()
     recipe = recipe or Recipe()
     ids = sample_tokens(circuits, options.n_tokens, options.seed)
-    x_of = sample_inputs(circuits, ids, recipe, options, hf_model, start)
+    if x_of is None:
+        x_of = sample_inputs(circuits, ids, recipe, options, hf_model, start)
     vocab_x: dict[str, torch.Tensor] = {}
     rows: list[dict[str, Any]] = []
     for layer in layers if layers is not None else range(circuits.cfg.n_layers):

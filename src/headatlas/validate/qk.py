@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from headatlas.circuits import ModelCircuits
-from headatlas.scoring.recipe import start_token
+from headatlas.scoring.qk import ROTARY_MODES, QKOptions, qk_scores, sample_inputs, sample_tokens
+from headatlas.scoring.recipe import Recipe, start_token
 from headatlas.validate.hooks import eval_mode
 
 
@@ -107,3 +109,78 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     if a.std() == 0 or b.std() == 0:
         return float("nan")
     return float(np.corrcoef(a, b)[0, 1])
+
+
+DUPLICATE_TARGET = 0.8
+"""The r over heads a static duplicate-token reading must reach before heads are labelled by it."""
+
+
+@dataclass
+class QKValidation:
+    """The QK experiment: per reading (inputs × rotary mode) the correlation over heads, and
+    per head the static scores of every reading beside the dynamic one."""
+
+    correlations: pd.DataFrame
+    """inputs, rotary, r, low, high, n_heads, reaches_target."""
+    heads: pd.DataFrame
+    """layer, head, dynamic, then one static column per reading (``<inputs>/<rotary>``)."""
+    best: dict[str, Any]
+    """The reading with the highest r (its inputs and rotary mode, r and whether it reaches
+    :data:`DUPLICATE_TARGET`)."""
+
+
+def validate_qk(
+    circuits: ModelCircuits,
+    hf_model: Any,
+    recipe: Recipe,
+    options: QKOptions | None = None,
+    inputs: Sequence[str] = ("recipe", "context"),
+    n_seqs: int = 16,
+    length: int = 40,
+    seed: int = 0,
+    start: int | str | None = "auto",
+) -> QKValidation:
+    """Static duplicate-token scores under every rotary mode (and each of ``inputs``) against
+    the dynamic score on repeated random-token sequences: Pearson r over heads with bootstrap
+    intervals. The best reading is what ``--qk-rotary`` should be."""
+    options = options or QKOptions()
+    dyn = dynamic_duplicate_scores(hf_model, circuits, n_seqs, length, seed, start=start)
+    L, H = circuits.cfg.n_layers, circuits.cfg.n_heads
+    heads = pd.DataFrame({"layer": np.repeat(np.arange(L), H), "head": np.tile(np.arange(H), L),
+                          "dynamic": dyn.ravel()})  # fmt: skip
+    rows: list[dict[str, Any]] = []
+    ids = sample_tokens(circuits, options.n_tokens, options.seed)
+    for source in inputs:
+        opts = options.replace(inputs=source)
+        x_of = sample_inputs(circuits, ids, recipe, opts, hf_model, start)
+        for rotary in ROTARY_MODES:
+            table = qk_scores(circuits, opts.replace(rotary=rotary), recipe, hf_model,
+                              salient=False, x_of=x_of)  # fmt: skip
+            static = table["dup_score"].to_numpy()
+            heads[f"{source}/{rotary}"] = static
+            c = pearson_with_interval(static, dyn.ravel(), seed=seed)
+            rows.append({"inputs": source, "rotary": rotary, **c.as_dict(),
+                         "reaches_target": bool(c.r >= DUPLICATE_TARGET)})  # fmt: skip
+    table = pd.DataFrame(rows).rename(columns={"n": "n_heads"})
+    top = table.loc[table["r"].fillna(-1).idxmax()]
+    best = {"inputs": top["inputs"], "rotary": top["rotary"], "r": float(top["r"]),
+            "reaches_target": bool(top["reaches_target"])}  # fmt: skip
+    return QKValidation(table, heads, best)
+
+
+def qk_markdown(v: QKValidation, title: str) -> str:
+    """The correlation table as Markdown, with the target verdict."""
+    lines = [f"### {title}", "",
+             "| inputs | rotary | r | 95% interval | heads |", "|---|---|---|---|---|"]  # fmt: skip
+    for row in v.correlations.to_dict("records"):
+        lines.append(f"| {row['inputs']} | {row['rotary']} | {row['r']:.3f} | "
+                     f"{row['low']:.2f} – {row['high']:.2f} | {row['n_heads']} |")  # fmt: skip
+    b = v.best
+    verdict = (
+        f"reaches the r >= {DUPLICATE_TARGET} target"
+        if b["reaches_target"]
+        else f"is below the r >= {DUPLICATE_TARGET} target: heads are not labelled by it"
+    )
+    lines += ["", f"Best reading: {b['inputs']} inputs, rotary {b['rotary']} "
+              f"(r = {b['r']:.3f}) {verdict}."]  # fmt: skip
+    return "\n".join(lines) + "\n"
