@@ -235,3 +235,39 @@ def test_validate_qk_correlates_every_reading(tmp_path: Path, capsys: Any) -> No
         "offsets",
         "slow",
     )
+
+
+def test_mann_whitney_counts_wins_and_half_ties() -> None:
+    from headatlas.scoring.qk_classes import mann_whitney
+
+    a = torch.tensor([[3.0, 1.0]])
+    b = torch.tensor([[1.0, 2.0, 0.0]])
+    # 3 beats all three; 1 beats 0, ties 1 -> (3 + 1 + 0.5) / 6
+    assert mann_whitney(a, b).tolist() == [pytest.approx(4.5 / 6)]
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(4, 7, generator=g), torch.randn(4, 9, generator=g)
+    brute = (a[:, :, None] > b[:, None, :]).double().mean((1, 2))
+    assert torch.allclose(mann_whitney(a, b), brute)
+
+
+def test_token_classes_and_static_class_auc() -> None:
+    from tiny_models import gpt2_tokenizer
+
+    from headatlas.scoring.qk_classes import class_auc, token_classes
+
+    c = ModelCircuits.load(tiny_model("gpt2"), tokenizer=gpt2_tokenizer())
+    classes = token_classes(c, max_size=16)
+    tok = gpt2_tokenizer()
+    assert classes["start"] == [tok.bos_token_id]
+    assert tok.encode(" Paris")[0] in classes["cities"] and len(classes["countries"]) == 16
+    assert tok.encode(" the")[0] in classes["function_words"]
+    assert tok.encode(",")[0] in classes["punctuation"]
+    ids = sample_tokens(c, 32, 0)
+    X = c.embed(ids)
+    Xc = c.embed(torch.tensor(classes["cities"]))
+    qk = read_qk(c, 0)
+    auc = class_auc(qk, X, Xc, X, QKOptions())
+    logits_c = head_logits(qk, X, Xc, QKOptions())
+    logits_r = head_logits(qk, X, X, QKOptions())
+    brute = (logits_c[:, :, :, None] > logits_r[:, :, None, :]).double().mean((2, 3)).mean(1)
+    assert torch.allclose(auc, brute) and auc.shape == (c.cfg.n_heads,)

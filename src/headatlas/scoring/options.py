@@ -112,10 +112,10 @@ class MapOptions:
     qk: bool = False
     """Also read every head's QK circuit (where it attends) and write qk_scores.parquet beside
     the scores (see docs/qk.md)."""
-    qk_rotary: str = field(default="slow", metadata={"choices": ("none", "offsets", "slow")})
+    qk_rotary: str = field(default="offsets", metadata={"choices": ("none", "offsets", "slow")})
     """How the static QK reading handles rotary positions: none, offsets (the logit averaged
-    over distances 1..64) or slow (only the frequency pairs that turn under a quarter turn over
-    64 positions); ``calibrate`` measures which predicts inference best."""
+    over distances 1..256) or slow (only the frequency pairs that turn under a quarter turn
+    over 256 positions); ``validate --experiment qk`` measures which predicts inference best."""
 
     def __post_init__(self) -> None:
         """Refuse values no map can use, naming the option (the API and CLI share this)."""

@@ -54,7 +54,7 @@ class QKOptions:
     rotary: str = field(default="offsets", metadata={"choices": ROTARY_MODES})
     """Rotary handling of a static reading: none, offsets (averaged over 1..max_offset) or slow
     (only the slow frequency pairs)."""
-    max_offset: int = 64
+    max_offset: int = 256
     """The largest query-key distance the ``offsets`` and ``slow`` readings cover."""
     inputs: str = field(default="recipe", metadata={"choices": QK_INPUTS})
     """x̃ of the sample: recipe (the map's embedding mode) or context (each token's residual

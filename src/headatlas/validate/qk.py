@@ -184,3 +184,65 @@ def qk_markdown(v: QKValidation, title: str) -> str:
     lines += ["", f"Best reading: {b['inputs']} inputs, rotary {b['rotary']} "
               f"(r = {b['r']:.3f}) {verdict}."]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def dynamic_class_auc(
+    hf_model: Any,
+    circuits: ModelCircuits,
+    classes: dict[str, list[int]],
+    n_seqs: int = 16,
+    length: int = 40,
+    share: float = 0.25,
+    seed: int = 0,
+    batch: int = 8,
+) -> dict[str, np.ndarray]:
+    """Per class, the attention-side AUC per head [n_layers, n_heads]: in random-token prompts
+    where a ``share`` of positions hold class tokens, for each query (the second half of the
+    prompt) P(attention to a class key > attention to another key), earlier keys only, the
+    start token left out (for the ``start`` class: the start token against the others)."""
+    from headatlas.scoring.qk_classes import mann_whitney
+
+    g = torch.Generator().manual_seed(seed + 7)
+    V = circuits.cfg.vocab_size
+    bos = start_token(circuits.tokenizer)
+    first = int(bos is not None)
+    device = next(hf_model.parameters()).device
+    L, H = circuits.cfg.n_layers, circuits.cfg.n_heads
+    out: dict[str, np.ndarray] = {}
+    before = hf_model.config._attn_implementation
+    hf_model.set_attn_implementation("eager")
+    try:
+        with eval_mode(hf_model), torch.no_grad():
+            for name, ids in classes.items():
+                seqs = torch.randint(0, V, (n_seqs, length), generator=g)
+                is_start = name == "start"
+                mask = torch.zeros(n_seqs, length, dtype=torch.bool)
+                if not is_start:
+                    mask = torch.rand(n_seqs, length, generator=g) < share
+                    pick = torch.randint(0, len(ids), (n_seqs, length), generator=g)
+                    seqs = torch.where(mask, torch.tensor(ids)[pick], seqs)
+                if bos is not None:
+                    seqs = torch.cat([torch.full((n_seqs, 1), bos), seqs], 1)
+                    mask = torch.cat([torch.full((n_seqs, 1), is_start), mask], 1)
+                total = torch.zeros(L, H, dtype=torch.float64)
+                count = 0
+                for s in range(0, n_seqs, batch):
+                    att = hf_model(input_ids=seqs[s : s + batch].to(device),
+                                   output_attentions=True, use_cache=False).attentions  # fmt: skip
+                    for b in range(att[0].shape[0]):
+                        m = mask[s + b]
+                        for q in range(first + length // 2, first + length):
+                            keys = torch.arange(q)  # earlier keys, the query itself left out
+                            if not is_start:
+                                keys = keys[keys >= first]
+                            cls, other = keys[m[keys]], keys[~m[keys]]
+                            if len(cls) == 0 or len(other) == 0:
+                                continue
+                            for layer in range(L):
+                                a = att[layer][b, :, q].double().cpu()  # [H, T]
+                                total[layer] += mann_whitney(a[:, cls], a[:, other])
+                            count += 1
+                out[name] = (total / max(count, 1)).numpy()
+    finally:
+        hf_model.set_attn_implementation(before)
+    return out
