@@ -53,7 +53,7 @@ def main() -> None:
               f"(target <= 2)")  # fmt: skip
         hf = inference_model(name, circuits, torch.device("cpu"))
         inputs = ("recipe", "context") if args.context else ("recipe",)
-        v = validate_qk(circuits, hf, recipe, options, inputs=inputs)
+        v = validate_qk(circuits, hf, recipe, options, inputs=inputs, classes=True)
         print(qk_markdown(v, f"{name}: duplicate-token score, static vs dynamic "
                              f"(max offset {args.max_offset})"))  # fmt: skip
         top = v.heads.sort_values("dynamic", ascending=False).head(5)

@@ -218,7 +218,8 @@ def test_validate_qk_correlates_every_reading(tmp_path: Path, capsys: Any) -> No
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "| recipe | slow |" in printed and "| context | none |" in printed
-    assert "Best reading:" in printed
+    assert "Best reading:" in printed and "| start | 1 |" in printed
+    assert "Mean r over classes" in printed
     d = out / model_slug(str(folder)) / "validation"
     import json
 
@@ -228,6 +229,11 @@ def test_validate_qk_correlates_every_reading(tmp_path: Path, capsys: Any) -> No
     assert len(table) == 6 and table["n_heads"].eq(8).all()
     heads = pd.read_csv(d / "qk_heads.csv")
     assert len(heads) == 8 and {"dynamic", "recipe/slow", "context/offsets"} <= set(heads.columns)
+    classes = pd.read_csv(d / "qk_classes.csv")
+    assert {"first_names", "countries", "punctuation", "start"} <= set(classes["class"])
+    assert (
+        classes["static_mean"].between(0, 1).all() and classes["dynamic_mean"].between(0, 1).all()
+    )
     summary = json.loads((d / "summary.json").read_text())
     assert summary["experiments"] == ["qk"]
     assert summary["runs"]["qk"]["means"]["duplicate_token_best"]["rotary"] in (

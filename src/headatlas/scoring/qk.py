@@ -167,10 +167,11 @@ def context_inputs(
     seqs = torch.cat(cols, 1)
     device = next(hf_model.parameters()).device
     out = torch.empty(circuits.cfg.n_layers, n, circuits.cfg.d_model)
+    body = getattr(hf_model, "base_model", hf_model)  # no logits: Gemma's 262k-row head is costly
     with torch.no_grad():
         for s in range(0, n, 64):
-            res = hf_model(input_ids=seqs[s : s + 64].to(device), output_hidden_states=True,
-                           use_cache=False)  # fmt: skip
+            res = body(input_ids=seqs[s : s + 64].to(device), output_hidden_states=True,
+                       use_cache=False)  # fmt: skip
             for layer in range(circuits.cfg.n_layers):
                 out[layer, s : s + 64] = res.hidden_states[layer][:, -1].float().cpu()
     return out

@@ -59,13 +59,14 @@ def dynamic_duplicate_scores(
     q_pos = torch.arange(first + length, first + 2 * length)
     k_pos = q_pos - length
     device = next(hf_model.parameters()).device
+    body = getattr(hf_model, "base_model", hf_model)  # attention only: no logits needed
     before = hf_model.config._attn_implementation
     hf_model.set_attn_implementation("eager")
     try:
         with eval_mode(hf_model), torch.no_grad():
             for s in range(0, n_seqs, batch):
-                out = hf_model(input_ids=ids[s : s + batch].to(device), output_attentions=True,
-                               use_cache=False)  # fmt: skip
+                out = body(input_ids=ids[s : s + batch].to(device), output_attentions=True,
+                           use_cache=False)  # fmt: skip
                 for layer, att in enumerate(out.attentions):  # [B, H, T, T]
                     total[layer] += att[:, :, q_pos, k_pos].double().sum((0, 2)).cpu()
     finally:
@@ -127,6 +128,8 @@ class QKValidation:
     best: dict[str, Any]
     """The reading with the highest r (its inputs and rotary mode, r and whether it reaches
     :data:`DUPLICATE_TARGET`)."""
+    classes: pd.DataFrame | None = None
+    """Key preference per token class (:func:`class_correlations`), when asked for."""
 
 
 def validate_qk(
@@ -139,10 +142,12 @@ def validate_qk(
     length: int = 40,
     seed: int = 0,
     start: int | str | None = "auto",
+    classes: bool = False,
 ) -> QKValidation:
     """Static duplicate-token scores under every rotary mode (and each of ``inputs``) against
     the dynamic score on repeated random-token sequences: Pearson r over heads with bootstrap
-    intervals. The best reading is what ``--qk-rotary`` should be."""
+    intervals. The best reading is what ``--qk-rotary`` should be. ``classes``: also the key
+    preference per token class, read the best way (:func:`class_correlations`)."""
     options = options or QKOptions()
     dyn = dynamic_duplicate_scores(hf_model, circuits, n_seqs, length, seed, start=start)
     L, H = circuits.cfg.n_layers, circuits.cfg.n_heads
@@ -165,7 +170,56 @@ def validate_qk(
     top = table.loc[table["r"].fillna(-1).idxmax()]
     best = {"inputs": top["inputs"], "rotary": top["rotary"], "r": float(top["r"]),
             "reaches_target": bool(top["reaches_target"])}  # fmt: skip
-    return QKValidation(table, heads, best)
+    per_class = None
+    if classes:
+        opts = options.replace(inputs=best["inputs"], rotary=best["rotary"])
+        per_class = class_correlations(circuits, hf_model, recipe, opts, n_seqs, seed, start)
+    return QKValidation(table, heads, best, per_class)
+
+
+CLASS_TARGET = 0.7
+"""The mean r over classes a static key-preference reading must reach to label heads by it."""
+
+
+def class_correlations(
+    circuits: ModelCircuits,
+    hf_model: Any,
+    recipe: Recipe,
+    options: QKOptions,
+    n_seqs: int = 16,
+    seed: int = 0,
+    start: int | str | None = "auto",
+) -> pd.DataFrame:
+    """Per token class: static key-preference AUC (class keys against the sample's keys, over
+    the sample's queries) against the dynamic AUC (:func:`dynamic_class_auc`), Pearson r over
+    heads with bootstrap interval: class, n_tokens, r, low, high, static_mean, dynamic_mean."""
+    from headatlas.qk_circuits import read_qk
+    from headatlas.scoring.qk_classes import class_auc, token_classes
+
+    classes = token_classes(circuits)
+    dyn = dynamic_class_auc(hf_model, circuits, classes, n_seqs=n_seqs, seed=seed)
+    sample = sample_tokens(circuits, options.n_tokens, options.seed)
+    members = sorted({i for ids in classes.values() for i in ids})
+    ids = torch.cat([sample, torch.tensor(members, dtype=sample.dtype)])
+    x_of = sample_inputs(circuits, ids, recipe, options, hf_model, start)
+    where = {t: len(sample) + j for j, t in enumerate(members)}
+    n = len(sample)
+    static: dict[str, list[torch.Tensor]] = {name: [] for name in classes}
+    with torch.no_grad():
+        for layer in range(circuits.cfg.n_layers):
+            qk = read_qk(circuits, layer)
+            X = x_of(layer).float()
+            for name, cids in classes.items():
+                Xc = X[torch.tensor([where[i] for i in cids])]
+                static[name].append(class_auc(qk, X[:n], Xc, X[:n], options, recipe.pre_norm))
+    rows = []
+    for name, cids in classes.items():
+        st = torch.stack(static[name]).numpy()
+        c = pearson_with_interval(st.ravel(), dyn[name].ravel(), seed=seed)
+        rows.append({"class": name, "n_tokens": len(cids), "r": c.r, "low": c.low,
+                     "high": c.high, "static_mean": float(st.mean()),
+                     "dynamic_mean": float(dyn[name].mean())})  # fmt: skip
+    return pd.DataFrame(rows)
 
 
 def qk_markdown(v: QKValidation, title: str) -> str:
@@ -183,6 +237,21 @@ def qk_markdown(v: QKValidation, title: str) -> str:
     )
     lines += ["", f"Best reading: {b['inputs']} inputs, rotary {b['rotary']} "
               f"(r = {b['r']:.3f}) {verdict}."]  # fmt: skip
+    if v.classes is not None and len(v.classes):
+        lines += ["", "Key preference per token class (AUC against random keys):", "",
+                  "| class | tokens | r | 95% interval | static mean | dynamic mean |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for row in v.classes.to_dict("records"):
+            lines.append(f"| {row['class']} | {row['n_tokens']} | {row['r']:.3f} | "
+                         f"{row['low']:.2f} – {row['high']:.2f} | {row['static_mean']:.3f} | "
+                         f"{row['dynamic_mean']:.3f} |")  # fmt: skip
+        mean_r = float(v.classes["r"].mean())
+        verdict = (
+            f"reaches the mean r >= {CLASS_TARGET} target"
+            if mean_r >= CLASS_TARGET
+            else f"is below the mean r >= {CLASS_TARGET} target: heads are not labelled by it"
+        )
+        lines += ["", f"Mean r over classes {mean_r:.3f} {verdict}."]
     return "\n".join(lines) + "\n"
 
 
@@ -209,6 +278,7 @@ def dynamic_class_auc(
     device = next(hf_model.parameters()).device
     L, H = circuits.cfg.n_layers, circuits.cfg.n_heads
     out: dict[str, np.ndarray] = {}
+    body = getattr(hf_model, "base_model", hf_model)  # attention only: no logits needed
     before = hf_model.config._attn_implementation
     hf_model.set_attn_implementation("eager")
     try:
@@ -227,9 +297,10 @@ def dynamic_class_auc(
                 total = torch.zeros(L, H, dtype=torch.float64)
                 count = 0
                 for s in range(0, n_seqs, batch):
-                    att = hf_model(input_ids=seqs[s : s + batch].to(device),
-                                   output_attentions=True, use_cache=False).attentions  # fmt: skip
-                    for b in range(att[0].shape[0]):
+                    att = body(input_ids=seqs[s : s + batch].to(device),
+                               output_attentions=True, use_cache=False).attentions  # fmt: skip
+                    stacked = torch.stack(att).double().cpu()  # [L, B, H, T, T]
+                    for b in range(stacked.shape[1]):
                         m = mask[s + b]
                         for q in range(first + length // 2, first + length):
                             keys = torch.arange(q)  # earlier keys, the query itself left out
@@ -238,9 +309,8 @@ def dynamic_class_auc(
                             cls, other = keys[m[keys]], keys[~m[keys]]
                             if len(cls) == 0 or len(other) == 0:
                                 continue
-                            for layer in range(L):
-                                a = att[layer][b, :, q].double().cpu()  # [H, T]
-                                total[layer] += mann_whitney(a[:, cls], a[:, other])
+                            a = stacked[:, b, :, q]  # [L, H, T]
+                            total += mann_whitney(a[..., cls], a[..., other])
                             count += 1
                 out[name] = (total / max(count, 1)).numpy()
     finally:

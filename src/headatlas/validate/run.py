@@ -137,7 +137,9 @@ def validate(
             from headatlas.validate.qk import validate_qk
 
             t1 = time.perf_counter()
-            res.qk = validate_qk(circuits, hf_model, map_options.recipe(), seed=options.seed)
+            res.qk = validate_qk(
+                circuits, hf_model, map_options.recipe(), seed=options.seed, classes=True
+            )
             timings["qk_s"] = round(time.perf_counter() - t1, 2)
     res.summary = _summary(results_map, res, map_options, options, experiments, timings)
     if directory is not None:
@@ -419,6 +421,8 @@ def _write(res: ValidationResults, name: str) -> None:
 
         _csv(res.qk.correlations, d / "qk.csv")
         _csv(res.qk.heads, d / "qk_heads.csv")
+        if res.qk.classes is not None:
+            _csv(res.qk.classes, d / "qk_classes.csv")
         write_text_atomic(qk_markdown(res.qk, f"{name}: QK duplicate-token score"), d / "qk.md")
     path = d / "summary.json"
     summary = res.summary
