@@ -201,6 +201,17 @@ def test_map_writes_qk_scores_when_asked(tmp_path: Path) -> None:
     assert res.manifest["qk"]["options"]["rotary"] == "offsets"
     assert res.manifest["qk"]["rows"] == len(table) and res.manifest["options"]["qk"] is True
     assert MapOptions(qk=True).scoring_key() == MapOptions().scoring_key()
+    from headatlas.errors import ResultsError
+    from headatlas.report.qk_figure import plot_qk_grid, qk_grid
+
+    grid = qk_grid(res)
+    assert grid.shape == (4, 2) and np.isfinite(grid).all()
+    assert grid[3, 1] == table[(table["layer"] == 1) & (table["head"] == 3)].dup_score.iloc[0]
+    plot_qk_grid([res], tmp_path / "qk.png")
+    assert (tmp_path / "qk.png").stat().st_size > 1000
+    (res.directory / "qk_scores.parquet").unlink()
+    with pytest.raises(ResultsError, match="--qk"):
+        qk_grid(load_results(res.directory))
 
 
 def test_validate_qk_correlates_every_reading(tmp_path: Path, capsys: Any) -> None:

@@ -114,8 +114,8 @@ class MapOptions:
     the scores (see docs/qk.md)."""
     qk_rotary: str = field(default="offsets", metadata={"choices": ("none", "offsets", "slow")})
     """How the static QK reading handles rotary positions: none, offsets (the logit averaged
-    over distances 1..256) or slow (only the frequency pairs that turn under a quarter turn
-    over 256 positions); ``validate --experiment qk`` measures which predicts inference best."""
+    over distances 1..128) or slow (only the frequency pairs that turn under a quarter turn
+    over 128 positions); ``validate --experiment qk`` measures which predicts inference best."""
 
     def __post_init__(self) -> None:
         """Refuse values no map can use, naming the option (the API and CLI share this)."""

@@ -54,14 +54,14 @@ class QKOptions:
     rotary: str = field(default="offsets", metadata={"choices": ROTARY_MODES})
     """Rotary handling of a static reading: none, offsets (averaged over 1..max_offset) or slow
     (only the slow frequency pairs)."""
-    max_offset: int = 256
+    max_offset: int = 128
     """The largest query-key distance the ``offsets`` and ``slow`` readings cover."""
     inputs: str = field(default="recipe", metadata={"choices": QK_INPUTS})
     """x̃ of the sample: recipe (the map's embedding mode) or context (each token's residual
     at a later position of a random-token context: needs a forward pass)."""
     n_tokens: int = 512
     """Sample tokens for the duplicate-token score."""
-    top_k: int = 5
+    top_k: int = 1
     """A token's own key counts when it ranks in the top k of its query's row."""
     n_salient: int = 10
     """Salient keys and queries kept per head."""
