@@ -9,7 +9,7 @@ relation, no cache) and :func:`qk_scores` (every head, salient keys and queries 
 the same process, as a ratio (target <= 2x).
 
     PYTHONPATH=src python benchmarks/qk.py [--models smollm2 gemma3-270m] [--context]
-        [--max-offset 64]
+        [--max-offset 128] [--timing-only]
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["smollm2", "gemma3-270m"])
     parser.add_argument("--context", action="store_true", help="also the in-context inputs")
     parser.add_argument("--max-offset", type=int, default=QKOptions().max_offset)
+    parser.add_argument("--timing-only", action="store_true", help="no inference, no r")
     args = parser.parse_args()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"cpu: {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
@@ -51,6 +52,8 @@ def main() -> None:
         print(f"\n## {name}: {len(table)} heads")
         print(f"OV map {t_ov:.1f} s, QK scores {t_qk:.1f} s: ratio {t_qk / t_ov:.2f} "
               f"(target <= 2)")  # fmt: skip
+        if args.timing_only:
+            continue
         hf = inference_model(name, circuits, torch.device("cpu"))
         inputs = ("recipe", "context") if args.context else ("recipe",)
         v = validate_qk(circuits, hf, recipe, options, inputs=inputs, classes=True)

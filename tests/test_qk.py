@@ -115,24 +115,29 @@ def test_duplicate_scores_count_the_diagonal_rank() -> None:
     assert duplicate_scores(logits, 3).tolist() == [1.0]
 
 
-def test_qk_scores_one_row_per_head_with_salient_tokens() -> None:
-    c = ModelCircuits.load(tiny_model("llama-gqa"))
+@pytest.mark.parametrize("name", ["llama-mha-bias", "qwen3", "gemma3"])
+def test_qk_scores_one_row_per_head_with_salient_tokens(name: str) -> None:
+    """Salient keys are the argmax of q̄ · map(k) over the vocabulary, salient queries of
+    q · k̄ (folded into one [d, H] product without QK-norm, per token with it)."""
+    from headatlas.scoring.qk import key_weights
+
+    c = ModelCircuits.load(tiny_model(name))
     df = qk_scores(c, QKOptions(n_tokens=64, n_salient=4), Recipe())
     assert len(df) == c.cfg.n_layers * c.cfg.n_heads
     assert df.dup_score.between(0, 1).all()
     assert all(len(k) == 4 and len(q) == 4 for k, q in zip(df.salient_keys, df.salient_queries))
-    # the salient keys of a head are the argmax of q̄ · k over the vocabulary
     qk = read_qk(c, 1)
     ids = sample_tokens(c, 64, 0)
     X = embedding_of(c, c.embed(ids), "mlp0")
     E = embedding_of(c, c.embed(torch.arange(c.cfg.vocab_size)), "mlp0")
-    from headatlas.scoring.qk import key_weights
-
     w = key_weights(qk, QKOptions())
     assert w is not None
     k_all = qk.rotary.apply_key_map(qk.keys(E), w)
-    best = (k_all[2] @ qk.queries(X)[2].mean(0)).topk(4).indices.tolist()
-    assert df[(df["layer"] == 1) & (df["head"] == 2)].salient_keys.iloc[0] == best
+    k_mean = qk.rotary.apply_key_map(qk.keys(X), w).mean(1)
+    q_all, q_mean = qk.queries(E), qk.queries(X).mean(1)
+    row = df[(df["layer"] == 1) & (df["head"] == 2)].iloc[0]
+    assert list(row.salient_keys) == (k_all[2] @ q_mean[2]).topk(4).indices.tolist()
+    assert list(row.salient_queries) == (q_all[2] @ k_mean[2]).topk(4).indices.tolist()
 
 
 def test_context_inputs_run_the_model() -> None:

@@ -269,13 +269,11 @@ def salient_tokens(
     key_ids = torch.zeros((qk.n_heads, n), dtype=torch.int64)
     qry_best, qry_ids = key_best.clone(), key_ids.clone()
     for s in range(0, E.shape[0], 16384):
-        chunk = E[s : s + 16384]
-        k_all = qk.keys(chunk, recipe.pre_norm)
-        if w is not None:
-            k_all = qk.rotary.apply_key_map(k_all, w)
-        key_score = torch.einsum("hne,he->hn", k_all, q_mean)
-        qry_score = torch.einsum("hne,he->hn", qk.queries(chunk, recipe.pre_norm), k_mean)
-        ids = torch.arange(s, s + chunk.shape[0])
+        u = E[s : s + 16384]
+        u = qk.attn_norm(u) if recipe.pre_norm else u
+        key_score = _key_scores(qk, u, q_mean, w)
+        qry_score = _query_scores(qk, u, k_mean)
+        ids = torch.arange(s, s + u.shape[0])
         for best, where, score in ((key_best, key_ids, key_score), (qry_best, qry_ids, qry_score)):
             both = torch.cat([best, score], 1)
             both_ids = torch.cat([where, ids.expand(qk.n_heads, -1)], 1)
@@ -286,6 +284,35 @@ def salient_tokens(
         keys[h] = [int(i) for i in key_ids[h]]
         queries[h] = [int(i) for i in qry_ids[h]]
     return keys, queries
+
+
+def _key_scores(
+    qk: LayerQK, u: torch.Tensor, q_mean: torch.Tensor, w: torch.Tensor | None
+) -> torch.Tensor:
+    """q̄_h · map(k) for the keys of normed inputs u [n, d]: [H, n]. Without a key norm k is
+    linear in u and q̄ · map(k) = mapᵀ(q̄) · k, so one [d, H] product serves every token."""
+    if qk.k_norm is not None:
+        k = qk.keys(u, pre_norm=False)
+        if w is not None:
+            k = qk.rotary.apply_key_map(k, w)
+        return torch.einsum("hne,he->hn", k, q_mean)
+    q_t = q_mean if w is None else qk.rotary.apply_key_map(q_mean, torch.stack([w[0], -w[1]]))
+    W_K = qk.W_K.to(u).repeat_interleave(qk.group_size, 0)  # [H, d, dh]
+    score = u @ torch.einsum("hde,he->dh", W_K, q_t)  # [n, H]
+    if qk.b_K is not None:
+        score = score + (qk.b_K.to(u).repeat_interleave(qk.group_size, 0) * q_t).sum(-1)
+    return score.T
+
+
+def _query_scores(qk: LayerQK, u: torch.Tensor, k_mean: torch.Tensor) -> torch.Tensor:
+    """q · k̄_h for the queries of normed inputs u [n, d]: [H, n] (one [d, H] product when
+    there is no query norm)."""
+    if qk.q_norm is not None:
+        return torch.einsum("hne,he->hn", qk.queries(u, pre_norm=False), k_mean)
+    score = u @ torch.einsum("hde,he->dh", qk.W_Q.to(u), k_mean)
+    if qk.b_Q is not None:
+        score = score + (qk.b_Q.to(u) * k_mean).sum(-1)
+    return score.T
 
 
 def map_qk(
