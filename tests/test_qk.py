@@ -214,6 +214,10 @@ def test_map_writes_qk_scores_when_asked(tmp_path: Path) -> None:
     assert grid[3, 1] == table[(table["layer"] == 1) & (table["head"] == 3)].dup_score.iloc[0]
     plot_qk_grid([res], tmp_path / "qk.png")
     assert (tmp_path / "qk.png").stat().st_size > 1000
+    assert main([*args, "--qk-context"]) == 0
+    ctx = load_results(out / model_slug(str(folder)))
+    assert ctx.manifest["qk"]["options"]["inputs"] == "context"
+    assert MapOptions(qk_context=True).scoring_key() == MapOptions().scoring_key()
     (res.directory / "qk_scores.parquet").unlink()
     with pytest.raises(ResultsError, match="--qk"):
         qk_grid(load_results(res.directory))

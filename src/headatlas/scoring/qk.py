@@ -327,7 +327,9 @@ def map_qk(
     import time
 
     t0 = time.perf_counter()
-    qk_options = QKOptions(rotary=options.qk_rotary)
+    qk_options = QKOptions(
+        rotary=options.qk_rotary, inputs="context" if options.qk_context else "recipe"
+    )
     table = qk_scores(circuits, qk_options, recipe, hf_model)
     section: dict[str, Any] = {
         "options": qk_options.as_dict(),
