@@ -11,6 +11,7 @@ Layout of ``OUT/<model-slug>/``::
     evidence.parquet     pairs behind each score >= threshold (EVIDENCE_COLUMNS)
     categories.parquet   layer, head, label, categories, n_relations, relations
     salient.parquet      salient operations (``headatlas salient --all``)
+    qk_scores.parquet    static QK scores per head (``headatlas map --qk``, docs/qk.md)
     descriptions.jsonl   LLM descriptions of heads (``headatlas describe``)
     validation/          inference-time checks (``headatlas validate``)
 
@@ -49,15 +50,12 @@ MANIFEST = "manifest.json"
 SCORES = "scores.parquet"
 CATEGORIES = "categories.parquet"
 SALIENT = "salient.parquet"
+QK_SCORES = "qk_scores.parquet"
+QK_COLUMNS = ("model", "layer", "head", "dup_score", "salient_keys", "salient_queries")
+"""Columns of qk_scores.parquet (salient_*: token ids, best first)."""
 DESCRIPTIONS = "descriptions.jsonl"
 FILES = "files"
 """The manifest section that vouches for the files beside it."""
-WRITERS = {
-    SCORES: "headatlas map",
-    CATEGORIES: "headatlas map",
-    SALIENT: "headatlas salient --all",
-}
-"""The command that rewrites each file (for error messages)."""
 SCORE_COLUMNS = (
     "model",
     "layer",
@@ -85,6 +83,14 @@ EVIDENCE_COLUMNS = (
     "kind",
 )
 """Columns of evidence.parquet (see :mod:`headatlas.scoring.evidence`)."""
+WRITERS = {
+    SCORES: "headatlas map",
+    CATEGORIES: "headatlas map",
+    SALIENT: "headatlas salient --all",
+    EVIDENCE: "headatlas map",
+    QK_SCORES: "headatlas map --qk",
+}
+"""The command that rewrites each file (for error messages)."""
 
 
 def model_slug(name: str) -> str:
@@ -446,6 +452,11 @@ class MapResults:
         """Salient operations stored beside the map, if any."""
         path = self.directory / SALIENT
         return read_table(path) if path.is_file() else None
+
+    def qk(self) -> pd.DataFrame | None:
+        """Static QK scores stored beside the map (``map --qk``), if any."""
+        path = self.directory / QK_SCORES
+        return read_table(path, QK_COLUMNS) if path.is_file() else None
 
     def descriptions(self) -> list[dict[str, Any]]:
         """LLM descriptions stored beside the map (may be empty); lines that are not JSON

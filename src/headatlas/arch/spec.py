@@ -72,6 +72,14 @@ class ArchSpec:
     norm: NormSpec
     q_proj: str | None = None
     k_proj: str | None = None
+    q_norm: str | None = None
+    """QK-norm on queries over d_head (Gemma 3, Qwen3), relative to the attention module; read
+    only where the checkpoint has it."""
+    k_norm: str | None = None
+    """QK-norm on keys, as ``q_norm``."""
+    default_query_scalar: float | None = None
+    """Gemma 2/3: the attention scale is query_pre_attn_scalar^-1/2 (this when the config does
+    not say) instead of d_head^-1/2."""
     conv1d: bool = False
     """GPT-2's Conv1D stores weights as (in, out); Linear stores (out, in)."""
     attn_out_norm: str | None = None

@@ -15,7 +15,7 @@ from headatlas.cli.common import (
     options_from_args,
 )
 from headatlas.cli.dataclass_args import add_dataclass_args, dataclass_from_args
-from headatlas.validate.options import EXPERIMENTS, ValidationOptions
+from headatlas.validate.options import ALL_EXPERIMENTS, EXPERIMENTS, ValidationOptions
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -52,8 +52,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--experiment",
         action="append",
-        choices=EXPERIMENTS,
-        help="experiment to run (repeatable; default: all three)",
+        choices=ALL_EXPERIMENTS,
+        help="experiment to run (repeatable; default: correlative, causal, multi-token; qk, "
+        "the QK circuit's static vs dynamic scores, only when named)",
     )
     p.add_argument(
         "--out",
@@ -102,3 +103,7 @@ def _print(res: Any) -> None:
         print(correlation_markdown(res.multi_token, "multi-token sources"))
     if res.causal is not None:
         print(causal_markdown(res.causal, "ablating relation heads"))
+    if res.qk is not None:
+        from headatlas.validate.qk import qk_markdown
+
+        print(qk_markdown(res.qk, "QK duplicate-token score, static vs dynamic"))

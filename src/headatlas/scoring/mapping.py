@@ -52,6 +52,7 @@ from headatlas.store import (
     CATEGORIES,
     EVIDENCE,
     MANIFEST,
+    QK_SCORES,
     SCORE_COLUMNS,
     SCORES,
     MapResults,
@@ -382,6 +383,11 @@ def map_heads(
         info = {"cache_key": key, "layers": list(todo), "layer_digests": digests}
         info["timings"] = {"layers_computed": len(layer_seconds)}
         return MapResults(directory or Path("."), info, part, pd.DataFrame())
+    qk_section = None
+    if options.qk:  # the QK circuit: where each head attends (headatlas.scoring.qk)
+        from headatlas.scoring.qk import map_qk
+
+        qk_section = map_qk(circuits, options, recipe, directory, hf_model)
     summary["fingerprint"] = circuits.weights_fingerprint(digests)
     if directory is not None and not layer_seconds:
         say(f"reusing the finished map in {directory} (same weights, options and relations)")
@@ -423,13 +429,16 @@ def map_heads(
     }
     if forward_prefix is not None:
         manifest["forward_prefix"] = forward_prefix
+    if qk_section is not None:
+        manifest["qk"] = qk_section
     if directory is not None:
         manifest = _keep_other_sections(directory, manifest)
         if layer_seconds or len(finished) != len(frames):  # else scores.parquet is current
             write_parquet_atomic(scores, directory / SCORES)
         write_parquet_atomic(evidence_table, directory / EVIDENCE)
         write_parquet_atomic(categories, directory / CATEGORIES)
-        manifest = write_manifest(directory, manifest, [SCORES, CATEGORIES, EVIDENCE])  # last
+        written = [SCORES, CATEGORIES, EVIDENCE, *([QK_SCORES] if qk_section is not None else [])]
+        manifest = write_manifest(directory, manifest, written)  # last
         shutil.rmtree(directory / PARTIAL, ignore_errors=True)
     return MapResults(directory or Path("."), manifest, scores, categories, evidence_table)
 

@@ -140,6 +140,16 @@ class MapOptions:
     float32 (float64 when asked for) whatever this is; see :func:`compute_dtype`."""
     device: str = "auto"
     """'auto' (a CUDA GPU when present, else CPU), 'cpu', 'cuda', 'cuda:1'..."""
+    qk: bool = False
+    """Also read every head's QK circuit (where it attends) and write qk_scores.parquet beside
+    the scores (see docs/qk.md)."""
+    qk_rotary: str = field(default="offsets", metadata={"choices": ("none", "offsets", "slow")})
+    """How the static QK reading handles rotary positions: none, offsets (the logit averaged
+    over distances 1..128) or slow (only the frequency pairs that turn under a quarter turn
+    over 128 positions); ``validate --experiment qk`` measures which predicts inference best."""
+    qk_context: bool = False
+    """Read the QK sample's inputs in context (each token after 16 random tokens: a forward
+    pass) instead of through the recipe; on SmolLM2 r = 0.94 against inference instead of 0.81."""
 
     def __post_init__(self) -> None:
         """Refuse values no map can use, naming the option (the API and CLI share this)."""
@@ -214,6 +224,8 @@ class MapOptions:
             "leading_space",
             "first_token",
             "use_suppression",
+            "qk",
+            "qk_context",
         ):
             if not isinstance(getattr(self, name), bool):
                 raise OptionError(
@@ -225,6 +237,11 @@ class MapOptions:
             raise OptionError(
                 f"option embedding (--embedding) must be one of {', '.join(EMBEDDINGS)}, "
                 f"got {self.embedding!r}"
+            )
+        if self.qk_rotary not in ("none", "offsets", "slow"):
+            raise OptionError(
+                f"option qk_rotary (--qk-rotary) must be one of none, offsets, slow, "
+                f"got {self.qk_rotary!r}"
             )
         resolve_dtype(self.dtype)
         if not isinstance(self.device, str):  # the device itself is checked where it is used
@@ -291,6 +308,8 @@ class MapOptions:
         relabel = ("threshold", "use_suppression", "label_rule", "null_alpha")
         for name in ("device", *relabel, "evidence_right", "evidence_wrong"):
             d.pop(name)
+        for name in ("qk", "qk_rotary", "qk_context"):
+            d.pop(name)  # the QK switches change qk_scores.parquet only, not the OV scores
         if d["start_token"] == "auto":  # keys of maps made before the field stay valid
             d.pop("start_token")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

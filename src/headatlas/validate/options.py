@@ -9,6 +9,9 @@ from headatlas.errors import ValidationInputError
 from headatlas.validate.prompts import DEFAULT_TEMPLATES, check_template
 
 EXPERIMENTS = ("correlative", "causal", "multi-token")
+ALL_EXPERIMENTS = (*EXPERIMENTS, "qk")
+"""Every experiment ``--experiment`` accepts; ``qk`` (the QK circuit, docs/qk.md) runs only
+when named."""
 
 # (total heads up to, ablation size m): MAPS ablates more heads in larger models.
 _M_BY_SIZE = ((300, 30), (600, 50), (1200, 100), (2500, 150))

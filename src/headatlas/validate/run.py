@@ -46,7 +46,7 @@ from headatlas.validate.dynamic import (
     static_matrix,
 )
 from headatlas.validate.hooks import AttentionHooks, eval_mode
-from headatlas.validate.options import EXPERIMENTS, ValidationOptions
+from headatlas.validate.options import ALL_EXPERIMENTS, EXPERIMENTS, ValidationOptions
 from headatlas.weights import ModelSpec
 from headatlas.weights.transformers_model import inference_model
 
@@ -65,6 +65,8 @@ class ValidationResults:
     causal_curves: pd.DataFrame | None = None
     skipped: dict[str, str] = field(default_factory=dict)
     """"experiment: relation" -> why it was skipped."""
+    qk: Any = None
+    """The QK experiment (a :class:`headatlas.validate.qk.QKValidation`), when it ran."""
     summary: dict[str, Any] = field(default_factory=dict)
 
 
@@ -91,10 +93,10 @@ def validate(
     map_options = map_options or MapOptions()
     options = options or ValidationOptions()
     say = log or (lambda msg: print(msg, file=sys.stderr))
-    unknown = [e for e in experiments if e not in EXPERIMENTS]
+    unknown = [e for e in experiments if e not in ALL_EXPERIMENTS]
     if unknown:
         raise ValidationInputError(
-            f"unknown experiment '{unknown[0]}': choose from {', '.join(EXPERIMENTS)}"
+            f"unknown experiment '{unknown[0]}': choose from {', '.join(ALL_EXPERIMENTS)}"
         )
     dynamic_recipe(map_options.recipe(), options.dynamic_readout)  # raises on an unknown name
     device = resolve_device(map_options.device)  # raises before anything is loaded
@@ -132,6 +134,14 @@ def validate(
                 circuits, hooks, rels, results_map, map_options, options, res, progress, say
             )
             timings["causal_s"] = round(time.perf_counter() - t1, 2)
+        if "qk" in experiments:  # the QK circuit (headatlas.validate.qk)
+            from headatlas.validate.qk import validate_qk
+
+            t1 = time.perf_counter()
+            res.qk = validate_qk(
+                circuits, hf_model, map_options.recipe(), seed=options.seed, classes=True
+            )
+            timings["qk_s"] = round(time.perf_counter() - t1, 2)
     res.summary = _summary(results_map, res, map_options, options, experiments, timings)
     if directory is not None:
         _write(res, results_map.display_name)
@@ -332,6 +342,10 @@ def _summary(
         done = res.causal[res.causal["skipped"] == ""]
         for col in ("drop_relation_heads", "drop_random_mean", "control_drop_mean"):
             runs["causal"]["means"][f"mean_{col}"] = _clean(done[col].mean()) if len(done) else None
+    if res.qk is not None:
+        runs["qk"]["means"] = {
+            "duplicate_token_best": {k: _clean(v) for k, v in res.qk.best.items()}
+        }
     return {
         "model": results_map.manifest.get("model", {}).get("name"),
         "experiments": list(experiments),
@@ -364,7 +378,7 @@ def merge_summaries(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     skipped = {k: v for k, v in old.get("skipped", {}).items() if k.split(": ", 1)[0] not in ran}
     return {
         "model": new["model"],
-        "experiments": [e for e in EXPERIMENTS if e in ran or e in old["experiments"]],
+        "experiments": [e for e in ALL_EXPERIMENTS if e in ran or e in old["experiments"]],
         "relations": relations,
         "skipped": {**skipped, **new["skipped"]},
         "runs": {**old["runs"], **new["runs"]},
@@ -399,6 +413,14 @@ def _write(res: ValidationResults, name: str) -> None:
     if res.causal_curves is not None:
         _csv(res.causal_curves, d / "causal_curves.csv")
         causal_mod.curves_plot(res.causal_curves, d / "causal.png", name)
+    if res.qk is not None:
+        from headatlas.validate.qk import qk_markdown
+
+        _csv(res.qk.correlations, d / "qk.csv")
+        _csv(res.qk.heads, d / "qk_heads.csv")
+        if res.qk.classes is not None:
+            _csv(res.qk.classes, d / "qk_classes.csv")
+        write_text_atomic(qk_markdown(res.qk, f"{name}: QK duplicate-token score"), d / "qk.md")
     path = d / "summary.json"
     summary = res.summary
     if path.is_file():
