@@ -114,7 +114,7 @@ def test_context_inputs_are_the_mean_of_hf_hidden_states_over_contexts(name: str
 def test_context_mode_ranks_equal_the_plain_reference_in_float64(name: str) -> None:
     """The context recipe's fast ranks == the plain per-head reference on the same inputs, and
     its inputs are the model's hidden states after the tokenised contexts."""
-    model = tiny_model(name).double()
+    model = copy.deepcopy(tiny_model(name)).double()  # the fixture is shared: a copy
     mc = ModelCircuits.load(model, tokenizer=WordTokenizer(model.config.vocab_size))
     recipe = Recipe(embedding="context", contexts=("The", "I saw", "Here is a"))
     ids = torch.tensor([3, 7, 11, 200, 5, 42])
