@@ -354,3 +354,12 @@ def test_one_model_under_two_recipes_is_titled_by_recipe(tmp_path: Path) -> None
     assert "mlp0 (no norm, no bias)" in page and "mlp0 +pre-norm +b_V" in page
     single = plot_category_atlas(maps[:1])
     assert [ax.get_title() for ax in single.axes if ax.get_title()] == ["Toy"]
+
+
+@pytest.mark.parametrize("mode", ["forward", "context"])
+def test_salient_operations_refuse_the_forward_pass_modes(mode: str) -> None:
+    from headatlas.scoring.salient import SalientInputError, SalientPass
+
+    mc = ModelCircuits.load(tiny_model("llama-gqa"))
+    with pytest.raises(SalientInputError, match=f"the '{mode}' embedding mode cannot afford"):
+        SalientPass(mc, MapOptions(embedding=mode))

@@ -164,9 +164,10 @@ class SalientPass:
         self.dtype = compute_dtype(resolve_dtype(self.options.dtype))
         self.n_vocab = circuits.W_E.shape[0]
         self.recipe = self.options.recipe()
-        for mode in {self.recipe.mode_of(0), self.recipe.mode_of(1)} & {"forward", "context"}:
+        costly = sorted({self.recipe.mode_of(0), self.recipe.mode_of(1)} & {"forward", "context"})
+        if costly:
             raise SalientInputError(
-                f"salient operations rank the whole vocabulary, which the '{mode}' embedding "
+                f"salient operations rank the whole vocabulary, which the '{costly[0]}' embedding "
                 "mode cannot afford (a forward pass per token): use mlp0, none or residual"
             )
         self.readout = self.recipe.bind(circuits, self.device, self.dtype)
