@@ -25,7 +25,18 @@ from headatlas.cli.common import options_from_args
 from headatlas.cli.main import build_parser, main
 from headatlas.errors import OptionError
 from headatlas.scoring.options import MapOptions, recipe_fields
-from headatlas.scoring.recipe import PRESETS, Recipe, forward_inputs
+from headatlas.scoring.ranks import PairLayout
+from headatlas.scoring.recipe import (
+    DEFAULT_CONTEXTS,
+    PRESETS,
+    Recipe,
+    SourceInputs,
+    context_ids,
+    context_inputs,
+    forward_inputs,
+)
+from headatlas.scoring.reference import reference_ranks
+from headatlas.scoring.relation_scores import layer_ranks
 from headatlas.validate import AttentionHooks, ValidationOptions
 from headatlas.validate.calibrate import CANDIDATES, calibrate, read_calibration
 from headatlas.validate.dynamic import DynamicJob, HeadReadout, dynamic_recipe, dynamic_scores
@@ -70,6 +81,91 @@ def test_forward_inputs_equal_hf_hidden_states(name: str) -> None:
         torch.testing.assert_close(alone[1, 0], hs[1][0, 0], rtol=1e-5, atol=1e-5)
     if name != "gpt2":  # no position embedding: layer 0's input is the scaled token embedding
         torch.testing.assert_close(got[0], mc.embed(ids), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["llama-gqa", "gpt2", "gemma3"])
+def test_context_inputs_are_the_mean_of_hf_hidden_states_over_contexts(name: str) -> None:
+    """[start, *p, s] per prefix p, batched == hidden_states[l] of each sequence run alone,
+    averaged over the prefixes; the empty prefix alone is the forward mode."""
+    model = tiny_model(name)
+    mc = ModelCircuits.load(model)
+    ids = torch.tensor([3, 7, 11, 200, 5])
+    prefixes = [[4], [9, 12], [6, 8, 10]]
+    got = context_inputs(mc, ids, prefixes, model, start=2)  # [L, n, d]
+    assert got.shape == (mc.cfg.n_layers, len(ids), mc.cfg.d_model)
+    with torch.no_grad():
+        for i, s in enumerate(ids.tolist()):
+            runs = [
+                model(input_ids=torch.tensor([[2, *p, s]]), output_hidden_states=True)
+                for p in prefixes
+            ]
+            for layer in range(mc.cfg.n_layers):
+                want = torch.stack([r.hidden_states[layer][0, -1] for r in runs]).mean(0)
+                torch.testing.assert_close(got[layer, i], want, rtol=1e-5, atol=1e-5)
+    alone = context_inputs(mc, ids, [[]], model, start=2)
+    torch.testing.assert_close(alone, forward_inputs(mc, ids, model, start=2))
+    with pytest.raises(OptionError, match="outside the model's vocabulary"):
+        context_inputs(mc, ids, [[10**6]], model, start=2)
+    with pytest.raises(OptionError, match="at least one context"):
+        context_inputs(mc, ids, [], model, start=2)
+
+
+@pytest.mark.parametrize("name", ["llama-gqa", "gemma3"])
+def test_context_mode_ranks_equal_the_plain_reference_in_float64(name: str) -> None:
+    """The context recipe's fast ranks == the plain per-head reference on the same inputs, and
+    its inputs are the model's hidden states after the tokenised contexts."""
+    model = copy.deepcopy(tiny_model(name)).double()  # the fixture is shared: a copy
+    mc = ModelCircuits.load(model, tokenizer=WordTokenizer(model.config.vocab_size))
+    recipe = Recipe(embedding="context", contexts=("The", "I saw", "Here is a"))
+    ids = torch.tensor([3, 7, 11, 200, 5, 42])
+    inputs = SourceInputs(recipe, mc, ids, model)
+    prefixes = context_ids(mc.tokenizer, recipe.contexts)
+    assert [len(p) for p in prefixes] == [1, 2, 3]
+    torch.testing.assert_close(
+        inputs.layer(1), context_inputs(mc, ids, prefixes, model)[1], rtol=0, atol=0
+    )
+    assert (
+        inputs.digest()
+        and inputs.digest()
+        != SourceInputs(recipe.replace(contexts=("The",)), mc, ids, model).digest()
+    )
+    readout = recipe.bind(mc, "cpu", torch.float64)
+    targets = torch.tensor([1, 9, 30, 100, 4, 77])
+    layout = PairLayout(torch.arange(len(ids)), targets, len(ids), readout.W_Uf.shape[1])
+    for i in range(mc.cfg.n_layers):
+        layer = mc.layer(i)
+        X = inputs.layer(i).double()
+        up, down = layer_ranks(layer, X, readout, layout)
+        for h in range(mc.cfg.n_heads):
+            ru, rd = reference_ranks(mc, layer, h, X, targets, recipe)
+            assert torch.equal(up[h], ru) and torch.equal(down[h], rd), f"layer {i} head {h}"
+
+
+def test_context_recipe_records_its_contexts_and_keys_only_them() -> None:
+    assert Recipe(embedding="context").contexts == DEFAULT_CONTEXTS
+    assert Recipe(embedding="mlp0", contexts=("The",)) == Recipe()
+    assert "contexts" not in Recipe().key_fields()
+    assert Recipe(embedding="context").key_fields()["contexts"] == DEFAULT_CONTEXTS
+    assert Recipe(embedding="context").label().startswith(f"context×{len(DEFAULT_CONTEXTS)} ")
+    with pytest.raises(OptionError, match="contexts must be a list of strings"):
+        Recipe(embedding="context", contexts="The")  # type: ignore[arg-type]
+    # cache keys of the modes without contexts are those from before the context mode
+    assert (MapOptions().scoring_key(), MapOptions.preset("maps").scoring_key()) == (
+        "4b12363bda778965",
+        "7254b29a4d9af25c",
+    )
+    assert (
+        MapOptions(embedding="context").scoring_key()
+        != MapOptions(embedding="context", contexts=("The",)).scoring_key()
+    )
+    args = build_parser().parse_args(
+        ["map", "--embedding", "context", "--contexts", "The", "I saw"]
+    )
+    assert options_from_args(args).recipe() == Recipe(
+        embedding="context", contexts=("The", "I saw")
+    )
+    with pytest.raises(OptionError, match="has none"):
+        context_ids(None, ("The",))
 
 
 def test_forward_start_token_outside_vocabulary_is_an_error() -> None:
@@ -258,3 +354,12 @@ def test_one_model_under_two_recipes_is_titled_by_recipe(tmp_path: Path) -> None
     assert "mlp0 (no norm, no bias)" in page and "mlp0 +pre-norm +b_V" in page
     single = plot_category_atlas(maps[:1])
     assert [ax.get_title() for ax in single.axes if ax.get_title()] == ["Toy"]
+
+
+@pytest.mark.parametrize("mode", ["forward", "context"])
+def test_salient_operations_refuse_the_forward_pass_modes(mode: str) -> None:
+    from headatlas.scoring.salient import SalientInputError, SalientPass
+
+    mc = ModelCircuits.load(tiny_model("llama-gqa"))
+    with pytest.raises(SalientInputError, match=f"the '{mode}' embedding mode cannot afford"):
+        SalientPass(mc, MapOptions(embedding=mode))

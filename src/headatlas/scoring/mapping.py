@@ -289,9 +289,9 @@ def map_heads(
         recipe, circuits, plan.source_ids, hf_model, options.forward_start(), progress
     )
     forward_prefix = None
-    if recipe.embedding == "forward":
-        forward_prefix = forward_prefix_record(inputs.start)
-        say(f"forward embedding: each source token runs as {forward_prefix['sequence']}")
+    if recipe.embedding in ("forward", "context"):
+        forward_prefix = forward_prefix_record(inputs.start, recipe.embedding == "context")
+        say(f"{recipe.embedding} embedding: each source token runs as {forward_prefix['sequence']}")
     readout = recipe.bind(circuits, device, compute_dtype(dtype))
     layout = PairLayout(
         plan.pair_rows,
@@ -443,10 +443,14 @@ def map_heads(
     return MapResults(directory or Path("."), manifest, scores, categories, evidence_table)
 
 
-def forward_prefix_record(start: int | None) -> dict[str, Any]:
-    """What the manifest records of the ``forward`` mode's prefix: the start token id (None:
-    none) and the sequence each source token runs as."""
-    return {"start_token": start, "sequence": "[s]" if start is None else f"[{start}, s]"}
+def forward_prefix_record(start: int | None, context: bool = False) -> dict[str, Any]:
+    """What the manifest records of the ``forward`` (or ``context``) mode's prefix: the start
+    token id (None: none) and the sequence each source token runs as."""
+    body = "*c, s" if context else "s"
+    return {
+        "start_token": start,
+        "sequence": f"[{body}]" if start is None else f"[{start}, {body}]",
+    }
 
 
 def _keep_other_sections(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:

@@ -34,6 +34,7 @@ def recipe_fields(recipe: Recipe) -> dict[str, Any]:
         "output_bias": recipe.output_bias,
         "final_norm": recipe.final_norm,
         "unembed_bias": recipe.unembed_bias,
+        "contexts": recipe.contexts,
     }
 
 
@@ -85,15 +86,21 @@ class MapOptions:
     effective_embedding_layer0: bool = False
     """Also use the effective embedding for layer 0."""
     embedding: str = field(
-        default="mlp0", metadata={"choices": ("mlp0", "none", "residual", "forward")}
+        default="mlp0",
+        metadata={"choices": ("mlp0", "none", "residual", "forward", "context")},
     )
     """The effective embedding's mode (with ``effective_embedding``): mlp0 = MLP0(norm(x)) (the
     paper's), none = the token embedding, residual = x + MLP0(norm(x)), forward = each
-    layer's input residual stream at s of a ``[BOS, s]`` forward pass (see
+    layer's input residual stream at s of a ``[BOS, s]`` forward pass, context = the same at s
+    of ``[BOS, *c, s]`` averaged over short neutral contexts c (see
     :mod:`headatlas.scoring.recipe`)."""
     start_token: str = field(default="auto", metadata={"metavar": "auto|none|ID"})
     """The prefix of the ``forward`` embedding: auto = the tokenizer's start token ([BOS, s];
     [s] when it has none), none = [s], or a token id ([ID, s]). Recorded in the manifest."""
+    contexts: tuple[str, ...] = field(default=(), metadata={"metavar": "TEXT"})
+    """The context mode's neutral prefixes (never relation templates); none given: the
+    recipe's default six ("The", "I saw", "Here is a", a newline, "She said", "We talked
+    about")."""
     pre_norm: bool = True
     """Apply each layer's pre-attention norm to the source embedding before W_V."""
     final_norm: bool = True
@@ -243,6 +250,11 @@ class MapOptions:
                 f"option qk_rotary (--qk-rotary) must be one of none, offsets, slow, "
                 f"got {self.qk_rotary!r}"
             )
+        if isinstance(self.contexts, str) or not all(isinstance(c, str) for c in self.contexts):
+            raise OptionError(
+                f"option contexts (--contexts) must be one or more strings, got {self.contexts!r}"
+            )
+        object.__setattr__(self, "contexts", tuple(self.contexts))
         resolve_dtype(self.dtype)
         if not isinstance(self.device, str):  # the device itself is checked where it is used
             raise OptionError(f"option device (--device) must be a string, got {self.device!r}")
@@ -312,4 +324,6 @@ class MapOptions:
             d.pop(name)  # the QK switches change qk_scores.parquet only, not the OV scores
         if d["start_token"] == "auto":  # keys of maps made before the field stay valid
             d.pop("start_token")
+        if not d["contexts"]:  # keys of maps from before the context mode stay as they were
+            d.pop("contexts")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

@@ -18,6 +18,10 @@ Embedding modes (layers >= 1; layer 0 reads the token embedding unless ``embeddi
   token. A model whose tokenizer has no start token runs ``[s]`` alone (its first position
   then attends only to itself, as every first token does); ``MapOptions.start_token`` names
   the prefix instead, and the map records and prints the choice.
+- ``context``: each layer's real input residual stream at ``s`` placed after short neutral
+  contexts, ``[BOS, *c, s]`` for every context ``c`` of ``contexts`` (never a relation
+  template), averaged over the contexts: the source read at a later position than the first
+  after BOS, which many models treat as an attention sink.
 
 :class:`Recipe` holds the switches; :meth:`Recipe.bind` gives a :class:`Readout` with the
 tensors every consumer needs (the folded unembedding, the logit bias, each layer's output map,
@@ -41,8 +45,18 @@ from headatlas.progress import track
 if TYPE_CHECKING:
     from headatlas.scoring.options import MapOptions
 
-EMBEDDINGS = ("mlp0", "none", "residual", "forward")
+EMBEDDINGS = ("mlp0", "none", "residual", "forward", "context")
 """Source-embedding modes, in the order ``calibrate`` tries them."""
+
+DEFAULT_CONTEXTS: tuple[str, ...] = (
+    "The",
+    "I saw",
+    "Here is a",
+    "\n",
+    "She said",
+    "We talked about",
+)
+"""The ``context`` mode's neutral prefixes when none are given."""
 
 _FORWARD_BATCH = 256
 
@@ -52,7 +66,7 @@ class Recipe:
     """How a head's input is formed and its output read out (see the module docstring)."""
 
     embedding: str = "mlp0"
-    """Source embedding of layers >= 1: mlp0, none, residual or forward."""
+    """Source embedding of layers >= 1: mlp0, none, residual, forward or context."""
     embedding_layer0: bool = False
     """Layer 0 reads the same mode too (else the token embedding)."""
     pre_norm: bool = True
@@ -67,12 +81,27 @@ class Recipe:
     """Read out through the final norm."""
     unembed_bias: bool = False
     """Add the output head's bias to the logits."""
+    contexts: tuple[str, ...] = ()
+    """The ``context`` mode's neutral prefixes (empty: :data:`DEFAULT_CONTEXTS`); other modes
+    keep none."""
 
     def __post_init__(self) -> None:
         if self.embedding not in EMBEDDINGS:
             raise OptionError(
                 f"embedding mode '{self.embedding}' is unknown: use one of {', '.join(EMBEDDINGS)}"
             )
+        contexts = self.contexts
+        if isinstance(contexts, str) or not all(isinstance(c, str) for c in contexts):
+            raise OptionError(
+                f"contexts must be a list of strings (prefixes such as 'The'), got {contexts!r}"
+            )
+        # Only the context mode reads them: other modes keep none, so recipes that read heads
+        # alike compare (and hash) equal whatever contexts they were given.
+        if self.embedding != "context":
+            contexts = ()
+        elif not contexts:
+            contexts = DEFAULT_CONTEXTS
+        object.__setattr__(self, "contexts", tuple(contexts))
 
     @classmethod
     def of(cls, options: MapOptions) -> Recipe:
@@ -86,7 +115,16 @@ class Recipe:
             output_bias=options.output_bias,
             final_norm=options.final_norm,
             unembed_bias=options.unembed_bias,
+            contexts=tuple(options.contexts),
         )
+
+    def key_fields(self) -> dict[str, Any]:
+        """The switches as a plain dict for cache keys; ``contexts`` only where there are some
+        (keys of the modes without contexts stay as they were before the context mode)."""
+        d = dataclasses.asdict(self)
+        if not self.contexts:
+            d.pop("contexts")
+        return d
 
     def replace(self, **changes: Any) -> Recipe:
         """A copy with some switches changed."""
@@ -94,7 +132,8 @@ class Recipe:
 
     def label(self) -> str:
         """Short name for figure titles and tables, e.g. ``mlp0 +pre-norm +final-norm +b_V``."""
-        parts = [self.embedding + ("(L0 too)" if self.embedding_layer0 else "")]
+        mode = self.embedding + (f"×{len(self.contexts)}" if self.contexts else "")
+        parts = [mode + ("(L0 too)" if self.embedding_layer0 else "")]
         for name, on in (
             ("pre-norm", self.pre_norm),
             ("b_V", self.value_bias),
@@ -209,8 +248,8 @@ class Readout:
         progress: bool = False,
     ) -> SourceInputs:
         """Per-layer source embeddings x̃ of tokens ``ids`` [n] (float32, on the CPU);
-        ``hf_model``, ``start`` and ``progress`` are for the ``forward`` mode (see
-        :func:`forward_inputs`)."""
+        ``hf_model``, ``start`` and ``progress`` are for the ``forward`` and ``context`` modes
+        (see :func:`forward_inputs`, :func:`context_inputs`)."""
         return SourceInputs(self.recipe, self.circuits, ids, hf_model, start, progress)
 
     # ---- one layer ------------------------------------------------------------------------
@@ -280,7 +319,8 @@ class SourceInputs:
     ``mlp0``, ``none`` and ``residual`` need only block 0's MLP; ``forward`` runs the model
     once over ``[BOS, s]`` for every source (in batches) and keeps each layer's input at ``s``,
     [n_layers, n, d] float32 on the CPU: n·L·d·4 bytes, the model itself loaded by
-    ``transformers``.
+    ``transformers``; ``context`` runs it once per context over ``[BOS, *c, s]`` and keeps the
+    mean over contexts.
     """
 
     def __init__(
@@ -305,11 +345,15 @@ class SourceInputs:
         if recipe.embedding == "forward":
             self.start = resolve_start(circuits, start)
             self._forward = forward_inputs(circuits, ids, hf_model, self.start, progress)
+        if recipe.embedding == "context":
+            self.start = resolve_start(circuits, start)
+            prefixes = context_ids(circuits.tokenizer, recipe.contexts)
+            self._forward = context_inputs(circuits, ids, prefixes, hf_model, self.start, progress)
 
     def digest(self) -> str:
-        """Content hash of inputs that weights alone do not fix: the ``forward`` mode's
-        per-layer inputs depend on every earlier layer (attention and MLP), so a stored map is
-        reused only when they are equal; "" for the weights-only modes."""
+        """Content hash of inputs that weights alone do not fix: the per-layer inputs of the
+        ``forward`` and ``context`` modes depend on every earlier layer (attention and MLP),
+        so a stored map is reused only when they are equal; "" for the weights-only modes."""
         if self._forward is None:
             return ""
         data = self._forward.contiguous().numpy().tobytes()
@@ -318,7 +362,7 @@ class SourceInputs:
     def layer(self, index: int) -> torch.Tensor:
         """x̃ [n, d] for layer ``index``."""
         mode = self.recipe.mode_of(index)
-        if mode == "forward":
+        if mode in ("forward", "context"):
             assert self._forward is not None
             return self._forward[index]
         return self._by_mode[mode]
@@ -371,14 +415,7 @@ def forward_inputs(
     position). ``start``: "auto" = the tokenizer's BOS; None (or a tokenizer without BOS):
     ``[s]`` alone. ``hf_model``: the ``transformers`` model (loaded from the circuits' source
     when None). ``progress``: a bar (or log lines) over the batches."""
-    if hf_model is None:
-        held = getattr(circuits.source, "model", None)
-        if isinstance(held, torch.nn.Module):
-            hf_model = held
-        else:
-            from headatlas.weights.transformers_model import load_hf_model
-
-            hf_model = load_hf_model(circuits.source.name)
+    hf_model = _inference_model(circuits, hf_model)
     L = circuits.cfg.n_layers
     bos = resolve_start(circuits, start)
     try:
@@ -416,3 +453,77 @@ def _move(t: torch.Tensor | None, device: torch.device, dtype: torch.dtype) -> t
 
 def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     return None if t is None else t.to(dtype)
+
+
+def context_ids(tokenizer: Any, contexts: tuple[str, ...]) -> list[list[int]]:
+    """The ``context`` mode's prefixes as token ids (no special tokens; "" gives ``[]``, the
+    ``forward`` mode's sequence)."""
+    if tokenizer is None:
+        raise OptionError(
+            "the context embedding mode tokenises its contexts with the model's tokenizer, and "
+            "this model has none: load it with its tokenizer or choose another --embedding"
+        )
+    return [list(tokenizer.encode(c, add_special_tokens=False)) for c in contexts]
+
+
+def context_inputs(
+    circuits: ModelCircuits,
+    ids: torch.Tensor,
+    prefixes: list[list[int]],
+    hf_model: Any = None,
+    start: int | str | None = "auto",
+    progress: bool = False,
+) -> torch.Tensor:
+    """Each layer's input residual stream at token s of ``[start, *p, s]``, averaged over the
+    token-id prefixes ``p`` of ``prefixes``, for every id in ``ids``: [n_layers, n, d] float32
+    on the CPU, (1/C)·Σ_p hidden_states[l] at the last position. ``start`` and ``hf_model`` as
+    in :func:`forward_inputs`."""
+    if not prefixes:
+        raise OptionError("the context embedding mode needs at least one context")
+    V = circuits.cfg.vocab_size
+    for p in prefixes:
+        if any(not 0 <= int(t) < V for t in p):
+            raise OptionError(
+                f"a context tokenises to ids outside the model's vocabulary of {V} ({p}): "
+                "give contexts the model's tokenizer encodes"
+            )
+    hf_model = _inference_model(circuits, hf_model)
+    body = getattr(hf_model, "base_model", hf_model)  # the same hidden states, no logits
+    bos = resolve_start(circuits, start)
+    L = circuits.cfg.n_layers
+    try:
+        device = next(hf_model.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    out = torch.zeros(L, len(ids), circuits.cfg.d_model)
+    was_training = hf_model.training
+    hf_model.eval()
+    try:
+        with torch.no_grad():
+            desc = "context recipe: inputs of every layer"
+            for p in track(prefixes, len(prefixes), desc, unit="context", enabled=progress):
+                head = ([] if bos is None else [int(bos)]) + [int(t) for t in p]
+                for lo in range(0, len(ids), _FORWARD_BATCH):
+                    chunk = ids[lo : lo + _FORWARD_BATCH].to(torch.int64)
+                    prefix = torch.tensor(head, dtype=torch.int64).expand(len(chunk), -1)
+                    inp = torch.cat([prefix, chunk[:, None]], 1).to(device)
+                    res = body(input_ids=inp, output_hidden_states=True, use_cache=False)
+                    hs = res.hidden_states
+                    for layer in range(L):
+                        out[layer, lo : lo + len(chunk)] += hs[layer][:, -1].float().cpu()
+    finally:
+        hf_model.train(was_training)
+    return out / len(prefixes)
+
+
+def _inference_model(circuits: ModelCircuits, hf_model: Any) -> Any:
+    """``hf_model``, else the model the circuits were read from, else one loaded from their
+    source by ``transformers``."""
+    if hf_model is not None:
+        return hf_model
+    held = getattr(circuits.source, "model", None)
+    if isinstance(held, torch.nn.Module):
+        return held
+    from headatlas.weights.transformers_model import load_hf_model
+
+    return load_hf_model(circuits.source.name)

@@ -165,9 +165,10 @@ class SalientPass:
         self.dtype = compute_dtype(resolve_dtype(self.options.dtype))
         self.n_vocab = circuits.W_E.shape[0]
         self.recipe = self.options.recipe()
-        if "forward" in (self.recipe.mode_of(0), self.recipe.mode_of(1)):
+        costly = sorted({self.recipe.mode_of(0), self.recipe.mode_of(1)} & {"forward", "context"})
+        if costly:
             raise SalientInputError(
-                "salient operations rank the whole vocabulary, which the 'forward' embedding "
+                f"salient operations rank the whole vocabulary, which the '{costly[0]}' embedding "
                 "mode cannot afford (a forward pass per token): use mlp0, none or residual"
             )
         self.readout = self.recipe.bind(circuits, self.device, self.dtype)

@@ -73,6 +73,7 @@ CANDIDATES: dict[str, Recipe] = {
     "none": Recipe(embedding="none"),
     "residual": Recipe(embedding="residual"),
     "forward": Recipe(embedding="forward"),
+    "context": Recipe(embedding="context"),
 }
 """The recipes ``calibrate`` compares by default: the paper's exact formula, and this
 project's readout (pre-attention norm, b_V, output gain, final norm) under each embedding
@@ -288,7 +289,7 @@ def _dynamic(
         json.dumps(
             [
                 model_digest(hf_model),
-                dataclasses.asdict(recipe),
+                recipe.key_fields(),
                 [[j.relation, j.template, j.sources, j.targets, j.k] for j in jobs],
             ],
         ).encode()
