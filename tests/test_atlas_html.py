@@ -698,7 +698,7 @@ def test_evidence_keeps_wrong_pairs_beside_many_right_ones(tmp_path: Path) -> No
     results = load_results(make_results(tmp_path, 2, 4))
     relation = DEFAULT_RELATIONS[0][0]
     rows = [
-        (1, 2, relation, f"s{j}", f"t{j}", j % 3 != 0, 1 + j, [f"t{j}"], "relation")
+        ("m", 1, 2, relation, f"s{j}", f"t{j}", j % 3 != 0, 1 + j, [f"t{j}"], "relation")
         for j in range(12)  # 8 right, 4 wrong, interleaved
     ]
     table = pd.DataFrame(rows, columns=list(EVIDENCE_COLUMNS))

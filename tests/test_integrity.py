@@ -23,6 +23,7 @@ from headatlas.cli.main import main
 from headatlas.errors import OptionError, ResultsError, ResultsMismatchError
 from headatlas.store import (
     CATEGORIES,
+    EVIDENCE,
     MANIFEST,
     MIN_FREE_BYTES,
     SCORES,
@@ -199,7 +200,7 @@ def test_a_later_run_never_vouches_for_a_stale_file(
     with pytest.raises(ResultsMismatchError, match=r"headatlas salient --all"):
         check_files(folder, read_manifest(folder))
     assert run_cli("map", model, "--out", folder.parent, *RELS, "--quiet") == 0
-    assert set(read_manifest(folder)["files"]) == {SCORES, CATEGORIES}
+    assert set(read_manifest(folder)["files"]) == {SCORES, CATEGORIES, EVIDENCE}
     pd.testing.assert_frame_equal(load_results(folder).scores, load_results(mapped).scores)
 
 
