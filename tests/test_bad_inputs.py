@@ -228,6 +228,8 @@ MAP_READERS: dict[str, Reader] = {
     "report": lambda d, good, o: ["report", str(d), "--out", str(o / "a.html")],
     "diff-a": lambda d, good, o: ["diff", str(d), str(good), "--table", str(o / "d.parquet")],
     "diff-b": lambda d, good, o: ["diff", str(good), str(d), "--figure", str(o / "d.png")],
+    "export": lambda d, good, o: ["export", str(d), str(o / "ds")],
+    "export-headvis": lambda d, good, o: ["export", str(d), str(o / "hv"), "--format", "headvis"],
 }
 """Commands that read a finished map."""
 
@@ -406,6 +408,7 @@ OUTPUT_COMMANDS: dict[str, OutputCommand] = {
     "report": lambda w, o: ["report", str(w.good), "--out", str(o / "a.html")],
     "diff-table": lambda w, o: ["diff", str(w.good), str(w.other), "--table", str(o / "d.parquet")],
     "diff-figure": lambda w, o: ["diff", str(w.good), str(w.other), "--figure", str(o / "d.png")],
+    "export": lambda w, o: ["export", str(w.good), str(o / "ds")],
 }
 
 

@@ -14,7 +14,7 @@ import yaml
 from tiny_models import gpt2_tokenizer, save_tiny, tiny_model
 
 from headatlas.cli.main import main
-from headatlas.store import model_slug
+from headatlas.store import model_slug, read_manifest, write_manifest
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,8 @@ def with_evidence(results_dir: Path, tmp_path: Path) -> Path:
         }
     )
     evidence.to_parquet(folder / "evidence.parquet", index=False)
+    # what a map writing these would do last: vouch for the files beside the manifest
+    write_manifest(folder, read_manifest(folder), ["scores.parquet", "evidence.parquet"])
     return folder
 
 
@@ -74,7 +76,7 @@ def test_dataset_export_loads_with_datasets(results_dir: Path, tmp_path: Path) -
     assert main(["export", str(results_dir), str(out)]) == 0
     header = front_matter(out / "README.md")
     names = [c["config_name"] for c in header["configs"]]
-    assert names == ["scores", "categories", "salient"]
+    assert names == ["scores", "categories", "salient"]  # the empty evidence table is left out
     assert sum(bool(c.get("default")) for c in header["configs"]) == 1
     from huggingface_hub import DatasetCard  # what the hub parses on upload
 

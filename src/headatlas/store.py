@@ -116,7 +116,7 @@ def results_folder(out: str | Path, name: str) -> Path:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        blocker = _file_on_path(directory)
+        blocker = file_on_path(directory)
         if blocker is not None:
             raise ResultsError(
                 f"cannot create the results folder {directory}: {blocker} is a file, not a "
@@ -143,7 +143,7 @@ MIN_FREE_BYTES = 8 * 1024
 """Less free space than this where results go stops a command before it starts its work."""
 
 
-def _file_on_path(path: Path) -> Path | None:
+def file_on_path(path: Path) -> Path | None:
     """The first part of ``path`` that exists and is not a folder (None when there is none)."""
     for part in (*reversed(path.parents), path):
         if part.exists() and not part.is_dir():
@@ -199,7 +199,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
-        blocker = _file_on_path(path.parent)
+        blocker = file_on_path(path.parent)
         if blocker is not None:
             raise ResultsError(
                 f"cannot write {path}: {blocker} is a file, not a folder; choose another "

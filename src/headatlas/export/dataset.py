@@ -21,7 +21,9 @@ DATA = "data"
 def export_dataset(directory: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """Write the map in ``directory`` (a model's results folder) as a dataset folder ``out``."""
     results = load_results(directory)
-    tables = present_tables(results.directory)
+    # A table without rows (evidence of a map that labels no head) is left out: `datasets`
+    # cannot load a config from an empty parquet file.
+    tables = {name: df for name, df in present_tables(results.directory).items() if len(df)}
     target = prepare_out(out, overwrite)
     (target / DATA).mkdir(exist_ok=True)
     for name, df in tables.items():

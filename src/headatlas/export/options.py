@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from headatlas.errors import OptionError, ResultsError
+from headatlas.store import file_on_path, write_error
 
 FORMATS = ("dataset", "headvis")
 
@@ -37,7 +39,16 @@ def prepare_out(out: str | Path, overwrite: bool) -> Path:
         raise ResultsError(
             f"export target {path} is not empty: pass an empty or new folder, or --overwrite"
         )
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = file_on_path(path)
+        if blocker is not None:
+            raise ResultsError(
+                f"cannot write {path}: {blocker} is a file, not a folder; choose another "
+                "output path"
+            ) from exc
+        raise write_error(path, exc) from exc
     return path
 
 
@@ -50,6 +61,13 @@ def export_map(
     from headatlas.export.headvis import export_headvis
 
     options = options or ExportOptions()
-    if options.format == "headvis":
-        return export_headvis(directory, out, overwrite=options.overwrite)
-    return export_dataset(directory, out, overwrite=options.overwrite)
+    write = export_headvis if options.format == "headvis" else export_dataset
+    new = not Path(out).exists()
+    try:
+        return write(directory, out, overwrite=options.overwrite)
+    except (OSError, ResultsError) as exc:  # a full disk, a folder that went away...
+        if new:  # a new folder is all or nothing: no half export left to be mistaken for one
+            shutil.rmtree(out, ignore_errors=True)
+        if isinstance(exc, ResultsError):  # already names the file and the fix
+            raise
+        raise write_error(Path(out), exc) from exc
