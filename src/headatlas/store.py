@@ -112,20 +112,7 @@ def model_slug(name: str) -> str:
 def results_folder(out: str | Path, name: str) -> Path:
     """``out/<model-slug>/``, created now, so an unusable output path is named before any
     work is done."""
-    directory = Path(out) / model_slug(name)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        blocker = file_on_path(directory)
-        if blocker is not None:
-            raise ResultsError(
-                f"cannot create the results folder {directory}: {blocker} is a file, not a "
-                "folder; choose another --out"
-            ) from exc
-        raise ResultsError(
-            f"cannot create the results folder {directory} ({_reason(exc)}): "
-            f"{_fix(exc, 'choose a writable --out folder')}"
-        ) from exc
+    directory = create_folder(Path(out) / model_slug(name), "the results folder", "--out")
     try:
         st = os.statvfs(directory)
     except (OSError, AttributeError):  # no statvfs (Windows): writes say it when they fail
@@ -137,6 +124,25 @@ def results_folder(out: str | Path, name: str) -> Path:
             "another --out"
         )
     return directory
+
+
+def create_folder(path: Path, what: str, option: str) -> Path:
+    """Create ``path`` (``what``, chosen by ``option``), naming a file on the way or the
+    system's reason and the fix in a ResultsError."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = file_on_path(path)
+        if blocker is not None:
+            raise ResultsError(
+                f"cannot create {what} {path}: {blocker} is a file, not a folder; choose "
+                f"another {option}"
+            ) from exc
+        raise ResultsError(
+            f"cannot create {what} {path} ({_reason(exc)}): "
+            f"{_fix(exc, f'choose a writable {option} folder')}"
+        ) from exc
+    return path
 
 
 MIN_FREE_BYTES = 8 * 1024

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from headatlas.errors import OptionError, ResultsError
-from headatlas.store import file_on_path, write_error
+from headatlas.store import create_folder, write_error
 
 FORMATS = ("dataset", "headvis")
 
@@ -39,17 +39,7 @@ def prepare_out(out: str | Path, overwrite: bool) -> Path:
         raise ResultsError(
             f"export target {path} is not empty: pass an empty or new folder, or --overwrite"
         )
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        blocker = file_on_path(path)
-        if blocker is not None:
-            raise ResultsError(
-                f"cannot write {path}: {blocker} is a file, not a folder; choose another "
-                "output path"
-            ) from exc
-        raise write_error(path, exc) from exc
-    return path
+    return create_folder(path, "the export folder", "OUT")
 
 
 def export_map(
