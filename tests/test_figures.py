@@ -400,6 +400,17 @@ def test_series_in_dots_with_a_caption(sized, tmp_path: Path) -> None:  # type: 
     assert fig._supxlabel is not None and fig._supxlabel.get_text() == caption  # type: ignore[attr-defined]
 
 
+def test_a_long_caption_is_wrapped_to_the_figure_width(tmp_path: Path) -> None:
+    """A caption wider than the figure was cut at both edges (the class-level note of two
+    models in one line); it is wrapped instead, every word kept."""
+    caption = " ".join(f"model-{i}: noun_pronoun;" for i in range(12))
+    fig = plot_category_atlas([_results(tmp_path, 2, 2)], caption=caption)
+    text = fig._supxlabel.get_text()  # type: ignore[attr-defined]
+    lines = text.split("\n")
+    assert len(lines) > 1 and all(len(line) <= fig.get_figwidth() * 9 for line in lines)
+    assert text.split() == caption.split()
+
+
 def test_unknown_style_is_refused(tmp_path: Path) -> None:
     with pytest.raises(OutputFormatError, match="style 'bars'"):
         plot_category_atlas([_results(tmp_path, 2, 2)], style="bars")

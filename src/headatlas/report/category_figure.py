@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -122,9 +123,7 @@ def plot_category_atlas(
         handleheight=1.2,
         columnspacing=1.2,
     )
-    notes = [note for note in (caption, class_level_caption(results)) if note]
-    if notes:
-        fig.supxlabel("\n".join(notes), fontsize=9, color="#444444")
+    _caption(fig, [caption, class_level_caption(results)])
     if out is not None:
         save_figure(fig, out)
     return fig
@@ -197,9 +196,16 @@ def plot_category_series(
         handlelength=1.2,
         handleheight=1.2,
     )
-    notes = [note for note in (caption, class_level_caption([results])) if note]
-    if notes:
-        fig.supxlabel("\n".join(notes), fontsize=9, color="#444444")
+    _caption(fig, [caption, class_level_caption([results])])
     if out is not None:
         save_figure(fig, out)
     return fig
+
+
+def _caption(fig: Figure, notes: Sequence[str | None]) -> None:
+    """The notes under the panels, each wrapped to the figure's width (about 9 characters of
+    9-point text per inch), so a long one is not cut at the edges."""
+    width = max(40, int(fig.get_figwidth() * 9))
+    lines = [textwrap.fill(note, width) for note in notes if note]
+    if lines:
+        fig.supxlabel("\n".join(lines), fontsize=9, color="#444444")
