@@ -415,36 +415,8 @@ def forward_inputs(
     position). ``start``: "auto" = the tokenizer's BOS; None (or a tokenizer without BOS):
     ``[s]`` alone. ``hf_model``: the ``transformers`` model (loaded from the circuits' source
     when None). ``progress``: a bar (or log lines) over the batches."""
-    hf_model = _inference_model(circuits, hf_model)
-    L = circuits.cfg.n_layers
-    bos = resolve_start(circuits, start)
-    try:
-        device = next(hf_model.parameters()).device
-    except StopIteration:
-        device = torch.device("cpu")
-    out = torch.empty(L, len(ids), circuits.cfg.d_model)
-    was_training = hf_model.training
-    hf_model.eval()
-    # The body alone (no LM head): its hidden states are the same tensors, and the logits over
-    # the vocabulary, which nothing here reads, were most of the work (Gemma 3: V = 262144).
-    body = getattr(hf_model, "base_model", None) or hf_model
-    try:
-        batches = range(0, len(ids), _FORWARD_BATCH)
-        desc = "forward recipe: inputs of every layer"
-        with torch.no_grad():
-            for start in track(batches, len(batches), desc, unit="batch", enabled=progress):
-                chunk = ids[start : start + _FORWARD_BATCH].to(torch.int64)
-                cols = [chunk[:, None]]
-                if bos is not None:
-                    cols.insert(0, torch.full_like(chunk[:, None], bos))
-                inp = torch.cat(cols, 1).to(device)
-                res = body(input_ids=inp, output_hidden_states=True, use_cache=False)
-                hs = res.hidden_states
-                for layer in range(L):
-                    out[layer, start : start + len(chunk)] = hs[layer][:, -1].float().cpu()
-    finally:
-        hf_model.train(was_training)
-    return out
+    # [start, s] is the context mode's sequence with one empty context (x + 0 and x / 1: equal)
+    return context_inputs(circuits, ids, [[]], hf_model, start, progress, "forward")
 
 
 def _move(t: torch.Tensor | None, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
@@ -473,6 +445,7 @@ def context_inputs(
     hf_model: Any = None,
     start: int | str | None = "auto",
     progress: bool = False,
+    mode: str = "context",
 ) -> torch.Tensor:
     """Each layer's input residual stream at token s of ``[start, *p, s]``, averaged over the
     token-id prefixes ``p`` of ``prefixes``, for every id in ``ids``: [n_layers, n, d] float32
@@ -488,7 +461,9 @@ def context_inputs(
                 "give contexts the model's tokenizer encodes"
             )
     hf_model = _inference_model(circuits, hf_model)
-    body = getattr(hf_model, "base_model", hf_model)  # the same hidden states, no logits
+    # The body alone (no LM head): its hidden states are the same tensors, and the logits over
+    # the vocabulary, which nothing here reads, were most of the work (Gemma 3: V = 262144).
+    body = getattr(hf_model, "base_model", None) or hf_model
     bos = resolve_start(circuits, start)
     L = circuits.cfg.n_layers
     try:
@@ -500,17 +475,17 @@ def context_inputs(
     hf_model.eval()
     try:
         with torch.no_grad():
-            desc = "context recipe: inputs of every layer"
-            for p in track(prefixes, len(prefixes), desc, unit="context", enabled=progress):
+            jobs = [(p, lo) for p in prefixes for lo in range(0, len(ids), _FORWARD_BATCH)]
+            desc = f"{mode} recipe: inputs of every layer"
+            for p, lo in track(jobs, len(jobs), desc, unit="batch", enabled=progress):
                 head = ([] if bos is None else [int(bos)]) + [int(t) for t in p]
-                for lo in range(0, len(ids), _FORWARD_BATCH):
-                    chunk = ids[lo : lo + _FORWARD_BATCH].to(torch.int64)
-                    prefix = torch.tensor(head, dtype=torch.int64).expand(len(chunk), -1)
-                    inp = torch.cat([prefix, chunk[:, None]], 1).to(device)
-                    res = body(input_ids=inp, output_hidden_states=True, use_cache=False)
-                    hs = res.hidden_states
-                    for layer in range(L):
-                        out[layer, lo : lo + len(chunk)] += hs[layer][:, -1].float().cpu()
+                chunk = ids[lo : lo + _FORWARD_BATCH].to(torch.int64)
+                prefix = torch.tensor(head, dtype=torch.int64).expand(len(chunk), -1)
+                inp = torch.cat([prefix, chunk[:, None]], 1).to(device)
+                res = body(input_ids=inp, output_hidden_states=True, use_cache=False)
+                hs = res.hidden_states
+                for layer in range(L):
+                    out[layer, lo : lo + len(chunk)] += hs[layer][:, -1].float().cpu()
     finally:
         hf_model.train(was_training)
     return out / len(prefixes)
