@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from tiny_models import gpt2_tokenizer, save_tiny, tiny_model
+from tmpfs import mounted_tmpfs
 
 from headatlas.cli.main import COMMANDS, main
 from headatlas.store import CATEGORIES, MANIFEST, SALIENT, SCORES, load_results, model_slug
@@ -426,25 +426,11 @@ def test_output_under_a_regular_file_says_so(
 @pytest.fixture
 def full_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 1 MiB tmpfs filled to the last byte (skipped where none can be mounted)."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    try:
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-            capture_output=True,
-            text=True,
-        )
-    except OSError as exc:  # no mount command
-        pytest.skip(f"cannot mount a tmpfs here ({exc})")
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode})")
-    try:
+    with mounted_tmpfs(tmp_path / "small") as mount:
         free = os.statvfs(mount).f_bavail * os.statvfs(mount).f_frsize
         with open(mount / "filler", "wb") as f:
             f.write(b"\0" * free)
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @pytest.mark.parametrize("command", OUTPUT_COMMANDS)

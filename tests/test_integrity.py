@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from tiny_models import gpt2_tokenizer, save_tiny, tiny_model
+from tmpfs import mounted_tmpfs
 
 from headatlas.cli.main import main
 from headatlas.errors import OptionError, ResultsError, ResultsMismatchError
@@ -321,22 +321,8 @@ def test_unreachable_hub_fails_without_retries(
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 1 MiB tmpfs (skipped where one cannot be mounted)."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    try:
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-            capture_output=True,
-            text=True,
-        )
-    except OSError as exc:  # no mount command
-        pytest.skip(f"cannot mount a tmpfs here ({exc})")
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode})")
-    try:
+    with mounted_tmpfs(tmp_path / "small") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def leave_room(mount: Path, room: int) -> None:
