@@ -116,10 +116,13 @@ def main() -> None:
         Path(args.json).write_text(json.dumps({"hashes": hashes, "seconds": seconds}, indent=1))
     if args.compare:
         before = json.loads(Path(args.compare).read_text())["hashes"]
-        diff = sorted(k for k in set(before) | set(hashes) if before.get(k) != hashes.get(k))
+        ran = {f"{m}/{r}/" for m in args.models for r in args.recipes}
+        before = {k: v for k, v in before.items() if any(k.startswith(p) for p in ran)}
+        keys = set(before) | set(hashes)
+        diff = sorted(k for k in keys if before.get(k) != hashes.get(k))
         for k in diff:
             print(f"DIFFERS {k}: before {before.get(k)} after {hashes.get(k)}")
-        print(f"{len(hashes) - len(diff)} of {len(set(before) | set(hashes))} tables identical")
+        print(f"{len(keys) - len(diff)} of {len(keys)} tables identical")
         raise SystemExit(1 if diff else 0)
 
 
