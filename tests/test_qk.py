@@ -297,3 +297,18 @@ def test_token_classes_and_static_class_auc() -> None:
     logits_r = head_logits(qk, X, X, QKOptions())
     brute = (logits_c[:, :, :, None] > logits_r[:, :, None, :]).double().mean((2, 3)).mean(1)
     assert torch.allclose(auc, brute) and auc.shape == (c.cfg.n_heads,)
+
+
+@pytest.mark.parametrize("mode", ["forward", "context"])
+def test_salient_tokens_under_recipes_that_run_the_model(mode: str) -> None:
+    """Salient keys and queries read the vocabulary's weights-only x̃ (``residual``) when the
+    recipe's own mode runs the model (``map --embedding context --qk`` once failed here)."""
+    from headatlas.scoring.qk import salient_tokens
+
+    c = ModelCircuits.load(tiny_model("llama-gqa"))
+    qk = read_qk(c, 1)
+    X = embedding_of(c, c.embed(sample_tokens(c, 32, 0)), "residual")
+    cache: dict[str, torch.Tensor] = {}
+    keys, queries = salient_tokens(c, qk, X, Recipe(embedding=mode), QKOptions(n_salient=3), cache)
+    assert list(cache) == ["residual"]
+    assert all(len(k) == 3 for k in keys) and all(len(q) == 3 for q in queries)

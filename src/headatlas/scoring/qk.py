@@ -248,10 +248,10 @@ def salient_tokens(
 ) -> tuple[list[list[int]], list[list[int]]]:
     """Per head, the ``n_salient`` keys with the highest mean logit over the sample's queries
     (q̄ · k over the vocabulary) and the queries with the highest mean logit over the sample's
-    keys (q · k̄). The vocabulary's x̃ is the recipe's weights-only mode (``forward`` reads as
-    ``residual``), computed once per mode in ``cache``."""
+    keys (q · k̄). The vocabulary's x̃ is the recipe's weights-only mode (``forward`` and ``context`` read
+    as ``residual``), computed once per mode in ``cache``."""
     mode = recipe.mode_of(qk.layer)
-    mode = "residual" if mode == "forward" else mode
+    mode = "residual" if mode in ("forward", "context") else mode
     if mode not in cache:
         V = circuits.cfg.vocab_size
         cache[mode] = embedding_of(circuits, circuits.embed(torch.arange(V)), mode)
