@@ -30,20 +30,23 @@ from headatlas.circuits import ModelCircuits
 from headatlas.errors import ValidationInputError
 from headatlas.progress import Progress
 from headatlas.relations import Relation, resolve_relations, tokenize_relation
+from headatlas.report.validation_figures import ablation_curves, correlation_scatter
+from headatlas.report.validation_tables import (
+    causal_markdown,
+    correlation_markdown,
+    qk_markdown,
+)
 from headatlas.scoring.mapping import map_heads, resolve_device
 from headatlas.scoring.options import MapOptions
+from headatlas.stats import CORRELATION_COLUMNS, causal_summary, correlate, static_matrix
 from headatlas.store import MapResults, write_json_atomic, write_text_atomic
 from headatlas.validate.dynamic import (
-    CORRELATION_COLUMNS,
     DynamicJob,
     HeadReadout,
-    correlate,
-    correlation_markdown,
     dynamic_recipe,
     dynamic_scores,
+    heads_table,
     sample_pairs,
-    scatter_plot,
-    static_matrix,
 )
 from headatlas.validate.hooks import AttentionHooks, eval_mode
 from headatlas.validate.options import ALL_EXPERIMENTS, EXPERIMENTS, ValidationOptions
@@ -228,9 +231,8 @@ def _run_correlative(
         per_template = [d for d in found if d.relation == rel.name]
         static, static_sup = static_matrix(results_map.scores, rel.name, L, H)
         k = _k_of(results_map, rel.name)
-        rel_rows, heads = correlate(rel.name, rel.category, k, static, static_sup, per_template)
-        rows += rel_rows
-        frames.append(heads)
+        rows += correlate(rel.name, rel.category, k, static, static_sup, per_template)
+        frames.append(heads_table(rel.name, static, static_sup, per_template))
     table = pd.DataFrame(rows, columns=CORRELATION_COLUMNS)
     if exp == "correlative":
         res.correlative = table
@@ -268,7 +270,7 @@ def _run_causal(
     for r in found:
         if r.skipped:
             res.skipped[f"causal: {r.relation}"] = r.skipped
-    res.causal = causal_mod.summary_table(found)
+    res.causal = causal_summary(found)
     res.causal_curves = causal_mod.curves_table(found)
 
 
@@ -397,7 +399,7 @@ def _write(res: ValidationResults, name: str) -> None:
         )
         if res.correlative_heads is not None:
             _csv(res.correlative_heads, d / "correlative_heads.csv")
-            scatter_plot(res.correlative_heads, d / "correlative.png", name)
+            correlation_scatter(res.correlative_heads, d / "correlative.png", name)
     if res.multi_token is not None:
         _csv(res.multi_token, d / "multi_token.csv")
         write_text_atomic(
@@ -407,15 +409,13 @@ def _write(res: ValidationResults, name: str) -> None:
     if res.causal is not None:
         _csv(res.causal, d / "causal.csv")
         write_text_atomic(
-            causal_mod.causal_markdown(res.causal, f"{name}: ablating relation heads"),
+            causal_markdown(res.causal, f"{name}: ablating relation heads"),
             d / "causal.md",
         )
     if res.causal_curves is not None:
         _csv(res.causal_curves, d / "causal_curves.csv")
-        causal_mod.curves_plot(res.causal_curves, d / "causal.png", name)
+        ablation_curves(res.causal_curves, d / "causal.png", name)
     if res.qk is not None:
-        from headatlas.validate.qk import qk_markdown
-
         _csv(res.qk.correlations, d / "qk.csv")
         _csv(res.qk.heads, d / "qk_heads.csv")
         if res.qk.classes is not None:
