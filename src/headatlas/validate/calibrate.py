@@ -35,7 +35,7 @@ import torch
 
 from headatlas.circuits import ModelCircuits
 from headatlas.errors import HeadAtlasError, ValidationInputError
-from headatlas.relations import resolve_relations
+from headatlas.relations import resolve_relations, tokenize_relations
 from headatlas.report.validation_figures import recipes_figure
 from headatlas.report.validation_tables import calibration_markdown
 from headatlas.scoring.mapping import resolve_device
@@ -186,19 +186,14 @@ def _jobs(
     options: ValidationOptions,
 ) -> list[DynamicJob]:
     """Per usable relation and template: the sampled single-token pairs and the map's k."""
-    from headatlas.validate.run import _pairs_for
-
     V = circuits.cfg.vocab_size
     jobs = []
-    for rel in resolve_relations(relations):
-        sources, targets, why = _pairs_for(
-            "correlative", rel, circuits.tokenizer, map_options, options
-        )
-        kept = [(s, t) for s, t in zip(sources, targets) if s[0] < V and t < V]
-        if why or len(kept) < map_options.min_pairs:
+    for tok in tokenize_relations(resolve_relations(relations), circuits.tokenizer, map_options, V):
+        if not tok.usable:
             continue
+        rel = tok.relation
         sources, targets = sample_pairs(
-            [s for s, _ in kept], [t for _, t in kept], options.max_prompts, options.seed
+            [[s] for s in tok.source_ids], tok.target_ids, options.max_prompts, options.seed
         )
         k = map_options.k_for(rel.name, rel.copying, V)
         jobs += [DynamicJob(rel.name, t, sources, targets, k) for t in options.templates]

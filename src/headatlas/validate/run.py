@@ -29,7 +29,12 @@ import headatlas.validate.causal as causal_mod
 from headatlas.circuits import ModelCircuits
 from headatlas.errors import ValidationInputError
 from headatlas.progress import Progress
-from headatlas.relations import Relation, resolve_relations, tokenize_relation
+from headatlas.relations import (
+    Relation,
+    multi_token_pairs,
+    resolve_relations,
+    tokenize_relations,
+)
 from headatlas.report.validation_figures import ablation_curves, correlation_scatter
 from headatlas.report.validation_tables import (
     causal_markdown,
@@ -152,37 +157,24 @@ def validate(
 
 
 def _pairs_for(
-    exp: str, rel: Relation, tokenizer: Any, map_options: MapOptions, options: ValidationOptions
+    exp: str,
+    rel: Relation,
+    tokenizer: Any,
+    map_options: MapOptions,
+    options: ValidationOptions,
+    vocab_size: int,
 ) -> tuple[list[list[int]], list[int], str | None]:
-    """(sources as id lists, targets, skip reason) for one relation and experiment."""
-    if exp == "correlative":
-        tok = tokenize_relation(
+    """(sources as id lists, targets, skip reason) for one relation and experiment: the map's
+    single-token pairs (correlative) or multi-token sources (multi-token)."""
+    if exp == "multi-token":
+        return multi_token_pairs(
             rel, tokenizer, leading_space=map_options.leading_space,
-            first_token=map_options.first_token, min_pairs=map_options.min_pairs,
+            min_pairs=options.min_multi_token, vocab_size=vocab_size,
         )  # fmt: skip
-        if tok.skip_reason:
-            return [], [], tok.skip_reason
-        return [[s] for s in tok.source_ids], list(tok.target_ids), None
-    prefix = " " if map_options.leading_space else ""
-    sources, targets, seen = [], [], set()
-    for s, t in rel.pairs:
-        s_ids = tokenizer.encode(prefix + s, add_special_tokens=False)
-        t_ids = tokenizer.encode(prefix + t, add_special_tokens=False)
-        key = (tuple(s_ids), tuple(t_ids))
-        if len(s_ids) >= 2 and len(t_ids) == 1 and key not in seen:
-            seen.add(key)
-            sources.append(list(s_ids))
-            targets.append(t_ids[0])
-    if len(sources) < options.min_multi_token:
-        return (
-            [],
-            [],
-            (
-                f"{rel.name}: only {len(sources)} pairs have a multi-token source and a "
-                f"single-token target; need {options.min_multi_token}"
-            ),
-        )
-    return sources, targets, None
+    tok = tokenize_relations([rel], tokenizer, map_options, vocab_size)[0]
+    if tok.skip_reason:
+        return [], [], tok.skip_reason
+    return [[s] for s in tok.source_ids], list(tok.target_ids), None
 
 
 def _run_correlative(
@@ -205,7 +197,9 @@ def _run_correlative(
         if rel.name not in mapped:
             res.skipped[f"{exp}: {rel.name}"] = "not in the static map"
             continue
-        sources, targets, why = _pairs_for(exp, rel, circuits.tokenizer, map_options, options)
+        sources, targets, why = _pairs_for(
+            exp, rel, circuits.tokenizer, map_options, options, circuits.cfg.vocab_size
+        )
         if why:
             res.skipped[f"{exp}: {rel.name}"] = why
             say(f"{exp}: skipping {why}")
