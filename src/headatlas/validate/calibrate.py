@@ -8,6 +8,8 @@ bootstrap confidence intervals over heads (the tiled Pearson p-values over heads
 overstate significance: the same head appears once per template). The recipe with the highest
 mean r (the mean of without- and with-context relation-score r) wins and is recorded in
 ``OUT/<model-slug>/calibration.json``, which ``map --preset calibrated`` reads.
+The statistics are :func:`headatlas.stats.compare_recipes`; the table and figure come from
+``headatlas.report.validation_tables`` / ``validation_figures``.
 
 Layout of ``OUT/<model-slug>/calibration/``::
 
