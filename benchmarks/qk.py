@@ -21,10 +21,11 @@ import time
 import torch
 
 from headatlas.circuits import ModelCircuits
+from headatlas.report.validation_tables import qk_markdown
 from headatlas.scoring.mapping import map_heads
 from headatlas.scoring.qk import QKOptions, qk_scores
 from headatlas.scoring.recipe import Recipe
-from headatlas.validate.qk import qk_markdown, validate_qk
+from headatlas.validate.qk import validate_qk
 from headatlas.weights.transformers_model import inference_model
 
 

@@ -24,9 +24,10 @@ import time
 
 import pandas as pd
 
+from headatlas.report.validation_tables import calibration_markdown
 from headatlas.scoring.mapping import map_heads
 from headatlas.scoring.options import MapOptions
-from headatlas.validate.calibrate import CANDIDATES, calibrate, table_markdown
+from headatlas.validate.calibrate import CANDIDATES, calibrate
 from headatlas.validate.options import ValidationOptions
 
 # sha256[:16] of SmolLM2's scores (layer, head, relation, score, suppression_score; sorted,
@@ -61,7 +62,7 @@ def main() -> None:
     for model in args.models:
         t0 = time.perf_counter()
         res = calibrate(model, out=args.out, candidates=candidates, progress=False, **extra)
-        print(table_markdown(res, f"recipes for {model} ({protocol})"))
+        print(calibration_markdown(res, f"recipes for {model} ({protocol})"))
         print(f"({model}: {time.perf_counter() - t0:.0f} s)\n")
         t = res.table.set_index("recipe")
         won = t.loc[res.winner]

@@ -19,9 +19,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from headatlas.circuits import ModelCircuits
+from headatlas.report.validation_tables import causal_markdown, correlation_markdown
 from headatlas.validate import DEFAULT_TEMPLATES, ValidationOptions, load_hf_model
-from headatlas.validate.causal import causal_markdown
-from headatlas.validate.dynamic import correlation_markdown
 from headatlas.validate.run import validate
 
 

@@ -28,11 +28,8 @@ from headatlas.scoring.qk import (
 )
 from headatlas.scoring.qk_reference import head_logits_reference
 from headatlas.scoring.recipe import Recipe, embedding_of
-from headatlas.validate.qk import (
-    dynamic_duplicate_scores,
-    pearson_with_interval,
-    repeated_sequences,
-)
+from headatlas.stats import pearson_with_interval
+from headatlas.validate.qk import dynamic_duplicate_scores, repeated_sequences
 
 VARIANTS = list(TINY_MODELS)
 

@@ -352,3 +352,57 @@ def test_docs_table_is_current(gpt2_tokenizer, smollm2_tokenizer):
     assert table in DOCS.read_text(encoding="utf-8"), (
         "regenerate with `python -m headatlas.relations.generate.table`"
     )
+
+
+# --- one tokenise-and-filter for the map, validate and calibrate -----------------------------
+
+
+def test_ids_beyond_the_vocabulary_are_dropped_with_a_reason(gpt2_tokenizer):
+    relation = _relation((("cat", "dog"), ("the", "a"), ("dog", "cat")))
+    ids = tokenize_relation(relation, gpt2_tokenizer, min_pairs=1)
+    # a vocabulary that ends just above " the"/" a" but below " cat"/" dog"
+    V = max(ids.source_ids[1], ids.target_ids[1]) + 1
+    assert min(ids.source_ids[0], ids.target_ids[0]) >= V
+    small = tokenize_relation(relation, gpt2_tokenizer, min_pairs=2, vocab_size=V)
+    assert small.kept == (("the", "a"),) and small.n_out_of_vocab == 2
+    assert small.source_ids == [ids.source_ids[1]] and small.target_ids == [ids.target_ids[1]]
+    assert small.skip_reason == (
+        f"toy: only 1 pairs have token ids inside the model's vocabulary of {V}; need 2"
+    )
+    # out of vocabulary is a skip reason, never the "no pair survives tokenisation" error
+    none_inside = tokenize_relation(_relation((("cat", "dog"),)), gpt2_tokenizer, vocab_size=10)
+    assert none_inside.kept == () and none_inside.n_out_of_vocab == 1
+    require_usable(none_inside)
+
+
+def test_tokenize_relations_follows_the_rules_and_checks_user_files(tmp_path, gpt2_tokenizer):
+    from headatlas.relations import tokenize_relations
+    from headatlas.scoring.options import MapOptions
+
+    (cc,) = builtin_relations(["country_capital"])
+    rules = MapOptions(min_pairs=5, first_token=True)
+    (tok,) = tokenize_relations([cc], gpt2_tokenizer, rules, vocab_size=50257)
+    direct = tokenize_relation(cc, gpt2_tokenizer, first_token=True, min_pairs=5)
+    assert tok == direct
+    path = tmp_path / "long_words.json"
+    path.write_text(json.dumps([["antidisestablishmentarianism", "floccinaucinihilipilification"]]))
+    with pytest.raises(RelationFileError, match=r"long_words\.json: none of its 1 pairs"):
+        tokenize_relations([load_relation_file(path)], gpt2_tokenizer, rules, files=[path])
+
+
+def test_multi_token_pairs(gpt2_tokenizer):
+    from headatlas.relations import multi_token_pairs
+
+    relation = _relation(
+        (("New York", "city"), ("cat", "dog"), ("New York", "city"), ("Los Angeles", "city"))
+    )
+    sources, targets, why = multi_token_pairs(relation, gpt2_tokenizer, min_pairs=2)
+    assert why is None and len(sources) == 2 and all(len(s) >= 2 for s in sources)
+    assert targets == gpt2_tokenizer.encode(" city") * 2
+    assert multi_token_pairs(relation, gpt2_tokenizer, min_pairs=3)[2] == (
+        "toy: only 2 pairs have a multi-token source and a single-token target; need 3"
+    )
+    low, high = sorted(max(*s, t) for s, t in zip(sources, targets))
+    assert low < high
+    kept, _, _ = multi_token_pairs(relation, gpt2_tokenizer, min_pairs=0, vocab_size=low + 1)
+    assert len(kept) == 1

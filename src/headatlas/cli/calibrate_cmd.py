@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     """Calibrate and print the table."""
     import dataclasses
 
-    from headatlas.validate.calibrate import calibrate, table_markdown
+    from headatlas.report.validation_tables import calibration_markdown
+    from headatlas.validate.calibrate import calibrate
 
     options = dataclasses.replace(
         CALIBRATION_OPTIONS,
@@ -91,6 +92,6 @@ def run(args: argparse.Namespace) -> int:
         n_boot=args.bootstrap,
         progress=not args.quiet,
     )
-    print(table_markdown(res, f"recipes for {circuits.source.display_name()}"))
+    print(calibration_markdown(res, f"recipes for {circuits.source.display_name()}"))
     print(f"results in {res.directory}", file=sys.stderr)
     return 0

@@ -94,8 +94,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print(res: Any) -> None:
-    from headatlas.validate.causal import causal_markdown
-    from headatlas.validate.dynamic import correlation_markdown
+    from headatlas.report.validation_tables import (
+        causal_markdown,
+        correlation_markdown,
+        qk_markdown,
+    )
 
     if res.correlative is not None:
         print(correlation_markdown(res.correlative, "static vs dynamic scores"))
@@ -104,6 +107,4 @@ def _print(res: Any) -> None:
     if res.causal is not None:
         print(causal_markdown(res.causal, "ablating relation heads"))
     if res.qk is not None:
-        from headatlas.validate.qk import qk_markdown
-
         print(qk_markdown(res.qk, "QK duplicate-token score, static vs dynamic"))

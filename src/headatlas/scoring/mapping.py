@@ -21,13 +21,7 @@ import torch
 from headatlas.circuits import ModelCircuits
 from headatlas.errors import HeadAtlasError, OptionError, ResultsError, ResultsMismatchError
 from headatlas.progress import track
-from headatlas.relations import (
-    Relation,
-    TokenizedRelation,
-    require_usable,
-    resolve_relations,
-    tokenize_relation,
-)
+from headatlas.relations import resolve_relations, tokenize_relations
 from headatlas.scoring.categories import categorize_heads
 from headatlas.scoring.evidence import EvidenceLimits, empty_evidence, layer_evidence
 from headatlas.scoring.null import (
@@ -101,29 +95,6 @@ def package_versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             versions[pkg] = "not installed"
     return versions
-
-
-def tokenize_all(
-    relations: Sequence[Relation],
-    tokenizer: Any,
-    options: MapOptions,
-    files: Sequence[str | Path] = (),
-) -> list[TokenizedRelation]:
-    """Tokenise every relation; user files with no surviving pair are an error."""
-    file_by_name = {Path(f).stem: f for f in files}
-    out = []
-    for rel in relations:
-        tok = tokenize_relation(
-            rel,
-            tokenizer,
-            leading_space=options.leading_space,
-            first_token=options.first_token,
-            min_pairs=options.min_pairs,
-        )
-        if rel.provenance.startswith("user file"):
-            require_usable(tok, file_by_name.get(rel.name))
-        out.append(tok)
-    return out
 
 
 def _cache_key(weights: str, options: MapOptions, plan: ScoringPlan) -> str:
@@ -233,30 +204,16 @@ def map_heads(
     options.check_for([r.name for r in rels], circuits.cfg.vocab_size)
     prefix = " " if options.leading_space else ""
     words = [prefix + word for rel in rels for pair in rel.pairs for word in pair]
-    tokenized = tokenize_all(rels, circuits.encoder(words), options, relation_files)
+    V = circuits.cfg.vocab_size
+    tokenized = tokenize_relations(rels, circuits.encoder(words), options, V, relation_files)
     relations_info: list[dict[str, Any]] = []
     usable: list[RelationPairs] = []
-    V = circuits.cfg.vocab_size
     for tok in tokenized:
         rel = tok.relation
         k = options.k_for(rel.name, rel.copying, V)
-        # A tokenizer may know ids the model has no embedding row for (added tokens).
-        kept = [(s, t) for s, t in zip(tok.source_ids, tok.target_ids) if s < V and t < V]
-        n_out = len(tok.source_ids) - len(kept)
+        n_out = tok.n_out_of_vocab
         if n_out:
             say(f"{rel.name}: dropped {n_out} pairs with token ids beyond the model's vocabulary")
-            reason = tok.skip_reason
-            if reason is None and len(kept) < options.min_pairs:
-                reason = (
-                    f"{rel.name}: only {len(kept)} pairs have token ids inside the model's "
-                    f"vocabulary of {V}; need {options.min_pairs}"
-                )
-            tok = dataclasses.replace(
-                tok,
-                source_ids=[s for s, _ in kept],
-                target_ids=[t for _, t in kept],
-                skip_reason=reason,
-            )
         info = {
             "name": rel.name,
             "category": rel.category,

@@ -8,6 +8,8 @@ bootstrap confidence intervals over heads (the tiled Pearson p-values over heads
 overstate significance: the same head appears once per template). The recipe with the highest
 mean r (the mean of without- and with-context relation-score r) wins and is recorded in
 ``OUT/<model-slug>/calibration.json``, which ``map --preset calibrated`` reads.
+The statistics are :func:`headatlas.stats.compare_recipes`; the table and figure come from
+``headatlas.report.validation_tables`` / ``validation_figures``.
 
 Layout of ``OUT/<model-slug>/calibration/``::
 
@@ -24,7 +26,6 @@ import hashlib
 import json
 import sys
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,13 +37,16 @@ import torch
 
 from headatlas.circuits import ModelCircuits
 from headatlas.errors import HeadAtlasError, ValidationInputError
-from headatlas.relations import resolve_relations
+from headatlas.relations import resolve_relations, tokenize_relations
+from headatlas.report.validation_figures import recipes_figure
+from headatlas.report.validation_tables import calibration_markdown
 from headatlas.scoring.mapping import resolve_device
 from headatlas.scoring.options import MapOptions, resolve_dtype
 from headatlas.scoring.plan import RelationPairs, ScoringPlan
 from headatlas.scoring.ranks import PairLayout
 from headatlas.scoring.recipe import PRESETS, Recipe, SourceInputs
 from headatlas.scoring.relation_scores import layer_ranks, layer_scores
+from headatlas.stats import compare_recipes
 from headatlas.store import (
     model_slug,
     write_json_atomic,
@@ -56,7 +60,6 @@ from headatlas.validate.dynamic import (
     dynamic_recipe,
     dynamic_scores,
     sample_pairs,
-    static_matrix,
 )
 from headatlas.validate.hooks import AttentionHooks, eval_mode
 from headatlas.validate.options import ValidationOptions
@@ -81,8 +84,6 @@ mode."""
 
 CALIBRATION_OPTIONS = ValidationOptions(templates=DEFAULT_TEMPLATES[:2], max_prompts=32)
 """Default correlative settings: two templates, 32 prompts per relation."""
-
-_DYN = ("without_context", "with_context")
 
 
 class CalibrationError(HeadAtlasError):
@@ -155,7 +156,7 @@ def calibrate(
     timings["static_s"] = round(time.perf_counter() - t0, 2)
     mapped = list(dict.fromkeys(j.relation for j in jobs))
 
-    table, per_template, per_relation = compare(static, dyn, L, H, n_boot, options.seed)
+    table, per_template, per_relation = compare_recipes(static, dyn, L, H, n_boot, options.seed)
     table["label"] = [candidates[n].label() for n in table["recipe"]]
     winner = str(table.sort_values("score", ascending=False)["recipe"].iloc[0])
     res = CalibrationResults(
@@ -187,19 +188,14 @@ def _jobs(
     options: ValidationOptions,
 ) -> list[DynamicJob]:
     """Per usable relation and template: the sampled single-token pairs and the map's k."""
-    from headatlas.validate.run import _pairs_for
-
     V = circuits.cfg.vocab_size
     jobs = []
-    for rel in resolve_relations(relations):
-        sources, targets, why = _pairs_for(
-            "correlative", rel, circuits.tokenizer, map_options, options
-        )
-        kept = [(s, t) for s, t in zip(sources, targets) if s[0] < V and t < V]
-        if why or len(kept) < map_options.min_pairs:
+    for tok in tokenize_relations(resolve_relations(relations), circuits.tokenizer, map_options, V):
+        if not tok.usable:
             continue
+        rel = tok.relation
         sources, targets = sample_pairs(
-            [s for s, _ in kept], [t for _, t in kept], options.max_prompts, options.seed
+            [[s] for s in tok.source_ids], tok.target_ids, options.max_prompts, options.seed
         )
         k = map_options.k_for(rel.name, rel.copying, V)
         jobs += [DynamicJob(rel.name, t, sources, targets, k) for t in options.templates]
@@ -357,104 +353,6 @@ def _from_frame(frame: pd.DataFrame, L: int, H: int) -> list[DynamicScores]:
     return out
 
 
-def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Pearson r of each row pair of x, y [B, n]; 0 where x is constant (a static map that
-    scores every head alike carries no signal), NaN where y is."""
-    xc = x - x.mean(1, keepdims=True)
-    yc = y - y.mean(1, keepdims=True)
-    sx = np.sqrt((xc * xc).sum(1))
-    sy = np.sqrt((yc * yc).sum(1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = (xc * yc).sum(1) / (sx * sy)
-    r = np.where(sx == 0, 0.0, r)
-    return np.where(sy == 0, np.nan, r)
-
-
-def compare(
-    maps: Mapping[str, pd.DataFrame],
-    dyn: Sequence[DynamicScores],
-    n_layers: int,
-    n_heads: int,
-    n_boot: int = 1000,
-    seed: int = 0,
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(table per recipe, table per recipe x template, table per recipe x relation).
-
-    Per relation, r is Pearson's over heads x templates (as ``validate`` computes it); a
-    relation whose dynamic scores are constant (no head ever promotes the target) is left out
-    of every recipe's mean; a recipe whose static scores are constant gets r = 0 there. The
-    95% interval resamples heads (the same draw for every relation and template).
-    """
-    N = n_layers * n_heads
-    rng = np.random.default_rng(seed)
-    boot = rng.integers(0, N, size=(n_boot, N))
-    by_rel: dict[str, list[DynamicScores]] = {}
-    for d in dyn:
-        by_rel.setdefault(d.relation, []).append(d)
-    templates = list(dict.fromkeys(d.template for d in dyn))
-    rows, tpl_rows, rel_rows = [], [], []
-    for name, scores in maps.items():
-        row: dict[str, Any] = {"recipe": name}
-        boots: dict[str, list[np.ndarray]] = {}
-        for kind, suffix in (("relation", ""), ("suppression", "_suppression")):
-            for ctx in _DYN:
-                key = f"{kind}_{ctx}"
-                rs, bs = [], []
-                per_tpl: dict[str, list[float]] = {t: [] for t in templates}
-                for rel, ds in by_rel.items():
-                    static, static_sup = static_matrix(scores, rel, n_layers, n_heads)
-                    x = (static if kind == "relation" else static_sup).ravel()
-                    ys = np.stack([getattr(d, ctx + suffix).ravel() for d in ds])  # [T, N]
-                    r = _pearson_rows(np.tile(x, len(ds))[None], ys.reshape(1, -1))[0]
-                    if np.isnan(r):
-                        continue
-                    rs.append(r)
-                    xb = x[boot]  # [B, N]
-                    yb = ys[:, boot].transpose(1, 0, 2).reshape(n_boot, -1)  # [B, T·N]
-                    bs.append(_pearson_rows(np.tile(xb, len(ds)), yb))
-                    for d, y in zip(ds, ys, strict=True):
-                        rt = _pearson_rows(x[None], y[None])[0]
-                        if not np.isnan(rt):
-                            per_tpl[d.template].append(rt)
-                    if kind == "relation":
-                        rel_rows.append({"recipe": name, "relation": rel, "context": ctx, "r": r})
-                row[f"{key}_mean_r"] = float(np.mean(rs)) if rs else float("nan")
-                row[f"{key}_n_relations"] = len(rs)
-                if bs:
-                    with warnings.catch_warnings():  # a draw may leave a relation constant
-                        warnings.simplefilter("ignore", RuntimeWarning)
-                        means = np.nanmean(np.stack(bs), 0)  # [B]
-                        lo, hi = np.nanpercentile(means, [2.5, 97.5])
-                else:
-                    lo = hi = float("nan")
-                row[f"{key}_ci_low"], row[f"{key}_ci_high"] = float(lo), float(hi)
-                boots[key] = bs
-                if kind == "relation":
-                    for t, vals in per_tpl.items():
-                        tpl_rows.append(
-                            {
-                                "recipe": name,
-                                "template": t,
-                                "context": ctx,
-                                "mean_r": float(np.mean(vals)) if vals else float("nan"),
-                                "n_relations": len(vals),
-                            }
-                        )
-        static_best = scores.groupby(["layer", "head"])["score"].max()
-        row["heads_at_threshold"] = int((static_best >= 0.15).sum())
-        row["score"] = np.nanmean(
-            [row["relation_without_context_mean_r"], row["relation_with_context_mean_r"]]
-        )
-        rows.append(row)
-    per_rel = pd.DataFrame(rel_rows)
-    if len(per_rel):
-        per_rel = per_rel.pivot_table(
-            index=["recipe", "relation"], columns="context", values="r"
-        ).reset_index()
-        per_rel.columns.name = None
-    return pd.DataFrame(rows), pd.DataFrame(tpl_rows), per_rel
-
-
 def read_calibration(directory: str | Path) -> Recipe:
     """The winning recipe recorded in ``directory/calibration.json`` (a model's results
     folder, ``OUT/<model-slug>``)."""
@@ -473,79 +371,6 @@ def read_calibration(directory: str | Path) -> Recipe:
         ) from exc
 
 
-def table_markdown(res: CalibrationResults, title: str) -> str:
-    """The per-recipe table (and per-template means) as Markdown."""
-    t = res.table
-    lines = [
-        f"# {title}",
-        "",
-        "Mean Pearson r between static and dynamic scores over relations (r per relation over "
-        "heads x templates); [95% bootstrap interval over heads]. Winner: "
-        f"**{res.winner}**.",
-        "",
-        "| recipe | switches | r w/o context | r with context | suppression r w/o | "
-        "suppression r with | heads >= 0.15 |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for row in t.itertuples():
-        cells = []
-        for key in (
-            "relation_without_context",
-            "relation_with_context",
-            "suppression_without_context",
-            "suppression_with_context",
-        ):
-            m, lo, hi = (getattr(row, f"{key}_{s}") for s in ("mean_r", "ci_low", "ci_high"))
-            cells.append(f"{_f(m)} [{_f(lo)}, {_f(hi)}]")
-        lines.append(
-            f"| {row.recipe} | {row.label} | {' | '.join(cells)} | {row.heads_at_threshold} |"
-        )
-    n = int(t["relation_without_context_n_relations"].max()) if len(t) else 0
-    lines += [
-        "",
-        f"Relations with a non-constant dynamic score: {n}.",
-        "",
-        "Per template (relation scores):",
-        "",
-    ]
-    lines += ["| recipe | template | r w/o context | r with context |", "|---|---|---:|---:|"]
-    pt = res.per_template
-    if len(pt):
-        wide = pt.pivot_table(index=["recipe", "template"], columns="context", values="mean_r")
-        for (recipe, tpl), vals in wide.iterrows():
-            lines.append(
-                f"| {recipe} | {tpl} | {_f(vals.get('without_context', np.nan))} | "
-                f"{_f(vals.get('with_context', np.nan))} |"
-            )
-    return "\n".join(lines) + "\n"
-
-
-def recipes_plot(res: CalibrationResults, path: Path, title: str) -> None:
-    """Mean r per recipe, without and with context, with 95% bootstrap intervals."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    t = res.table
-    x = np.arange(len(t))
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(t) + 2), 3.8))
-    for i, (ctx, name) in enumerate(zip(_DYN, ("without context", "with context"), strict=True)):
-        m = t[f"relation_{ctx}_mean_r"].to_numpy(float)
-        lo = m - t[f"relation_{ctx}_ci_low"].to_numpy(float)
-        hi = t[f"relation_{ctx}_ci_high"].to_numpy(float) - m
-        ax.bar(x + (i - 0.5) * 0.38, m, 0.38, yerr=[lo, hi], capsize=3, label=name)
-    ax.set_xticks(x, [f"{r}{' *' if r == res.winner else ''}" for r in t["recipe"]])
-    ax.set_ylabel("mean r (static vs dynamic)")
-    ax.set_ylim(min(0.0, float(np.nanmin(t["relation_without_context_mean_r"])) - 0.05), 1.0)
-    ax.axhline(0, color="0.5", lw=0.6)
-    ax.legend(fontsize=8, loc="lower right")
-    ax.set_title(f"{title}  (* = chosen)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def _write(res: CalibrationResults, work: Path, title: str) -> None:
     work.mkdir(parents=True, exist_ok=True)
     frames = [df.assign(recipe=name) for name, df in res.static.items()]
@@ -553,8 +378,8 @@ def _write(res: CalibrationResults, work: Path, title: str) -> None:
     res.table.to_csv(work / "recipes.csv", index=False)
     res.per_template.to_csv(work / "recipes_per_template.csv", index=False)
     res.per_relation.to_csv(work / "recipes_per_relation.csv", index=False)
-    write_text_atomic(table_markdown(res, f"Recipes for {title}"), work / "recipes.md")
-    recipes_plot(res, work / "recipes.png", f"Recipes for {title}")
+    write_text_atomic(calibration_markdown(res, f"Recipes for {title}"), work / "recipes.md")
+    recipes_figure(res, work / "recipes.png", f"Recipes for {title}")
 
 
 def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
@@ -562,7 +387,3 @@ def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
         {k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
         for r in df.to_dict("records")
     ]
-
-
-def _f(x: float) -> str:
-    return "n/a" if x != x else f"{x:.2f}"

@@ -15,7 +15,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from headatlas.errors import ValidationInputError
@@ -230,61 +229,6 @@ def planned_passes(n_relations: int, options: ValidationOptions, m: int) -> int:
     return n_relations * (1 + steps * (1 + options.random_draws) + options.max_controls)
 
 
-SUMMARY_COLUMNS = [
-    "relation",
-    "category",
-    "n_prompts",
-    "m",
-    "base_accuracy",
-    "accuracy_relation_heads",
-    "accuracy_random_mean",
-    "accuracy_random_sd",
-    "drop_relation_heads",
-    "drop_random_mean",
-    "controls",
-    "control_base_accuracy",
-    "control_accuracy_after",
-    "control_drop_mean",
-    "skipped",
-]
-
-
-def summary_table(results: Sequence[CausalResult]) -> pd.DataFrame:
-    """One row per relation: accuracy at m ablated heads (relation, random, controls)."""
-    rows = []
-    for r in results:
-        row: dict[str, Any] = {c: np.nan for c in SUMMARY_COLUMNS}
-        row.update(
-            relation=r.relation,
-            category=r.category,
-            n_prompts=r.n_prompts,
-            m=len(r.heads),
-            base_accuracy=r.base_accuracy,
-            controls="",
-            skipped=r.skipped or "",
-        )
-        if not r.skipped:
-            final_random = [c[-1] for c in r.random_curves]
-            row.update(
-                accuracy_relation_heads=r.relation_curve[-1],
-                accuracy_random_mean=float(np.mean(final_random)) if final_random else np.nan,
-                accuracy_random_sd=float(np.std(final_random)) if final_random else np.nan,
-            )
-            row["drop_relation_heads"] = r.base_accuracy - row["accuracy_relation_heads"]
-            row["drop_random_mean"] = r.base_accuracy - row["accuracy_random_mean"]
-            if r.controls:
-                base = [b for b, _ in r.controls.values()]
-                after = [a for _, a in r.controls.values()]
-                row.update(
-                    controls=";".join(r.controls),
-                    control_base_accuracy=float(np.mean(base)),
-                    control_accuracy_after=float(np.mean(after)),
-                    control_drop_mean=float(np.mean(base) - np.mean(after)),
-                )
-        rows.append(row)
-    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-
-
 def curves_table(results: Sequence[CausalResult]) -> pd.DataFrame:
     """Long table: relation, condition (relation / random / control), draw, control relation,
     n_ablated, accuracy."""
@@ -302,86 +246,3 @@ def curves_table(results: Sequence[CausalResult]) -> pd.DataFrame:
             rows.append((r.relation, "control", -1, control, len(r.heads), after))
     columns = ["relation", "condition", "draw", "control_relation", "n_ablated", "accuracy"]
     return pd.DataFrame(rows, columns=columns)
-
-
-def causal_markdown(table: pd.DataFrame, title: str) -> str:
-    """The summary table as Markdown."""
-    lines = [
-        f"# {title}",
-        "",
-        "Accuracy of the next token (= target's first token) on few-shot prompts, before and "
-        "after zeroing at the last position the m heads with the highest static score, m "
-        "random other heads (mean ± sd over draws), and the relation's heads on control "
-        "relations (top-head overlap < 15%, base accuracy within 0.2).",
-        "",
-        "| relation | m | base acc | acc, relation heads | acc, random heads | controls "
-        "| control acc drop |",
-        "|---|---:|---:|---:|---:|---|---:|",
-    ]
-    for r in table.itertuples():
-        if r.skipped:
-            lines.append(f"| {r.relation} | – | {r.base_accuracy:.2f} | skipped: {r.skipped} "
-                         "| | | |")  # fmt: skip
-            continue
-        ctrl = r.controls.replace(";", ", ") if r.controls else "none found"
-        drop = _num(r.control_drop_mean)
-        lines.append(
-            f"| {r.relation} | {r.m} | {r.base_accuracy:.2f} | {r.accuracy_relation_heads:.2f} "
-            f"| {r.accuracy_random_mean:.2f} ± {r.accuracy_random_sd:.2f} | {ctrl} | {drop} |"
-        )
-    done = table[table["skipped"] == ""]
-    if len(done):
-        lines += [
-            "",
-            f"Mean accuracy drop over {len(done)} relations: relation heads "
-            f"{done['drop_relation_heads'].mean():.2f}, random heads "
-            f"{done['drop_random_mean'].mean():.2f}, controls "
-            f"{_num(done['control_drop_mean'].mean())}.",
-        ]
-    return "\n".join(lines) + "\n"
-
-
-def curves_plot(curves: pd.DataFrame, path: Any, title: str) -> None:
-    """One small panel per relation: accuracy vs heads ablated (relation heads, random heads
-    mean ± sd, control relations at m)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    relations = list(dict.fromkeys(curves["relation"])) if len(curves) else []
-    n = max(1, len(relations))
-    cols = min(4, n)
-    rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
-    for ax in axes.ravel()[len(relations) :]:
-        ax.axis("off")
-    for ax, rel in zip(axes.ravel(), relations, strict=False):
-        sub = curves[curves["relation"] == rel]
-        own = sub[sub["condition"] == "relation"]
-        ax.plot(own["n_ablated"], own["accuracy"], "o-", color="C3", ms=3, label="relation heads")
-        rnd = sub[sub["condition"] == "random"].groupby("n_ablated")["accuracy"]
-        if len(rnd):
-            mean, sd = rnd.mean(), rnd.std(ddof=0)
-            ax.plot(mean.index, mean.values, "s--", color="0.4", ms=3, label="random heads")
-            ax.fill_between(mean.index, mean - sd, mean + sd, color="0.7", alpha=0.4, lw=0)
-        ctrl = sub[sub["condition"] == "control"]
-        for i, (cname, c) in enumerate(ctrl.groupby("control_relation")):
-            ax.plot(c["n_ablated"], c["accuracy"], ":", marker="x", color=f"C{i % 3}", ms=4,
-                    label=f"control: {cname}")  # fmt: skip
-        ax.set_title(rel, fontsize=9)
-        ax.set_ylim(-0.03, 1.03)
-        ax.tick_params(labelsize=7)
-        ax.legend(fontsize=5, loc="best")
-    for ax in axes[-1]:
-        ax.set_xlabel("heads ablated", fontsize=8)
-    for ax in axes[:, 0]:
-        ax.set_ylabel("accuracy", fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _num(x: float) -> str:
-    return "–" if x != x else f"{x:.2f}"

@@ -1,5 +1,5 @@
-"""Dynamic relation scores at inference, and their correlation with the static (weights-only)
-scores (MAPS §5, correlative experiment).
+"""Dynamic relation scores at inference (MAPS §5, correlative experiment); their correlation
+with the static (weights-only) scores is :func:`headatlas.stats.correlate`.
 
 For a relation and a context template, each source fills the template's ``<X>`` slot and the
 model runs once. At the last position every head's output ``z_h · W_O^h`` is read out exactly as
@@ -19,7 +19,6 @@ top k of the negated logits), with the map's tie rule.
 from __future__ import annotations
 
 import random
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -337,68 +336,15 @@ def sample_pairs(
     return [list(sources[i]) for i in idx], [int(targets[i]) for i in idx]
 
 
-def _pearson(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Pearson r and two-sided p; NaN when either side is constant."""
-    from scipy.stats import pearsonr
-
-    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return float("nan"), float("nan")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = pearsonr(x, y)
-    return float(res.statistic), float(res.pvalue)
-
-
-CORRELATION_COLUMNS = [
-    "relation",
-    "category",
-    "score",
-    "r_without_context",
-    "p_without_context",
-    "r_with_context",
-    "p_with_context",
-    "max_static_score",
-    "max_dynamic_without_context",
-    "max_dynamic_with_context",
-    "n_heads",
-    "n_templates",
-    "n_prompts",
-    "k",
-]
-
-
-def correlate(
+def heads_table(
     relation: str,
-    category: str,
-    k: int,
     static: np.ndarray,
     static_suppression: np.ndarray,
     per_template: Sequence[DynamicScores],
-) -> tuple[list[dict[str, Any]], pd.DataFrame]:
-    """Pearson r between static and dynamic scores over all heads x templates.
-
-    Returns the table rows (one for relation scores, one for suppression scores) and the
-    per-head long table (layer, head, template, static and dynamic scores).
-    """
-    rows = []
-    for kind, stat, suffix in (
-        ("relation", static, ""),
-        ("suppression", static_suppression, "_suppression"),
-    ):
-        x = np.concatenate([stat.ravel() for _ in per_template])
-        row: dict[str, Any] = {"relation": relation, "category": category, "score": kind}
-        for ctx in ("without_context", "with_context"):
-            y = np.concatenate([getattr(d, ctx + suffix).ravel() for d in per_template])
-            row[f"r_{ctx}"], row[f"p_{ctx}"] = _pearson(x, y)
-            row[f"max_dynamic_{ctx}"] = float(y.max()) if len(y) else float("nan")
-        row.update(
-            max_static_score=float(stat.max()),
-            n_heads=int(stat.size),
-            n_templates=len(per_template),
-            n_prompts=int(sum(d.n_prompts for d in per_template)),
-            k=k,
-        )
-        rows.append(row)
+) -> pd.DataFrame:
+    """Per head x template of one relation, its static and dynamic scores side by side (layer,
+    head, template, static and dynamic relation and suppression scores): what ``validate``
+    writes to ``correlative_heads.csv``. ``static``: [n_layers, n_heads]."""
     L, H = static.shape
     layer, head = np.divmod(np.arange(L * H), H)
     frames = [
@@ -418,90 +364,4 @@ def correlate(
         )
         for d in per_template
     ]
-    heads = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return [{c: r[c] for c in CORRELATION_COLUMNS} for r in rows], heads
-
-
-def static_matrix(scores: pd.DataFrame, relation: str, n_layers: int, n_heads: int) -> tuple[
-    np.ndarray, np.ndarray
-]:  # fmt: skip
-    """A relation's static (score, suppression_score) as [n_layers, n_heads] arrays."""
-    sub = scores[scores["relation"] == relation]
-    out = np.zeros((2, n_layers, n_heads))
-    layers, heads = sub["layer"].to_numpy(int), sub["head"].to_numpy(int)
-    out[0, layers, heads] = sub["score"].to_numpy(float)
-    out[1, layers, heads] = sub["suppression_score"].to_numpy(float)
-    return out[0], out[1]
-
-
-def correlation_markdown(table: pd.DataFrame, title: str) -> str:
-    """The correlation table as Markdown (relation scores first, then suppression)."""
-    lines = [
-        f"# {title}",
-        "",
-        "Pearson r between static (weights-only) and dynamic (inference) scores over all "
-        "heads x templates; p two-sided.",
-        "",
-        "| relation | category | score | r without context | p | r with context | p "
-        "| max static | max dyn. w/o ctx | max dyn. w/ ctx | prompts |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for row in table.sort_values(["score", "relation"]).itertuples():
-        lines.append(
-            f"| {row.relation} | {row.category} | {row.score} | {_f(row.r_without_context)} | "
-            f"{_p(row.p_without_context)} | {_f(row.r_with_context)} | {_p(row.p_with_context)} "
-            f"| {row.max_static_score:.2f} | {row.max_dynamic_without_context:.2f} | "
-            f"{row.max_dynamic_with_context:.2f} | {row.n_prompts} |"
-        )
-    for kind in ("relation", "suppression"):
-        sub = table[table["score"] == kind]
-        if len(sub):
-            lines.append("")
-            lines.append(
-                f"Mean r ({kind} scores, {len(sub)} relations): without context "
-                f"{_f(sub['r_without_context'].mean())}, with context "
-                f"{_f(sub['r_with_context'].mean())}."
-            )
-    return "\n".join(lines) + "\n"
-
-
-def _f(x: float) -> str:
-    return "n/a" if x != x else f"{x:.2f}"
-
-
-def _p(x: float) -> str:
-    return "n/a" if x != x else f"{x:.1e}"
-
-
-def scatter_plot(heads: pd.DataFrame, path: Any, title: str) -> None:
-    """Static vs dynamic relation scores, one point per head x template x relation; one panel
-    without and one with context."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), sharex=True, sharey=True)
-    relations = sorted(heads["relation"].unique()) if len(heads) else []
-    cmap = plt.get_cmap("tab20")
-    for ax, col, name in zip(
-        axes,
-        ("dynamic_without_context", "dynamic_with_context"),
-        ("without context", "with context"),
-        strict=True,
-    ):
-        for i, rel in enumerate(relations):
-            sub = heads[heads["relation"] == rel]
-            ax.scatter(sub["static_score"], sub[col], s=6, alpha=0.5, color=cmap(i % 20), label=rel)
-        ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--")
-        ax.set_title(f"dynamic score {name}")
-        ax.set_xlabel("static score (weights only)")
-        ax.set_xlim(-0.02, 1.02)
-        ax.set_ylim(-0.02, 1.02)
-    axes[0].set_ylabel("dynamic score (inference)")
-    if relations:
-        axes[1].legend(fontsize=6, markerscale=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -19,6 +19,7 @@ import torch
 from headatlas.circuits import ModelCircuits
 from headatlas.scoring.qk import ROTARY_MODES, QKOptions, qk_scores, sample_inputs, sample_tokens
 from headatlas.scoring.recipe import Recipe, start_token
+from headatlas.stats import pearson_with_interval
 from headatlas.validate.hooks import eval_mode
 
 
@@ -72,44 +73,6 @@ def dynamic_duplicate_scores(
     finally:
         hf_model.set_attn_implementation(before)
     return (total / (n_seqs * length)).numpy()
-
-
-@dataclass(frozen=True)
-class Correlation:
-    """Pearson r over heads with a bootstrap interval (heads resampled)."""
-
-    r: float
-    low: float
-    high: float
-    n: int
-
-    def as_dict(self) -> dict[str, float | int]:
-        """Plain dict for summaries."""
-        return {"r": self.r, "low": self.low, "high": self.high, "n": self.n}
-
-
-def pearson_with_interval(
-    static: Sequence[float] | np.ndarray,
-    dynamic: Sequence[float] | np.ndarray,
-    n_boot: int = 1000,
-    seed: int = 0,
-) -> Correlation:
-    """Pearson r between two per-head scores and its 95% bootstrap interval."""
-    a = np.asarray(static, dtype=np.float64).ravel()
-    b = np.asarray(dynamic, dtype=np.float64).ravel()
-    r = _pearson(a, b)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(a), size=(n_boot, len(a)))
-    boots = np.array([_pearson(a[i], b[i]) for i in idx])
-    boots = boots[np.isfinite(boots)]
-    low, high = np.percentile(boots, [2.5, 97.5]) if len(boots) else (np.nan, np.nan)
-    return Correlation(float(r), float(low), float(high), len(a))
-
-
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    if a.std() == 0 or b.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(a, b)[0, 1])
 
 
 DUPLICATE_TARGET = 0.8
@@ -220,39 +183,6 @@ def class_correlations(
                      "high": c.high, "static_mean": float(st.mean()),
                      "dynamic_mean": float(dyn[name].mean())})  # fmt: skip
     return pd.DataFrame(rows)
-
-
-def qk_markdown(v: QKValidation, title: str) -> str:
-    """The correlation table as Markdown, with the target verdict."""
-    lines = [f"### {title}", "",
-             "| inputs | rotary | r | 95% interval | heads |", "|---|---|---|---|---|"]  # fmt: skip
-    for row in v.correlations.to_dict("records"):
-        lines.append(f"| {row['inputs']} | {row['rotary']} | {row['r']:.3f} | "
-                     f"{row['low']:.2f} – {row['high']:.2f} | {row['n_heads']} |")  # fmt: skip
-    b = v.best
-    verdict = (
-        f"reaches the r >= {DUPLICATE_TARGET} target"
-        if b["reaches_target"]
-        else f"is below the r >= {DUPLICATE_TARGET} target: heads are not labelled by it"
-    )
-    lines += ["", f"Best reading: {b['inputs']} inputs, rotary {b['rotary']} "
-              f"(r = {b['r']:.3f}) {verdict}."]  # fmt: skip
-    if v.classes is not None and len(v.classes):
-        lines += ["", "Key preference per token class (AUC against random keys):", "",
-                  "| class | tokens | r | 95% interval | static mean | dynamic mean |",
-                  "|---|---|---|---|---|---|"]  # fmt: skip
-        for row in v.classes.to_dict("records"):
-            lines.append(f"| {row['class']} | {row['n_tokens']} | {row['r']:.3f} | "
-                         f"{row['low']:.2f} – {row['high']:.2f} | {row['static_mean']:.3f} | "
-                         f"{row['dynamic_mean']:.3f} |")  # fmt: skip
-        mean_r = float(v.classes["r"].mean())
-        verdict = (
-            f"reaches the mean r >= {CLASS_TARGET} target"
-            if mean_r >= CLASS_TARGET
-            else f"is below the mean r >= {CLASS_TARGET} target: heads are not labelled by it"
-        )
-        lines += ["", f"Mean r over classes {mean_r:.3f} {verdict}."]
-    return "\n".join(lines) + "\n"
 
 
 def dynamic_class_auc(

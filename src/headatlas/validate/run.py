@@ -29,21 +29,29 @@ import headatlas.validate.causal as causal_mod
 from headatlas.circuits import ModelCircuits
 from headatlas.errors import ValidationInputError
 from headatlas.progress import Progress
-from headatlas.relations import Relation, resolve_relations, tokenize_relation
+from headatlas.relations import (
+    Relation,
+    multi_token_pairs,
+    resolve_relations,
+    tokenize_relations,
+)
+from headatlas.report.validation_figures import ablation_curves, correlation_scatter
+from headatlas.report.validation_tables import (
+    causal_markdown,
+    correlation_markdown,
+    qk_markdown,
+)
 from headatlas.scoring.mapping import map_heads, resolve_device
 from headatlas.scoring.options import MapOptions
+from headatlas.stats import CORRELATION_COLUMNS, causal_summary, correlate, static_matrix
 from headatlas.store import MapResults, write_json_atomic, write_text_atomic
 from headatlas.validate.dynamic import (
-    CORRELATION_COLUMNS,
     DynamicJob,
     HeadReadout,
-    correlate,
-    correlation_markdown,
     dynamic_recipe,
     dynamic_scores,
+    heads_table,
     sample_pairs,
-    scatter_plot,
-    static_matrix,
 )
 from headatlas.validate.hooks import AttentionHooks, eval_mode
 from headatlas.validate.options import ALL_EXPERIMENTS, EXPERIMENTS, ValidationOptions
@@ -149,37 +157,24 @@ def validate(
 
 
 def _pairs_for(
-    exp: str, rel: Relation, tokenizer: Any, map_options: MapOptions, options: ValidationOptions
+    exp: str,
+    rel: Relation,
+    tokenizer: Any,
+    map_options: MapOptions,
+    options: ValidationOptions,
+    vocab_size: int,
 ) -> tuple[list[list[int]], list[int], str | None]:
-    """(sources as id lists, targets, skip reason) for one relation and experiment."""
-    if exp == "correlative":
-        tok = tokenize_relation(
+    """(sources as id lists, targets, skip reason) for one relation and experiment: the map's
+    single-token pairs (correlative) or multi-token sources (multi-token)."""
+    if exp == "multi-token":
+        return multi_token_pairs(
             rel, tokenizer, leading_space=map_options.leading_space,
-            first_token=map_options.first_token, min_pairs=map_options.min_pairs,
+            min_pairs=options.min_multi_token, vocab_size=vocab_size,
         )  # fmt: skip
-        if tok.skip_reason:
-            return [], [], tok.skip_reason
-        return [[s] for s in tok.source_ids], list(tok.target_ids), None
-    prefix = " " if map_options.leading_space else ""
-    sources, targets, seen = [], [], set()
-    for s, t in rel.pairs:
-        s_ids = tokenizer.encode(prefix + s, add_special_tokens=False)
-        t_ids = tokenizer.encode(prefix + t, add_special_tokens=False)
-        key = (tuple(s_ids), tuple(t_ids))
-        if len(s_ids) >= 2 and len(t_ids) == 1 and key not in seen:
-            seen.add(key)
-            sources.append(list(s_ids))
-            targets.append(t_ids[0])
-    if len(sources) < options.min_multi_token:
-        return (
-            [],
-            [],
-            (
-                f"{rel.name}: only {len(sources)} pairs have a multi-token source and a "
-                f"single-token target; need {options.min_multi_token}"
-            ),
-        )
-    return sources, targets, None
+    tok = tokenize_relations([rel], tokenizer, map_options, vocab_size)[0]
+    if tok.skip_reason:
+        return [], [], tok.skip_reason
+    return [[s] for s in tok.source_ids], list(tok.target_ids), None
 
 
 def _run_correlative(
@@ -202,7 +197,9 @@ def _run_correlative(
         if rel.name not in mapped:
             res.skipped[f"{exp}: {rel.name}"] = "not in the static map"
             continue
-        sources, targets, why = _pairs_for(exp, rel, circuits.tokenizer, map_options, options)
+        sources, targets, why = _pairs_for(
+            exp, rel, circuits.tokenizer, map_options, options, circuits.cfg.vocab_size
+        )
         if why:
             res.skipped[f"{exp}: {rel.name}"] = why
             say(f"{exp}: skipping {why}")
@@ -228,9 +225,8 @@ def _run_correlative(
         per_template = [d for d in found if d.relation == rel.name]
         static, static_sup = static_matrix(results_map.scores, rel.name, L, H)
         k = _k_of(results_map, rel.name)
-        rel_rows, heads = correlate(rel.name, rel.category, k, static, static_sup, per_template)
-        rows += rel_rows
-        frames.append(heads)
+        rows += correlate(rel.name, rel.category, k, static, static_sup, per_template)
+        frames.append(heads_table(rel.name, static, static_sup, per_template))
     table = pd.DataFrame(rows, columns=CORRELATION_COLUMNS)
     if exp == "correlative":
         res.correlative = table
@@ -268,7 +264,7 @@ def _run_causal(
     for r in found:
         if r.skipped:
             res.skipped[f"causal: {r.relation}"] = r.skipped
-    res.causal = causal_mod.summary_table(found)
+    res.causal = causal_summary(found)
     res.causal_curves = causal_mod.curves_table(found)
 
 
@@ -397,7 +393,7 @@ def _write(res: ValidationResults, name: str) -> None:
         )
         if res.correlative_heads is not None:
             _csv(res.correlative_heads, d / "correlative_heads.csv")
-            scatter_plot(res.correlative_heads, d / "correlative.png", name)
+            correlation_scatter(res.correlative_heads, d / "correlative.png", name)
     if res.multi_token is not None:
         _csv(res.multi_token, d / "multi_token.csv")
         write_text_atomic(
@@ -407,15 +403,13 @@ def _write(res: ValidationResults, name: str) -> None:
     if res.causal is not None:
         _csv(res.causal, d / "causal.csv")
         write_text_atomic(
-            causal_mod.causal_markdown(res.causal, f"{name}: ablating relation heads"),
+            causal_markdown(res.causal, f"{name}: ablating relation heads"),
             d / "causal.md",
         )
     if res.causal_curves is not None:
         _csv(res.causal_curves, d / "causal_curves.csv")
-        causal_mod.curves_plot(res.causal_curves, d / "causal.png", name)
+        ablation_curves(res.causal_curves, d / "causal.png", name)
     if res.qk is not None:
-        from headatlas.validate.qk import qk_markdown
-
         _csv(res.qk.correlations, d / "qk.csv")
         _csv(res.qk.heads, d / "qk_heads.csv")
         if res.qk.classes is not None:
