@@ -8,7 +8,6 @@ import dataclasses
 import hashlib
 import json
 import platform
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -28,26 +27,21 @@ from headatlas.relations import (
     resolve_relations,
     tokenize_relation,
 )
+from headatlas.runtime import compute_dtype, resolve_device, resolve_dtype
 from headatlas.scoring.categories import categorize_heads
 from headatlas.scoring.evidence import EvidenceLimits, empty_evidence, layer_evidence
+from headatlas.scoring.layers import score_layers
 from headatlas.scoring.null import (
     NULL_COLUMNS,
     class_level_relations,
-    null_hits,
     null_plan,
     null_scores,
     null_statistics,
 )
-from headatlas.scoring.options import MapOptions, compute_dtype, resolve_dtype
+from headatlas.scoring.options import MapOptions
 from headatlas.scoring.plan import RelationPairs, ScoringPlan
-from headatlas.scoring.ranks import PairLayout
 from headatlas.scoring.recipe import SourceInputs
-from headatlas.scoring.relation_scores import (
-    candidate_orders,
-    head_readouts,
-    layer_ranks_multi,
-    layer_scores,
-)
+from headatlas.scoring.relation_scores import layer_scores
 from headatlas.store import (
     CATEGORIES,
     EVIDENCE,
@@ -55,6 +49,7 @@ from headatlas.store import (
     QK_SCORES,
     SCORE_COLUMNS,
     SCORES,
+    LayerCache,
     MapResults,
     check_files,
     read_evidence,
@@ -69,25 +64,6 @@ from headatlas.weights import ModelSpec
 PARTIAL = "partial"
 TABLE_COLUMNS = (*SCORE_COLUMNS, *NULL_COLUMNS)
 """Columns of the scores table a map writes."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> the first CUDA GPU when present, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise OptionError(f"device '{name}' is not valid: use auto, cpu, cuda or cuda:N") from exc
-    if device.type == "meta":
-        raise OptionError(
-            f"device '{name}' holds no values, so nothing can be scored on it: use cpu or cuda"
-        )
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise OptionError(
-            f"device '{name}' asked for, but no CUDA GPU is available: use --device cpu"
-        )
-    return device
 
 
 def package_versions() -> dict[str, str]:
@@ -126,109 +102,15 @@ def tokenize_all(
     return out
 
 
-def _cache_key(weights: str, options: MapOptions, plan: ScoringPlan) -> str:
-    """What a layer's scores depend on besides the layer's own tensors: the content of the
-    embedding-side tensors (``weights``), the scoring switches and the tokenised pairs."""
-    h = hashlib.sha256()
-    h.update(weights.encode())
-    h.update(options.scoring_key().encode())
-    h.update(options.dtype.encode())
-    for r in plan.relations:
-        h.update(json.dumps([r.name, r.category, r.k, r.source_ids, r.target_ids]).encode())
-    return h.hexdigest()[:16]
-
-
-def _finished_layers(
-    directory: Path | None, key: str, limits: EvidenceLimits, say: Any
-) -> tuple[dict[int, pd.DataFrame], list[str], dict[int, pd.DataFrame] | None]:
-    """Layer tables of a finished map computed with the same key, their weight digests and
-    their evidence (None when it was kept with other limits or cannot be read: then it is
-    recomputed); empty when there is no such map, or its files cannot be read (then they
-    are named)."""
-    if directory is None or not (directory / MANIFEST).is_file():
-        return {}, [], None
-    try:
-        old = read_manifest(directory)
-    except HeadAtlasError as exc:
-        say(f"ignoring the earlier map: {exc}")
-        return {}, [], None
-    digests = old.get("layer_digests")
-    if old.get("cache_key") != key or not isinstance(digests, list):
-        return {}, [], None
-    try:
-        if not check_files(directory, old, [SCORES], require=[SCORES]):
-            say(
-                f"recomputing the earlier map in {directory}: its manifest vouches for no file "
-                "(written before file hashes)"
-            )
-            return {}, [], None
-    except ResultsMismatchError as exc:
-        say(f"recomputing: {exc}")
-        return {}, [], None
-    try:
-        scores = read_table(directory / SCORES, TABLE_COLUMNS)
-    except ResultsError as exc:
-        say(f"recomputing: {exc}")
-        return {}, [], None
-    layers = {int(i): g.reset_index(drop=True) for i, g in scores.groupby("layer")}
-    evidence: dict[int, pd.DataFrame] | None = None
-    if old.get("evidence", {}).get("limits") == limits.as_dict():
-        try:
-            check_files(directory, old, [EVIDENCE], require=[EVIDENCE])
-            ev = read_evidence(directory / EVIDENCE)
-            evidence = {int(i): g.reset_index(drop=True) for i, g in ev.groupby("layer")}
-        except ResultsError as exc:
-            say(f"recomputing evidence: {exc}")
-    return layers, digests, evidence
-
-
-def _partial_layer(path: Path, say: Any) -> pd.DataFrame | None:
-    """A finished layer's table from an interrupted run; None (and the file removed) when it
-    is missing or unreadable."""
-    if not path.is_file():
-        return None
-    try:
-        return read_table(path, TABLE_COLUMNS)
-    except ResultsError as exc:
-        say(f"recomputing layer: {exc}")
-        path.unlink(missing_ok=True)
-        return None
-
-
-def map_heads(
-    model: ModelSpec | ModelCircuits = "smollm2",
-    relations: Sequence[str] | None = None,
-    relation_files: Sequence[str | Path] = (),
-    options: MapOptions | None = None,
-    out: str | Path | None = None,
-    progress: bool = True,
-    log: Any = None,
-    hf_model: Any = None,
-    layers: Sequence[int] | None = None,
-) -> MapResults:
-    """Score every attention head on every relation and label heads by category.
-
-    ``model``: a packaged name (``smollm2``, ``gemma3-270m``), a folder, a ``.gguf`` file, a hub
-    id, a ``transformers`` model or an open :class:`ModelCircuits`. ``relations``: built-in
-    names or categories (all built-ins when None); ``relation_files``: user relation files.
-    With ``out``, results go to ``out/<model-slug>/`` (reused when the inputs match, resumed
-    layer by layer after an interruption). ``hf_model``: the ``transformers`` model the
-    ``forward`` embedding mode runs (loaded from ``model`` when None). Returns the scores and
-    categories as DataFrames.
-
-    ``layers`` (with ``out``): compute only these layers, each saved to the results folder's
-    partial store as a one-process map saves it, and write no final files; the returned
-    results hold those layers' scores, no categories, and a manifest with ``cache_key`` and
-    ``timings.layers_computed``. A later full map of the same inputs reuses them (this is how
-    :func:`headatlas.sweep.split.map_split` spreads one model over Ray tasks).
-    """
-    options = options or MapOptions()
-    say = log or (lambda msg: print(msg, file=sys.stderr))
-    t_start = time.perf_counter()
-    circuits = model if isinstance(model, ModelCircuits) else ModelCircuits.load(model)
-    summary = circuits.summary()
-    t_load = time.perf_counter()
-
+def relation_plan(
+    circuits: ModelCircuits,
+    relations: Sequence[str] | None,
+    relation_files: Sequence[str | Path],
+    options: MapOptions,
+    say: Any,
+) -> tuple[ScoringPlan, list[dict[str, Any]], list[str]]:
+    """The relations tokenised and filtered to the model's vocabulary: (the scoring plan of
+    the usable ones, what the manifest records of each, the words encoded)."""
     rels = resolve_relations(relations, relation_files)
     options.check_for([r.name for r in rels], circuits.cfg.vocab_size)
     prefix = " " if options.leading_space else ""
@@ -277,9 +159,130 @@ def map_heads(
             "no relation has enough single-token pairs for this tokenizer: pass --first-token, "
             "lower --min-pairs, or give relations with single-token words"
         )
-    plan = ScoringPlan.build(usable)
-    directory = results_folder(out, str(summary["name"])) if out is not None else None
+    return ScoringPlan.build(usable), relations_info, words
 
+
+def _cache_key(weights: str, options: MapOptions, plan: ScoringPlan) -> str:
+    """What a layer's scores depend on besides the layer's own tensors: the content of the
+    embedding-side tensors (``weights``), the scoring switches and the tokenised pairs."""
+    h = hashlib.sha256()
+    h.update(weights.encode())
+    h.update(options.scoring_key().encode())
+    h.update(options.dtype.encode())
+    for r in plan.relations:
+        h.update(json.dumps([r.name, r.category, r.k, r.source_ids, r.target_ids]).encode())
+    return h.hexdigest()[:16]
+
+
+class _StoredLayers:
+    """Layer results a map can reuse: a finished map's in ``directory`` (same key and layer
+    digest; its evidence only when kept with the same limits), else the partial store's
+    (:class:`LayerCache`, per key and digest, the evidence also per limits)."""
+
+    def __init__(self, directory: Path | None, key: str, limits: EvidenceLimits, say: Any):
+        self.finished, self.digests, self.old_evidence = _finished_layers(
+            directory, key, limits, say
+        )
+        self.cache = LayerCache(directory / PARTIAL if directory is not None else None, key, say)
+        self.tag = hashlib.sha256(json.dumps(limits.as_dict()).encode()).hexdigest()[:8]
+
+    def _is_finished(self, i: int, digest: str) -> bool:
+        return i in self.finished and i < len(self.digests) and self.digests[i] == digest
+
+    def scores(self, i: int, digest: str) -> pd.DataFrame | None:
+        """Layer ``i``'s rows of the scores table, or None."""
+        if self._is_finished(i, digest):
+            return self.finished[i]
+        return self.cache.get(i, digest, TABLE_COLUMNS)
+
+    def evidence(self, i: int, digest: str) -> pd.DataFrame | None:
+        """Layer ``i``'s evidence under this map's limits, or None."""
+        if self._is_finished(i, digest) and self.old_evidence is not None:
+            return self.old_evidence.get(i, empty_evidence())
+        return self.cache.get(i, digest, kind="evidence", tag=self.tag, read=read_evidence)
+
+
+def _finished_layers(
+    directory: Path | None, key: str, limits: EvidenceLimits, say: Any
+) -> tuple[dict[int, pd.DataFrame], list[str], dict[int, pd.DataFrame] | None]:
+    """Layer tables of a finished map computed with the same key, their weight digests and
+    their evidence (None when it was kept with other limits or cannot be read: then it is
+    recomputed); empty when there is no such map, or its files cannot be read (then they
+    are named)."""
+    if directory is None or not (directory / MANIFEST).is_file():
+        return {}, [], None
+    try:
+        old = read_manifest(directory)
+    except HeadAtlasError as exc:
+        say(f"ignoring the earlier map: {exc}")
+        return {}, [], None
+    digests = old.get("layer_digests")
+    if old.get("cache_key") != key or not isinstance(digests, list):
+        return {}, [], None
+    try:
+        if not check_files(directory, old, [SCORES], require=[SCORES]):
+            say(
+                f"recomputing the earlier map in {directory}: its manifest vouches for no file "
+                "(written before file hashes)"
+            )
+            return {}, [], None
+    except ResultsMismatchError as exc:
+        say(f"recomputing: {exc}")
+        return {}, [], None
+    try:
+        scores = read_table(directory / SCORES, TABLE_COLUMNS)
+    except ResultsError as exc:
+        say(f"recomputing: {exc}")
+        return {}, [], None
+    layers = {int(i): g.reset_index(drop=True) for i, g in scores.groupby("layer")}
+    evidence: dict[int, pd.DataFrame] | None = None
+    if old.get("evidence", {}).get("limits") == limits.as_dict():
+        try:
+            check_files(directory, old, [EVIDENCE], require=[EVIDENCE])
+            ev = read_evidence(directory / EVIDENCE)
+            evidence = {int(i): g.reset_index(drop=True) for i, g in ev.groupby("layer")}
+        except ResultsError as exc:
+            say(f"recomputing evidence: {exc}")
+    return layers, digests, evidence
+
+
+def map_heads(
+    model: ModelSpec | ModelCircuits = "smollm2",
+    relations: Sequence[str] | None = None,
+    relation_files: Sequence[str | Path] = (),
+    options: MapOptions | None = None,
+    out: str | Path | None = None,
+    progress: bool = True,
+    log: Any = None,
+    hf_model: Any = None,
+    layers: Sequence[int] | None = None,
+) -> MapResults:
+    """Score every attention head on every relation and label heads by category.
+
+    ``model``: a packaged name (``smollm2``, ``gemma3-270m``), a folder, a ``.gguf`` file, a hub
+    id, a ``transformers`` model or an open :class:`ModelCircuits`. ``relations``: built-in
+    names or categories (all built-ins when None); ``relation_files``: user relation files.
+    With ``out``, results go to ``out/<model-slug>/`` (reused when the inputs match, resumed
+    layer by layer after an interruption). ``hf_model``: the ``transformers`` model the
+    ``forward`` embedding mode runs (loaded from ``model`` when None). Returns the scores and
+    categories as DataFrames.
+
+    ``layers`` (with ``out``): compute only these layers, each saved to the results folder's
+    partial store as a one-process map saves it, and write no final files; the returned
+    results hold those layers' scores, no categories, and a manifest with ``cache_key`` and
+    ``timings.layers_computed``. A later full map of the same inputs reuses them (this is how
+    :func:`headatlas.sweep.split.map_split` spreads one model over Ray tasks).
+    """
+    options = options or MapOptions()
+    say = log or (lambda msg: print(msg, file=sys.stderr))
+    t_start = time.perf_counter()
+    circuits = model if isinstance(model, ModelCircuits) else ModelCircuits.load(model)
+    summary = circuits.summary()
+    t_load = time.perf_counter()
+
+    plan, relations_info, words = relation_plan(circuits, relations, relation_files, options, say)
+    directory = results_folder(out, str(summary["name"])) if out is not None else None
+    todo = _layers_to_compute(layers, circuits.cfg.n_layers, directory)
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.dtype)
     recipe = options.recipe()
@@ -293,95 +296,42 @@ def map_heads(
         forward_prefix = forward_prefix_record(inputs.start, recipe.embedding == "context")
         say(f"{recipe.embedding} embedding: each source token runs as {forward_prefix['sequence']}")
     readout = recipe.bind(circuits, device, compute_dtype(dtype))
-    layout = PairLayout(
-        plan.pair_rows,
-        plan.pair_targets,
-        len(plan.source_ids),
-        readout.W_Uf.shape[1],
-        k=plan.pair_k,
-    )
-    layout.to(device)
     n_perm = options.null_permutations
     null = null_plan(plan.relations, n_perm, options.null_seed) if n_perm else None
-    null_layout = None
-    if null is not None:
-        if not torch.equal(null.source_ids, plan.source_ids):
-            raise AssertionError("the null's pairs must share the map's source rows")
-        null_layout = PairLayout(
-            null.pair_rows, null.pair_targets, len(null.source_ids), layout.vocab, k=null.pair_k
-        ).to(device)
     limits = EvidenceLimits(options.threshold, options.evidence_right, options.evidence_wrong)
-    tag = hashlib.sha256(json.dumps(limits.as_dict()).encode()).hexdigest()[:8]
-    decode = _decoder(circuits, words)
     # Everything read so far (config, embeddings, unembedding, norms, block-0 MLP) was hashed
-    # while it was read; each layer adds the hash of its own tensors below.
+    # while it was read; each layer adds the hash of its own tensors (its digest).
     key = _cache_key(circuits.content_fingerprint() + inputs.digest(), options, plan)
+    stored = _StoredLayers(directory, key, limits, say)
     t_prep = time.perf_counter()
 
-    finished, old_digests, old_evidence = _finished_layers(directory, key, limits, say)
-    partial = directory / PARTIAL / key if directory is not None else None
+    name, decode = str(summary["name"]), _decoder(circuits, words)
     frames: list[pd.DataFrame] = []
     evidence: list[pd.DataFrame] = []
     digests: list[str] = []
-    null_s = evidence_s = 0.0
-    todo = _layers_to_compute(layers, circuits.cfg.n_layers, directory)
-    bar = _progress(todo, progress, summary["display_name"])
-    layer_seconds: list[float] = []
-    for i in bar:
-        t0 = time.perf_counter()
-        layer = circuits.layer(i)  # read (and hashed) in any case: reuse needs a true match
-        digests.append(layer.digest)
-        path = partial / f"layer_{i:04d}-{layer.digest}.parquet" if partial is not None else None
-        ev_path = (
-            partial / f"evidence_{i:04d}-{layer.digest}-{tag}.parquet"
-            if partial is not None
-            else None
-        )
-        if i in finished and i < len(old_digests) and old_digests[i] == layer.digest:
-            frame: pd.DataFrame | None = finished[i]
-            ev = (old_evidence or {}).get(i, empty_evidence()) if old_evidence is not None else None
-        else:
-            frame = _partial_layer(path, say) if path is not None else None
-            ev = None
-            if frame is not None and ev_path is not None and ev_path.is_file():
-                try:
-                    ev = read_evidence(ev_path)
-                except ResultsError as exc:
-                    say(f"recomputing evidence: {exc}")
-        if frame is not None and ev is not None:
-            frames.append(frame)
-            evidence.append(ev)
-            continue
-        layer = layer.to(device, dtype)  # stored in dtype, computed in `compute`
-        X = inputs.layer(i).to(device=device, dtype=dtype)
-        with torch.no_grad():
-            heads = head_readouts(layer, X, readout)
-            if frame is None:
-                orders = candidate_orders(heads)
-                ranks = layer_ranks_multi(layer, X, readout, [layout], heads, orders)[0]
-                hits = None
-                if null is not None and null_layout is not None:
-                    t1 = time.perf_counter()
-                    hits = torch.stack(
-                        [null_hits(Z, B, null_layout, o) for (Z, B), o in zip(heads, orders)]
-                    )
-                    null_s += time.perf_counter() - t1
-                frame = _layer_frame(summary["name"], i, plan, ranks, null, hits, n_perm)
-                layer_seconds.append(time.perf_counter() - t0)
-                if path is not None:
-                    write_parquet_atomic(frame, path)
+    computed, null_s, evidence_s = 0, 0.0, 0.0
+    scored = score_layers(circuits, plan, [inputs], readout, dtype, todo, null)
+    for s in track(scored, len(todo), f"mapping {summary['display_name']}", "layer", progress):
+        digests.append(s.digest)  # every layer is read and hashed: reuse needs a true match
+        frame = stored.scores(s.index, s.digest)
+        ev = stored.evidence(s.index, s.digest) if frame is not None else None
+        if frame is None:
+            frame = _layer_frame(name, s.index, plan, s.ranks, null, s.null_hits, n_perm)
+            stored.cache.put(s.index, s.digest, frame)
+            computed, null_s = computed + 1, null_s + s.null_s
+        if ev is None:
             t1 = time.perf_counter()
-            ev = layer_evidence(summary["name"], i, heads, plan, frame, limits, decode)
+            with torch.no_grad():
+                ev = layer_evidence(name, s.index, s.heads, plan, frame, limits, decode)
             evidence_s += time.perf_counter() - t1
-        if ev_path is not None:
-            write_parquet_atomic(ev, ev_path)
+            stored.cache.put(s.index, s.digest, ev, "evidence", stored.tag)
         frames.append(frame)
         evidence.append(ev)
     t_scores = time.perf_counter()
     if layers is not None:  # a share of a split map: saved in the partial store, nothing final
         part = pd.concat(frames, ignore_index=True)[list(TABLE_COLUMNS)]
         info = {"cache_key": key, "layers": list(todo), "layer_digests": digests}
-        info["timings"] = {"layers_computed": len(layer_seconds)}
+        info["timings"] = {"layers_computed": computed}
         return MapResults(directory or Path("."), info, part, pd.DataFrame())
     qk_section = None
     if options.qk:  # the QK circuit: where each head attends (headatlas.scoring.qk)
@@ -389,7 +339,7 @@ def map_heads(
 
         qk_section = map_qk(circuits, options, recipe, directory, hf_model)
     summary["fingerprint"] = circuits.weights_fingerprint(digests)
-    if directory is not None and not layer_seconds:
+    if directory is not None and not computed:
         say(f"reusing the finished map in {directory} (same weights, options and relations)")
 
     scores = pd.concat(frames, ignore_index=True)[list(TABLE_COLUMNS)]
@@ -397,7 +347,6 @@ def map_heads(
     categories = categorize_heads(
         scores, options.threshold, options.use_suppression, options.label_rule, options.null_alpha
     )
-    class_level = class_level_relations(scores, options.threshold)
     manifest: dict[str, Any] = {
         "model": summary,
         "options": options.as_dict(),
@@ -412,7 +361,7 @@ def map_heads(
             "alpha": options.null_alpha,
             "columns": list(NULL_COLUMNS),
         },
-        "relations_class_level": class_level,
+        "relations_class_level": class_level_relations(scores, options.threshold),
         "evidence": {"limits": limits.as_dict(), "rows": len(evidence_table)},
         "versions": package_versions(),
         "device": str(device),
@@ -422,7 +371,7 @@ def map_heads(
             "scores_s": round(t_scores - t_prep, 3),
             "null_s": round(null_s, 3),
             "evidence_s": round(evidence_s, 3),
-            "layers_computed": len(layer_seconds),
+            "layers_computed": computed,
             "total_s": round(time.perf_counter() - t_start, 3),
         },
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -433,13 +382,13 @@ def map_heads(
         manifest["qk"] = qk_section
     if directory is not None:
         manifest = _keep_other_sections(directory, manifest)
-        if layer_seconds or len(finished) != len(frames):  # else scores.parquet is current
+        if computed or len(stored.finished) != len(frames):  # else scores.parquet is current
             write_parquet_atomic(scores, directory / SCORES)
         write_parquet_atomic(evidence_table, directory / EVIDENCE)
         write_parquet_atomic(categories, directory / CATEGORIES)
         written = [SCORES, CATEGORIES, EVIDENCE, *([QK_SCORES] if qk_section is not None else [])]
         manifest = write_manifest(directory, manifest, written)  # last
-        shutil.rmtree(directory / PARTIAL, ignore_errors=True)
+        stored.cache.clear()
     return MapResults(directory or Path("."), manifest, scores, categories, evidence_table)
 
 
@@ -533,7 +482,3 @@ def _layers_to_compute(
             f"layers {bad} are outside the model's {n_layers} layers: give 0..{n_layers - 1}"
         )
     return sorted(set(layers))
-
-
-def _progress(it: list[int], enabled: bool, name: str) -> Any:
-    return track(it, len(it), f"mapping {name}", unit="layer", enabled=enabled)

@@ -30,7 +30,8 @@ from headatlas.circuits import ModelCircuits
 from headatlas.errors import ValidationInputError
 from headatlas.progress import Progress
 from headatlas.relations import Relation, resolve_relations, tokenize_relation
-from headatlas.scoring.mapping import map_heads, resolve_device
+from headatlas.runtime import resolve_device
+from headatlas.scoring.mapping import map_heads
 from headatlas.scoring.options import MapOptions
 from headatlas.store import MapResults, write_json_atomic, write_text_atomic
 from headatlas.validate.dynamic import (
