@@ -330,7 +330,7 @@ def map_heads(
     t_scores = time.perf_counter()
     if layers is not None:  # a share of a split map: saved in the partial store, nothing final
         part = pd.concat(frames, ignore_index=True)[list(TABLE_COLUMNS)]
-        info = {"cache_key": key, "layers": list(todo), "layer_digests": digests}
+        info: dict[str, Any] = {"cache_key": key, "layers": list(todo), "layer_digests": digests}
         info["timings"] = {"layers_computed": computed}
         return MapResults(directory or Path("."), info, part, pd.DataFrame())
     qk_section = None
