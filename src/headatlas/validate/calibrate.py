@@ -13,6 +13,7 @@ Layout of ``OUT/<model-slug>/calibration/``::
 
     dynamic.parquet     dynamic scores per relation x template x head (reused when the key matches)
     static.parquet      static scores per recipe x relation x head (on the sampled pairs)
+    static_partial/     finished layers of an unfinished run (removed when it completes)
     recipes.csv / .md   the table per recipe (and per template)
     recipes.png         mean r per recipe with 95% bootstrap intervals
 """
