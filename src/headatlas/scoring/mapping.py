@@ -10,7 +10,8 @@ import json
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from headatlas.relations import (
 from headatlas.runtime import compute_dtype, resolve_device, resolve_dtype
 from headatlas.scoring.categories import categorize_heads
 from headatlas.scoring.evidence import EvidenceLimits, empty_evidence, layer_evidence
-from headatlas.scoring.layers import score_layers
+from headatlas.scoring.layers import LayerScores, score_layers
 from headatlas.scoring.null import (
     NULL_COLUMNS,
     class_level_relations,
@@ -305,44 +306,28 @@ def map_heads(
     stored = _StoredLayers(directory, key, limits, say)
     t_prep = time.perf_counter()
 
-    name, decode = str(summary["name"]), _decoder(circuits, words)
-    frames: list[pd.DataFrame] = []
-    evidence: list[pd.DataFrame] = []
-    digests: list[str] = []
-    computed, null_s, evidence_s = 0, 0.0, 0.0
     scored = score_layers(circuits, plan, [inputs], readout, dtype, todo, null)
-    for s in track(scored, len(todo), f"mapping {summary['display_name']}", "layer", progress):
-        digests.append(s.digest)  # every layer is read and hashed: reuse needs a true match
-        frame = stored.scores(s.index, s.digest)
-        ev = stored.evidence(s.index, s.digest) if frame is not None else None
-        if frame is None:
-            frame = _layer_frame(name, s.index, plan, s.ranks, null, s.null_hits, n_perm)
-            stored.cache.put(s.index, s.digest, frame)
-            computed, null_s = computed + 1, null_s + s.null_s
-        if ev is None:
-            t1 = time.perf_counter()
-            with torch.no_grad():
-                ev = layer_evidence(name, s.index, s.heads, plan, frame, limits, decode)
-            evidence_s += time.perf_counter() - t1
-            stored.cache.put(s.index, s.digest, ev, "evidence", stored.tag)
-        frames.append(frame)
-        evidence.append(ev)
+    bar = track(scored, len(todo), f"mapping {summary['display_name']}", "layer", progress)
+    decode = _decoder(circuits, words)
+    done = _map_layers(bar, stored, plan, null, n_perm, limits, str(summary["name"]), decode)
     t_scores = time.perf_counter()
     if layers is not None:  # a share of a split map: saved in the partial store, nothing final
-        part = pd.concat(frames, ignore_index=True)[list(TABLE_COLUMNS)]
-        info: dict[str, Any] = {"cache_key": key, "layers": list(todo), "layer_digests": digests}
-        info["timings"] = {"layers_computed": computed}
+        part = pd.concat(done.frames, ignore_index=True)[list(TABLE_COLUMNS)]
+        info: dict[str, Any] = {"cache_key": key, "layers": list(todo)}
+        info["layer_digests"] = done.digests
+        info["timings"] = {"layers_computed": done.computed}
         return MapResults(directory or Path("."), info, part, pd.DataFrame())
     qk_section = None
     if options.qk:  # the QK circuit: where each head attends (headatlas.scoring.qk)
         from headatlas.scoring.qk import map_qk
 
         qk_section = map_qk(circuits, options, recipe, directory, hf_model)
-    summary["fingerprint"] = circuits.weights_fingerprint(digests)
-    if directory is not None and not computed:
+    summary["fingerprint"] = circuits.weights_fingerprint(done.digests)
+    if directory is not None and not done.computed:
         say(f"reusing the finished map in {directory} (same weights, options and relations)")
 
-    scores = pd.concat(frames, ignore_index=True)[list(TABLE_COLUMNS)]
+    scores = pd.concat(done.frames, ignore_index=True)[list(TABLE_COLUMNS)]
+    evidence = done.evidence
     evidence_table = pd.concat(evidence, ignore_index=True) if evidence else empty_evidence()
     categories = categorize_heads(
         scores, options.threshold, options.use_suppression, options.label_rule, options.null_alpha
@@ -352,7 +337,7 @@ def map_heads(
         "options": options.as_dict(),
         "recipe": {**dataclasses.asdict(recipe), "label": recipe.label()},
         "cache_key": key,
-        "layer_digests": digests,
+        "layer_digests": done.digests,
         "relations": relations_info,
         "null": {
             "permutations": n_perm,
@@ -369,9 +354,9 @@ def map_heads(
             "load_s": round(t_load - t_start, 3),
             "prepare_s": round(t_prep - t_load, 3),
             "scores_s": round(t_scores - t_prep, 3),
-            "null_s": round(null_s, 3),
-            "evidence_s": round(evidence_s, 3),
-            "layers_computed": computed,
+            "null_s": round(done.null_s, 3),
+            "evidence_s": round(done.evidence_s, 3),
+            "layers_computed": done.computed,
             "total_s": round(time.perf_counter() - t_start, 3),
         },
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -380,16 +365,73 @@ def map_heads(
         manifest["forward_prefix"] = forward_prefix
     if qk_section is not None:
         manifest["qk"] = qk_section
+    results = MapResults(directory or Path("."), manifest, scores, categories, evidence_table)
     if directory is not None:
-        manifest = _keep_other_sections(directory, manifest)
-        if computed or len(stored.finished) != len(frames):  # else scores.parquet is current
-            write_parquet_atomic(scores, directory / SCORES)
-        write_parquet_atomic(evidence_table, directory / EVIDENCE)
-        write_parquet_atomic(categories, directory / CATEGORIES)
-        written = [SCORES, CATEGORIES, EVIDENCE, *([QK_SCORES] if qk_section is not None else [])]
-        manifest = write_manifest(directory, manifest, written)  # last
+        # scores.parquet is rewritten unless every layer came from it unchanged
+        rewrite = bool(done.computed) or len(stored.finished) != len(done.frames)
+        results.manifest = _write_map(results, rewrite, qk_section is not None)
         stored.cache.clear()
-    return MapResults(directory or Path("."), manifest, scores, categories, evidence_table)
+    return results
+
+
+@dataclass
+class _MappedLayers:
+    """Every layer's rows of the scores and evidence tables, and what it cost."""
+
+    frames: list[pd.DataFrame] = field(default_factory=list)
+    evidence: list[pd.DataFrame] = field(default_factory=list)
+    digests: list[str] = field(default_factory=list)
+    computed: int = 0
+    """Layers whose scores were computed (not reused)."""
+    null_s: float = 0.0
+    evidence_s: float = 0.0
+
+
+def _map_layers(
+    scored: Iterable[LayerScores],
+    stored: _StoredLayers,
+    plan: ScoringPlan,
+    null: ScoringPlan | None,
+    n_perm: int,
+    limits: EvidenceLimits,
+    name: str,
+    decode: Any,
+) -> _MappedLayers:
+    """The scores and evidence of each layer: reused from ``stored`` when it holds them, else
+    computed and saved there at once (so an interrupted map resumes after it)."""
+    done = _MappedLayers()
+    for s in scored:
+        done.digests.append(s.digest)  # every layer is read and hashed: reuse needs a true match
+        frame = stored.scores(s.index, s.digest)
+        ev = stored.evidence(s.index, s.digest) if frame is not None else None
+        if frame is None:
+            frame = _layer_frame(name, s.index, plan, s.ranks, null, s.null_hits, n_perm)
+            stored.cache.put(s.index, s.digest, frame)
+            done.computed += 1
+            done.null_s += s.null_s
+        if ev is None:
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                ev = layer_evidence(name, s.index, s.heads, plan, frame, limits, decode)
+            done.evidence_s += time.perf_counter() - t0
+            stored.cache.put(s.index, s.digest, ev, "evidence", stored.tag)
+        done.frames.append(frame)
+        done.evidence.append(ev)
+    return done
+
+
+def _write_map(results: MapResults, rewrite_scores: bool, qk: bool) -> dict[str, Any]:
+    """Write a finished map's tables, then the manifest that vouches for them (returned as
+    written)."""
+    directory = results.directory
+    manifest = _keep_other_sections(directory, results.manifest)
+    if rewrite_scores:
+        write_parquet_atomic(results.scores, directory / SCORES)
+    assert results.evidence is not None
+    write_parquet_atomic(results.evidence, directory / EVIDENCE)
+    write_parquet_atomic(results.categories, directory / CATEGORIES)
+    written = [SCORES, CATEGORIES, EVIDENCE, *([QK_SCORES] if qk else [])]
+    return write_manifest(directory, manifest, written)  # last
 
 
 def forward_prefix_record(start: int | None, context: bool = False) -> dict[str, Any]:
