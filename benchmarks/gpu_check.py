@@ -160,8 +160,8 @@ def synthetic_llama(n_layers: int, reduced: bool) -> Any:
 
 
 def llama8b(device: str, reduced: bool) -> None:
-    from headatlas.scoring.plan import source_embeddings
-    from headatlas.scoring.ranks import PairLayout
+    from headatlas.scoring.layers import score_layers
+    from headatlas.scoring.recipe import SourceInputs
     from headatlas.scoring.relation_scores import layer_ranks, layer_scores
 
     n_layers = 2 if reduced else 32
@@ -194,20 +194,20 @@ def llama8b(device: str, reduced: bool) -> None:
             k = options.k_for(rel.name, rel.copying, circuits.cfg.vocab_size)
             pairs.append(RelationPairs(rel.name, rel.category, k, tk.source_ids, tk.target_ids))
     plan = ScoringPlan.build(pairs)
-    _, Xe = source_embeddings(circuits, plan.source_ids, options)
+    inputs = SourceInputs(options.recipe(), circuits, plan.source_ids)
     readout = options.recipe().bind(circuits, device, torch.float32)
-    W_Uf = readout.W_Uf
-    layout = PairLayout(
-        plan.pair_rows, plan.pair_targets, len(plan.source_ids), W_Uf.shape[1], k=plan.pair_k
-    ).to(torch.device(device))
-    layer = circuits.layer(n_layers - 1)
     times = {}
     out = {}
-    for kernel in ("pruned", "full", "pruned"):
+    for kernel in ("pruned", "full", "pruned"):  # the first pruned run warms the device
+        # the map's layer loop, one fresh pass over the last layer per run
+        (s,) = score_layers(circuits, plan, [inputs], readout, layers=[n_layers - 1])
         _sync(device)
         t0 = time.perf_counter()
-        with torch.no_grad():
-            out[kernel] = layer_ranks(layer, Xe, readout, layout, kernel=kernel)
+        if kernel == "full":
+            with torch.no_grad():
+                out[kernel] = layer_ranks(s.read, s.sources, readout, s.layout, kernel="full")
+        else:
+            out[kernel] = s.ranks
         _sync(device)
         times[kernel] = time.perf_counter() - t0
     a = layer_scores(plan, *[x.cpu() for x in out["full"]])

@@ -21,14 +21,11 @@ import torch
 
 from headatlas.circuits import ModelCircuits
 from headatlas.relations import resolve_relations, tokenize_relation
+from headatlas.scoring.layers import LayerScores, score_layers
 from headatlas.scoring.mapping import map_heads
 from headatlas.scoring.options import MapOptions
-from headatlas.scoring.plan import (
-    RelationPairs,
-    ScoringPlan,
-    source_embeddings,
-)
-from headatlas.scoring.ranks import PairLayout
+from headatlas.scoring.plan import RelationPairs, ScoringPlan
+from headatlas.scoring.recipe import SourceInputs
 from headatlas.scoring.reference import reference_topk_scores
 from headatlas.scoring.relation_scores import layer_ranks, layer_scores
 
@@ -68,12 +65,8 @@ def main() -> None:
             k = options.k_for(rel.name, rel.copying, cfg.vocab_size)
             pairs.append(RelationPairs(rel.name, rel.category, k, tok.source_ids, tok.target_ids))
     plan = ScoringPlan.build(pairs)
-    X0, Xe = source_embeddings(circuits, plan.source_ids, options)
+    inputs = SourceInputs(options.recipe(), circuits, plan.source_ids)
     readout = options.recipe().bind(circuits)
-    W_Uf = readout.W_Uf
-    layout = PairLayout(
-        plan.pair_rows, plan.pair_targets, len(plan.source_ids), W_Uf.shape[1], k=plan.pair_k
-    )
     n_sources, n_pairs = len(plan.source_ids), len(plan.pair_rows)
     print(
         f"model {circuits.source.display_name()}: {cfg.n_layers} layers x {cfg.n_heads} heads, "
@@ -81,22 +74,26 @@ def main() -> None:
         f"{n_sources} unique sources, {n_pairs} pairs"
     )
 
-    # 1. Previous full kernel vs pruned kernel, same heads, interleaved per layer.
+    # 1. Previous full kernel vs pruned kernel (the map's layer loop), same heads, interleaved
+    # per layer.
     layers = range(cfg.n_layers) if args.layers == "all" else range(int(args.layers))
-    with torch.no_grad():  # warm both (the previous kernel compiles its count on first use)
-        for kernel in ("full", "pruned"):
-            layer_ranks(circuits.layer(1), Xe, readout, layout, kernel=kernel)
+
+    def full(s: LayerScores) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            return layer_scores(
+                plan, *layer_ranks(s.read, s.sources, readout, s.layout, kernel="full")
+            )
+
+    for s in score_layers(circuits, plan, [inputs], readout, layers=[1]):
+        full(s)  # warm both (the previous kernel compiles its count on first use)
+        _ = s.scores
     secs = {"full": 0.0, "pruned": 0.0}
-    for i in layers:
-        layer = circuits.layer(i)
-        X = X0 if i == 0 else Xe
+    for s in score_layers(circuits, plan, [inputs], readout, layers=layers):
+        i = s.index
         got = {}
         for kernel in ("full", "pruned") if i % 2 == 0 else ("pruned", "full"):
             t0 = time.perf_counter()
-            with torch.no_grad():
-                got[kernel] = layer_scores(
-                    plan, *layer_ranks(layer, X, readout, layout, kernel=kernel)
-                )
+            got[kernel] = full(s) if kernel == "full" else s.scores[0]
             secs[kernel] += time.perf_counter() - t0
         for a, b in zip(got["full"], got["pruned"], strict=True):
             assert torch.equal(a, b), f"layer {i}: the pruned kernel's scores differ"
@@ -130,7 +127,7 @@ def main() -> None:
     ref_scores = {}
     for i in ref_layers:
         layer = circuits.layer(i)
-        X = X0 if i == 0 else Xe
+        X = inputs.layer(i)
         for h in range(cfg.n_heads):
             for rel, rows, targets in per_relation:
                 ref_scores[(i, h, rel.name)] = reference_topk_scores(

@@ -11,9 +11,9 @@ from tiny_models import gpt2_tokenizer, save_tiny, tiny_model
 
 import headatlas.circuits as circuits_module
 from headatlas.circuits import ModelCircuits
-from headatlas.scoring import relation_scores
 from headatlas.scoring.mapping import map_heads
 from headatlas.scoring.options import MapOptions
+from headatlas.scoring.ranks import SharedU
 from headatlas.scoring.recipe import fold_unembedding
 from headatlas.weights.safetensors_dir import SafetensorsDirSource
 
@@ -98,11 +98,19 @@ def test_safetensors_reads_vocabulary_matrices_by_blocks_only(
     expected = map_heads(reference, ["Knowledge"], options=options, progress=False, log=print)
 
     monkeypatch.setattr(SafetensorsDirSource, "read", spy)
+    shared: list[SharedU] = []
+    make = SharedU.__init__
+
+    def keep(self: SharedU, U: torch.Tensor) -> None:
+        make(self, U)
+        shared.append(self)
+
+    monkeypatch.setattr(SharedU, "__init__", keep)
     c = ModelCircuits.load(folder)
     got = map_heads(c, ["Knowledge"], options=options, progress=False, log=print)
     assert whole_reads and not vocabulary & set(whole_reads)
     assert c._W_E is None and c._W_U is None and c._mlp0 is None
-    assert relation_scores._LAST[0][2]._UT is None
+    assert len(shared) == 1 and shared[0]._UT is None  # one U for every layer, no transpose
     assert got.scores.equals(expected.scores)
     assert got.manifest["model"]["fingerprint"] == expected.manifest["model"]["fingerprint"]
     assert got.manifest["cache_key"] == expected.manifest["cache_key"]

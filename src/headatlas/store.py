@@ -34,9 +34,10 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -425,6 +426,67 @@ def read_evidence(path: Path) -> pd.DataFrame:
     df = read_table(path, EVIDENCE_COLUMNS)
     df["top_tokens"] = [[str(t) for t in tops] for tops in df["top_tokens"]]
     return df
+
+
+class LayerCache:
+    """Per-layer results of an unfinished run, each saved as its layer finishes so an
+    interrupted run resumes: ``root/<key>/<kind>_<layer>-<digest>[-<tag>].parquet``.
+
+    ``key`` hashes what every layer's result depends on besides the layer's own tensors (the
+    shared weights, options, inputs); ``digest`` is the layer's weight hash, so a file is found
+    only for the same inputs and the same layer weights and nothing stale is reused. A file
+    that cannot be read is reported, removed and recomputed. ``root`` None: nothing is kept
+    (a run without an output folder). Callers remove the store (:meth:`clear`) once the
+    final files are written.
+    """
+
+    def __init__(
+        self, root: Path | None, key: str, say: Callable[[str], Any] | None = None
+    ) -> None:
+        self.root = root
+        self.key = key
+        self.say = say or warn
+
+    def path(self, layer: int, digest: str, kind: str = "layer", tag: str = "") -> Path | None:
+        """Where ``kind``'s result for this layer goes (None without a root)."""
+        if self.root is None:
+            return None
+        suffix = f"-{tag}" if tag else ""
+        return self.root / self.key / f"{kind}_{layer:04d}-{digest}{suffix}.parquet"
+
+    def get(
+        self,
+        layer: int,
+        digest: str,
+        columns: Sequence[str] = (),
+        kind: str = "layer",
+        tag: str = "",
+        read: Callable[[Path], pd.DataFrame] | None = None,
+    ) -> pd.DataFrame | None:
+        """The saved result (read by ``read``, default :func:`read_table` with ``columns``),
+        or None when there is none or it is unreadable (then the file is removed)."""
+        path = self.path(layer, digest, kind, tag)
+        if path is None or not path.is_file():
+            return None
+        try:
+            return read(path) if read is not None else read_table(path, columns)
+        except ResultsError as exc:
+            self.say(f"recomputing layer {layer}: {exc}")
+            path.unlink(missing_ok=True)
+            return None
+
+    def put(
+        self, layer: int, digest: str, frame: pd.DataFrame, kind: str = "layer", tag: str = ""
+    ) -> None:
+        """Save one layer's result (atomically; nothing without a root)."""
+        path = self.path(layer, digest, kind, tag)
+        if path is not None:
+            write_parquet_atomic(frame, path)
+
+    def clear(self) -> None:
+        """Remove the whole store (every key's files): the run's final files are written."""
+        if self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 @dataclass

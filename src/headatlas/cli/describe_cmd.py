@@ -13,7 +13,7 @@ from headatlas import store
 from headatlas.describe.backends import BACKENDS, make_backend
 from headatlas.describe.run import describe_heads, load_operations
 from headatlas.errors import DescribeError
-from headatlas.scoring.mapping import resolve_device
+from headatlas.runtime import resolve_device
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

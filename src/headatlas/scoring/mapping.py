@@ -8,10 +8,10 @@ import dataclasses
 import hashlib
 import json
 import platform
-import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,26 +22,21 @@ from headatlas.circuits import ModelCircuits
 from headatlas.errors import HeadAtlasError, OptionError, ResultsError, ResultsMismatchError
 from headatlas.progress import track
 from headatlas.relations import resolve_relations, tokenize_relations
+from headatlas.runtime import compute_dtype, resolve_device, resolve_dtype
 from headatlas.scoring.categories import categorize_heads
 from headatlas.scoring.evidence import EvidenceLimits, empty_evidence, layer_evidence
+from headatlas.scoring.layers import LayerScores, score_layers
 from headatlas.scoring.null import (
     NULL_COLUMNS,
     class_level_relations,
-    null_hits,
     null_plan,
     null_scores,
     null_statistics,
 )
-from headatlas.scoring.options import MapOptions, compute_dtype, resolve_dtype
+from headatlas.scoring.options import MapOptions
 from headatlas.scoring.plan import RelationPairs, ScoringPlan
-from headatlas.scoring.ranks import PairLayout
 from headatlas.scoring.recipe import SourceInputs
-from headatlas.scoring.relation_scores import (
-    candidate_orders,
-    head_readouts,
-    layer_ranks_multi,
-    layer_scores,
-)
+from headatlas.scoring.relation_scores import layer_scores
 from headatlas.store import (
     CATEGORIES,
     EVIDENCE,
@@ -49,6 +44,7 @@ from headatlas.store import (
     QK_SCORES,
     SCORE_COLUMNS,
     SCORES,
+    LayerCache,
     MapResults,
     check_files,
     read_evidence,
@@ -65,25 +61,6 @@ TABLE_COLUMNS = (*SCORE_COLUMNS, *NULL_COLUMNS)
 """Columns of the scores table a map writes."""
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> the first CUDA GPU when present, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise OptionError(f"device '{name}' is not valid: use auto, cpu, cuda or cuda:N") from exc
-    if device.type == "meta":
-        raise OptionError(
-            f"device '{name}' holds no values, so nothing can be scored on it: use cpu or cuda"
-        )
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise OptionError(
-            f"device '{name}' asked for, but no CUDA GPU is available: use --device cpu"
-        )
-    return device
-
-
 def package_versions() -> dict[str, str]:
     """Versions of the packages that shape results."""
     import importlib.metadata as md
@@ -97,6 +74,52 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def relation_plan(
+    circuits: ModelCircuits,
+    relations: Sequence[str] | None,
+    relation_files: Sequence[str | Path],
+    options: MapOptions,
+    say: Any,
+) -> tuple[ScoringPlan, list[dict[str, Any]], list[str]]:
+    """The relations tokenised and filtered to the model's vocabulary: (the scoring plan of
+    the usable ones, what the manifest records of each, the words encoded)."""
+    rels = resolve_relations(relations, relation_files)
+    options.check_for([r.name for r in rels], circuits.cfg.vocab_size)
+    prefix = " " if options.leading_space else ""
+    words = [prefix + word for rel in rels for pair in rel.pairs for word in pair]
+    V = circuits.cfg.vocab_size
+    tokenized = tokenize_relations(rels, circuits.encoder(words), options, V, relation_files)
+    relations_info: list[dict[str, Any]] = []
+    usable: list[RelationPairs] = []
+    for tok in tokenized:
+        rel = tok.relation
+        k = options.k_for(rel.name, rel.copying, V)
+        n_out = tok.n_out_of_vocab
+        if n_out:
+            say(f"{rel.name}: dropped {n_out} pairs with token ids beyond the model's vocabulary")
+        info = {
+            "name": rel.name,
+            "category": rel.category,
+            "n_raw": tok.n_raw,
+            "n_pairs": len(tok.source_ids),
+            "k": k,
+            "provenance": rel.provenance,
+            "skipped": tok.skip_reason,
+            "out_of_vocabulary": n_out,
+        }
+        relations_info.append(info)
+        if tok.skip_reason:
+            say(f"skipping relation {tok.skip_reason}")
+            continue
+        usable.append(RelationPairs(rel.name, rel.category, k, tok.source_ids, tok.target_ids))
+    if not usable:
+        raise HeadAtlasError(
+            "no relation has enough single-token pairs for this tokenizer: pass --first-token, "
+            "lower --min-pairs, or give relations with single-token words"
+        )
+    return ScoringPlan.build(usable), relations_info, words
+
+
 def _cache_key(weights: str, options: MapOptions, plan: ScoringPlan) -> str:
     """What a layer's scores depend on besides the layer's own tensors: the content of the
     embedding-side tensors (``weights``), the scoring switches and the tokenised pairs."""
@@ -107,6 +130,34 @@ def _cache_key(weights: str, options: MapOptions, plan: ScoringPlan) -> str:
     for r in plan.relations:
         h.update(json.dumps([r.name, r.category, r.k, r.source_ids, r.target_ids]).encode())
     return h.hexdigest()[:16]
+
+
+class _StoredLayers:
+    """Layer results a map can reuse: a finished map's in ``directory`` (same key and layer
+    digest; its evidence only when kept with the same limits), else the partial store's
+    (:class:`LayerCache`, per key and digest, the evidence also per limits)."""
+
+    def __init__(self, directory: Path | None, key: str, limits: EvidenceLimits, say: Any):
+        self.finished, self.digests, self.old_evidence = _finished_layers(
+            directory, key, limits, say
+        )
+        self.cache = LayerCache(directory / PARTIAL if directory is not None else None, key, say)
+        self.tag = hashlib.sha256(json.dumps(limits.as_dict()).encode()).hexdigest()[:8]
+
+    def _is_finished(self, i: int, digest: str) -> bool:
+        return i in self.finished and i < len(self.digests) and self.digests[i] == digest
+
+    def scores(self, i: int, digest: str) -> pd.DataFrame | None:
+        """Layer ``i``'s rows of the scores table, or None."""
+        if self._is_finished(i, digest):
+            return self.finished[i]
+        return self.cache.get(i, digest, TABLE_COLUMNS)
+
+    def evidence(self, i: int, digest: str) -> pd.DataFrame | None:
+        """Layer ``i``'s evidence under this map's limits, or None."""
+        if self._is_finished(i, digest) and self.old_evidence is not None:
+            return self.old_evidence.get(i, empty_evidence())
+        return self.cache.get(i, digest, kind="evidence", tag=self.tag, read=read_evidence)
 
 
 def _finished_layers(
@@ -153,19 +204,6 @@ def _finished_layers(
     return layers, digests, evidence
 
 
-def _partial_layer(path: Path, say: Any) -> pd.DataFrame | None:
-    """A finished layer's table from an interrupted run; None (and the file removed) when it
-    is missing or unreadable."""
-    if not path.is_file():
-        return None
-    try:
-        return read_table(path, TABLE_COLUMNS)
-    except ResultsError as exc:
-        say(f"recomputing layer: {exc}")
-        path.unlink(missing_ok=True)
-        return None
-
-
 def map_heads(
     model: ModelSpec | ModelCircuits = "smollm2",
     relations: Sequence[str] | None = None,
@@ -200,43 +238,9 @@ def map_heads(
     summary = circuits.summary()
     t_load = time.perf_counter()
 
-    rels = resolve_relations(relations, relation_files)
-    options.check_for([r.name for r in rels], circuits.cfg.vocab_size)
-    prefix = " " if options.leading_space else ""
-    words = [prefix + word for rel in rels for pair in rel.pairs for word in pair]
-    V = circuits.cfg.vocab_size
-    tokenized = tokenize_relations(rels, circuits.encoder(words), options, V, relation_files)
-    relations_info: list[dict[str, Any]] = []
-    usable: list[RelationPairs] = []
-    for tok in tokenized:
-        rel = tok.relation
-        k = options.k_for(rel.name, rel.copying, V)
-        n_out = tok.n_out_of_vocab
-        if n_out:
-            say(f"{rel.name}: dropped {n_out} pairs with token ids beyond the model's vocabulary")
-        info = {
-            "name": rel.name,
-            "category": rel.category,
-            "n_raw": tok.n_raw,
-            "n_pairs": len(tok.source_ids),
-            "k": k,
-            "provenance": rel.provenance,
-            "skipped": tok.skip_reason,
-            "out_of_vocabulary": n_out,
-        }
-        relations_info.append(info)
-        if tok.skip_reason:
-            say(f"skipping relation {tok.skip_reason}")
-            continue
-        usable.append(RelationPairs(rel.name, rel.category, k, tok.source_ids, tok.target_ids))
-    if not usable:
-        raise HeadAtlasError(
-            "no relation has enough single-token pairs for this tokenizer: pass --first-token, "
-            "lower --min-pairs, or give relations with single-token words"
-        )
-    plan = ScoringPlan.build(usable)
+    plan, relations_info, words = relation_plan(circuits, relations, relation_files, options, say)
     directory = results_folder(out, str(summary["name"])) if out is not None else None
-
+    todo = _layers_to_compute(layers, circuits.cfg.n_layers, directory)
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.dtype)
     recipe = options.recipe()
@@ -250,117 +254,47 @@ def map_heads(
         forward_prefix = forward_prefix_record(inputs.start, recipe.embedding == "context")
         say(f"{recipe.embedding} embedding: each source token runs as {forward_prefix['sequence']}")
     readout = recipe.bind(circuits, device, compute_dtype(dtype))
-    layout = PairLayout(
-        plan.pair_rows,
-        plan.pair_targets,
-        len(plan.source_ids),
-        readout.W_Uf.shape[1],
-        k=plan.pair_k,
-    )
-    layout.to(device)
     n_perm = options.null_permutations
     null = null_plan(plan.relations, n_perm, options.null_seed) if n_perm else None
-    null_layout = None
-    if null is not None:
-        if not torch.equal(null.source_ids, plan.source_ids):
-            raise AssertionError("the null's pairs must share the map's source rows")
-        null_layout = PairLayout(
-            null.pair_rows, null.pair_targets, len(null.source_ids), layout.vocab, k=null.pair_k
-        ).to(device)
     limits = EvidenceLimits(options.threshold, options.evidence_right, options.evidence_wrong)
-    tag = hashlib.sha256(json.dumps(limits.as_dict()).encode()).hexdigest()[:8]
-    decode = _decoder(circuits, words)
     # Everything read so far (config, embeddings, unembedding, norms, block-0 MLP) was hashed
-    # while it was read; each layer adds the hash of its own tensors below.
+    # while it was read; each layer adds the hash of its own tensors (its digest).
     key = _cache_key(circuits.content_fingerprint() + inputs.digest(), options, plan)
+    stored = _StoredLayers(directory, key, limits, say)
     t_prep = time.perf_counter()
 
-    finished, old_digests, old_evidence = _finished_layers(directory, key, limits, say)
-    partial = directory / PARTIAL / key if directory is not None else None
-    frames: list[pd.DataFrame] = []
-    evidence: list[pd.DataFrame] = []
-    digests: list[str] = []
-    null_s = evidence_s = 0.0
-    todo = _layers_to_compute(layers, circuits.cfg.n_layers, directory)
-    bar = _progress(todo, progress, summary["display_name"])
-    layer_seconds: list[float] = []
-    for i in bar:
-        t0 = time.perf_counter()
-        layer = circuits.layer(i)  # read (and hashed) in any case: reuse needs a true match
-        digests.append(layer.digest)
-        path = partial / f"layer_{i:04d}-{layer.digest}.parquet" if partial is not None else None
-        ev_path = (
-            partial / f"evidence_{i:04d}-{layer.digest}-{tag}.parquet"
-            if partial is not None
-            else None
-        )
-        if i in finished and i < len(old_digests) and old_digests[i] == layer.digest:
-            frame: pd.DataFrame | None = finished[i]
-            ev = (old_evidence or {}).get(i, empty_evidence()) if old_evidence is not None else None
-        else:
-            frame = _partial_layer(path, say) if path is not None else None
-            ev = None
-            if frame is not None and ev_path is not None and ev_path.is_file():
-                try:
-                    ev = read_evidence(ev_path)
-                except ResultsError as exc:
-                    say(f"recomputing evidence: {exc}")
-        if frame is not None and ev is not None:
-            frames.append(frame)
-            evidence.append(ev)
-            continue
-        layer = layer.to(device, dtype)  # stored in dtype, computed in `compute`
-        X = inputs.layer(i).to(device=device, dtype=dtype)
-        with torch.no_grad():
-            heads = head_readouts(layer, X, readout)
-            if frame is None:
-                orders = candidate_orders(heads)
-                ranks = layer_ranks_multi(layer, X, readout, [layout], heads, orders)[0]
-                hits = None
-                if null is not None and null_layout is not None:
-                    t1 = time.perf_counter()
-                    hits = torch.stack(
-                        [null_hits(Z, B, null_layout, o) for (Z, B), o in zip(heads, orders)]
-                    )
-                    null_s += time.perf_counter() - t1
-                frame = _layer_frame(summary["name"], i, plan, ranks, null, hits, n_perm)
-                layer_seconds.append(time.perf_counter() - t0)
-                if path is not None:
-                    write_parquet_atomic(frame, path)
-            t1 = time.perf_counter()
-            ev = layer_evidence(summary["name"], i, heads, plan, frame, limits, decode)
-            evidence_s += time.perf_counter() - t1
-        if ev_path is not None:
-            write_parquet_atomic(ev, ev_path)
-        frames.append(frame)
-        evidence.append(ev)
+    scored = score_layers(circuits, plan, [inputs], readout, dtype, todo, null)
+    bar = track(scored, len(todo), f"mapping {summary['display_name']}", "layer", progress)
+    decode = _decoder(circuits, words)
+    done = _map_layers(bar, stored, plan, null, n_perm, limits, str(summary["name"]), decode)
     t_scores = time.perf_counter()
     if layers is not None:  # a share of a split map: saved in the partial store, nothing final
-        part = pd.concat(frames, ignore_index=True)[list(TABLE_COLUMNS)]
-        info = {"cache_key": key, "layers": list(todo), "layer_digests": digests}
-        info["timings"] = {"layers_computed": len(layer_seconds)}
+        part = pd.concat(done.frames, ignore_index=True)[list(TABLE_COLUMNS)]
+        info: dict[str, Any] = {"cache_key": key, "layers": list(todo)}
+        info["layer_digests"] = done.digests
+        info["timings"] = {"layers_computed": done.computed}
         return MapResults(directory or Path("."), info, part, pd.DataFrame())
     qk_section = None
     if options.qk:  # the QK circuit: where each head attends (headatlas.scoring.qk)
         from headatlas.scoring.qk import map_qk
 
         qk_section = map_qk(circuits, options, recipe, directory, hf_model)
-    summary["fingerprint"] = circuits.weights_fingerprint(digests)
-    if directory is not None and not layer_seconds:
+    summary["fingerprint"] = circuits.weights_fingerprint(done.digests)
+    if directory is not None and not done.computed:
         say(f"reusing the finished map in {directory} (same weights, options and relations)")
 
-    scores = pd.concat(frames, ignore_index=True)[list(TABLE_COLUMNS)]
+    scores = pd.concat(done.frames, ignore_index=True)[list(TABLE_COLUMNS)]
+    evidence = done.evidence
     evidence_table = pd.concat(evidence, ignore_index=True) if evidence else empty_evidence()
     categories = categorize_heads(
         scores, options.threshold, options.use_suppression, options.label_rule, options.null_alpha
     )
-    class_level = class_level_relations(scores, options.threshold)
     manifest: dict[str, Any] = {
         "model": summary,
         "options": options.as_dict(),
         "recipe": {**dataclasses.asdict(recipe), "label": recipe.label()},
         "cache_key": key,
-        "layer_digests": digests,
+        "layer_digests": done.digests,
         "relations": relations_info,
         "null": {
             "permutations": n_perm,
@@ -369,7 +303,7 @@ def map_heads(
             "alpha": options.null_alpha,
             "columns": list(NULL_COLUMNS),
         },
-        "relations_class_level": class_level,
+        "relations_class_level": class_level_relations(scores, options.threshold),
         "evidence": {"limits": limits.as_dict(), "rows": len(evidence_table)},
         "versions": package_versions(),
         "device": str(device),
@@ -377,9 +311,9 @@ def map_heads(
             "load_s": round(t_load - t_start, 3),
             "prepare_s": round(t_prep - t_load, 3),
             "scores_s": round(t_scores - t_prep, 3),
-            "null_s": round(null_s, 3),
-            "evidence_s": round(evidence_s, 3),
-            "layers_computed": len(layer_seconds),
+            "null_s": round(done.null_s, 3),
+            "evidence_s": round(done.evidence_s, 3),
+            "layers_computed": done.computed,
             "total_s": round(time.perf_counter() - t_start, 3),
         },
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -388,16 +322,73 @@ def map_heads(
         manifest["forward_prefix"] = forward_prefix
     if qk_section is not None:
         manifest["qk"] = qk_section
+    results = MapResults(directory or Path("."), manifest, scores, categories, evidence_table)
     if directory is not None:
-        manifest = _keep_other_sections(directory, manifest)
-        if layer_seconds or len(finished) != len(frames):  # else scores.parquet is current
-            write_parquet_atomic(scores, directory / SCORES)
-        write_parquet_atomic(evidence_table, directory / EVIDENCE)
-        write_parquet_atomic(categories, directory / CATEGORIES)
-        written = [SCORES, CATEGORIES, EVIDENCE, *([QK_SCORES] if qk_section is not None else [])]
-        manifest = write_manifest(directory, manifest, written)  # last
-        shutil.rmtree(directory / PARTIAL, ignore_errors=True)
-    return MapResults(directory or Path("."), manifest, scores, categories, evidence_table)
+        # scores.parquet is rewritten unless every layer came from it unchanged
+        rewrite = bool(done.computed) or len(stored.finished) != len(done.frames)
+        results.manifest = _write_map(results, rewrite, qk_section is not None)
+        stored.cache.clear()
+    return results
+
+
+@dataclass
+class _MappedLayers:
+    """Every layer's rows of the scores and evidence tables, and what it cost."""
+
+    frames: list[pd.DataFrame] = field(default_factory=list)
+    evidence: list[pd.DataFrame] = field(default_factory=list)
+    digests: list[str] = field(default_factory=list)
+    computed: int = 0
+    """Layers whose scores were computed (not reused)."""
+    null_s: float = 0.0
+    evidence_s: float = 0.0
+
+
+def _map_layers(
+    scored: Iterable[LayerScores],
+    stored: _StoredLayers,
+    plan: ScoringPlan,
+    null: ScoringPlan | None,
+    n_perm: int,
+    limits: EvidenceLimits,
+    name: str,
+    decode: Any,
+) -> _MappedLayers:
+    """The scores and evidence of each layer: reused from ``stored`` when it holds them, else
+    computed and saved there at once (so an interrupted map resumes after it)."""
+    done = _MappedLayers()
+    for s in scored:
+        done.digests.append(s.digest)  # every layer is read and hashed: reuse needs a true match
+        frame = stored.scores(s.index, s.digest)
+        ev = stored.evidence(s.index, s.digest) if frame is not None else None
+        if frame is None:
+            frame = _layer_frame(name, s.index, plan, s.ranks, null, s.null_hits, n_perm)
+            stored.cache.put(s.index, s.digest, frame)
+            done.computed += 1
+            done.null_s += s.null_s
+        if ev is None:
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                ev = layer_evidence(name, s.index, s.heads, plan, frame, limits, decode)
+            done.evidence_s += time.perf_counter() - t0
+            stored.cache.put(s.index, s.digest, ev, "evidence", stored.tag)
+        done.frames.append(frame)
+        done.evidence.append(ev)
+    return done
+
+
+def _write_map(results: MapResults, rewrite_scores: bool, qk: bool) -> dict[str, Any]:
+    """Write a finished map's tables, then the manifest that vouches for them (returned as
+    written)."""
+    directory = results.directory
+    manifest = _keep_other_sections(directory, results.manifest)
+    if rewrite_scores:
+        write_parquet_atomic(results.scores, directory / SCORES)
+    assert results.evidence is not None
+    write_parquet_atomic(results.evidence, directory / EVIDENCE)
+    write_parquet_atomic(results.categories, directory / CATEGORIES)
+    written = [SCORES, CATEGORIES, EVIDENCE, *([QK_SCORES] if qk else [])]
+    return write_manifest(directory, manifest, written)  # last
 
 
 def forward_prefix_record(start: int | None, context: bool = False) -> dict[str, Any]:
@@ -490,7 +481,3 @@ def _layers_to_compute(
             f"layers {bad} are outside the model's {n_layers} layers: give 0..{n_layers - 1}"
         )
     return sorted(set(layers))
-
-
-def _progress(it: list[int], enabled: bool, name: str) -> Any:
-    return track(it, len(it), f"mapping {name}", unit="layer", enabled=enabled)

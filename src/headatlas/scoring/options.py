@@ -9,9 +9,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from headatlas.errors import OptionError
+from headatlas.runtime import DTYPES, resolve_dtype
+from headatlas.runtime import compute_dtype as compute_dtype  # re-exported: moved to runtime
 from headatlas.scoring.categories import DEFAULT_THRESHOLD, LABEL_RULES
 
 LARGE_VOCAB = 100_000
@@ -19,7 +19,7 @@ LARGE_VOCAB = 100_000
 if TYPE_CHECKING:
     from headatlas.scoring.recipe import Recipe
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+_DTYPES = DTYPES  # the names the dtype option accepts
 
 
 def recipe_fields(recipe: Recipe) -> dict[str, Any]:
@@ -45,20 +45,6 @@ def preset_fields(name: str, recipe: Recipe) -> dict[str, Any]:
     if name == "maps":
         fields["label_rule"] = "paper"
     return fields
-
-
-def resolve_dtype(name: str) -> torch.dtype:
-    """float32 / float64 / bfloat16 by name."""
-    if name not in _DTYPES:
-        raise OptionError(f"dtype '{name}' is not supported: use one of {', '.join(_DTYPES)}")
-    return _DTYPES[name]
-
-
-def compute_dtype(storage: torch.dtype) -> torch.dtype:
-    """The dtype ranks are computed in: float64 when asked for, else float32 whatever the
-    storage dtype (bfloat16 logits would round ties apart, and bf16 matmul is ~400x slower
-    than fp32 on CPUs without native bf16)."""
-    return torch.float64 if storage == torch.float64 else torch.float32
 
 
 def _whole(name: str, value: Any, allow_none: bool = False, switch: str | None = None) -> None:

@@ -59,11 +59,12 @@ def layer_ranks(
 
 
 def head_readouts(
-    layer: LayerOV, X: torch.Tensor, readout: Readout
+    layer: LayerOV, X: torch.Tensor, readout: Readout, shared: SharedU | None = None
 ) -> list[tuple[torch.Tensor, FactoredB]]:
     """Every head's logits kept factored, ``Z`` [n_sources, r] and ``B`` = W @ U [r, V]
     (logits = Z @ B, up to the final norm's positive per-row factor when no bias follows
-    it), on the readout's device and in its dtype."""
+    it), on the readout's device and in its dtype. ``shared``: the readout's
+    :func:`shared_readout`, when the caller keeps it across layers (else made here)."""
     W_Uf = readout.W_Uf
     dtype, device = W_Uf.dtype, W_Uf.device
     layer = layer.to(device, dtype)
@@ -72,7 +73,7 @@ def head_readouts(
     post_bias = readout.logit_bias
     final_norm = readout.final_norm
     # B = W @ U stays factored; a post-norm logit bias is one more row of U.
-    U = _shared_readout(W_Uf, post_bias, post_bias)
+    U = shared_readout(readout) if shared is None else shared
     heads = []
     for h in range(W_O.shape[0]):
         Z, W = Zg[layer.kv_group(h)], W_O[h]
@@ -107,13 +108,15 @@ def layer_ranks_multi(
     layouts: Sequence[PairLayout],
     heads: Sequence[tuple[torch.Tensor, FactoredB]] | None = None,
     orders: Sequence[torch.Tensor | None] | None = None,
+    shared: SharedU | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """:func:`layer_ranks` (pruned kernel) for several pair layouts over the same source rows,
     sharing each head's factors and candidate columns; each layout's ranks are exactly what
     :func:`layer_ranks` gives for it alone. ``heads`` (:func:`head_readouts`) and ``orders``
-    (:func:`candidate_orders`): when the caller has them already."""
+    (:func:`candidate_orders`) and ``shared`` (:func:`shared_readout`): when the caller has
+    them already."""
     if heads is None:
-        heads = head_readouts(layer, X, readout)
+        heads = head_readouts(layer, X, readout, shared)
     if orders is None:
         orders = (
             candidate_orders(heads)
@@ -168,19 +171,11 @@ def _layer_ranks_full(
     return torch.stack(ups), torch.stack(downs)
 
 
-_LAST: list[tuple[torch.Tensor, torch.Tensor | None, SharedU]] = []
-
-
-def _shared_readout(
-    W_Uf: torch.Tensor, logit_bias: torch.Tensor | None, post_bias: torch.Tensor | None
-) -> SharedU:
-    """U = [W_Uf; logit bias] prepared once per map: the last one is kept (with the tensors it
-    was made from, so their identity is a safe key) and reused by the next layer."""
-    if _LAST and _LAST[0][0] is W_Uf and _LAST[0][1] is logit_bias:
-        return _LAST[0][2]
-    shared = SharedU(W_Uf if post_bias is None else torch.cat([W_Uf, post_bias[None]], 0))
-    _LAST[:] = [(W_Uf, logit_bias, shared)]
-    return shared
+def shared_readout(readout: Readout) -> SharedU:
+    """U = [W_Uf; logit bias] [d(+1), V], shared by every head of every layer: prepared once
+    per map (by :func:`headatlas.scoring.layers.score_layers`) and passed to each layer."""
+    W_Uf, post_bias = readout.W_Uf, readout.logit_bias
+    return SharedU(W_Uf if post_bias is None else torch.cat([W_Uf, post_bias[None]], 0))
 
 
 def _with_ones(Z: torch.Tensor) -> torch.Tensor:

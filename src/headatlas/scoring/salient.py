@@ -35,18 +35,18 @@ import pandas as pd
 import torch
 
 from headatlas.circuits import LayerOV, ModelCircuits, Norm
-from headatlas.errors import HeadAtlasError, ResultsError
+from headatlas.errors import HeadAtlasError
 from headatlas.progress import track
 from headatlas.relations import resolve_relations
-from headatlas.scoring.mapping import resolve_device
-from headatlas.scoring.options import MapOptions, compute_dtype, resolve_dtype
+from headatlas.runtime import compute_dtype, resolve_device, resolve_dtype
+from headatlas.scoring.options import MapOptions
 from headatlas.scoring.recipe import embedding_of
 from headatlas.scoring.salient_match import match_head, relation_matchers
 from headatlas.store import (
     MANIFEST,
     SALIENT,
+    LayerCache,
     read_manifest,
-    read_table,
     results_folder,
     write_manifest,
     write_parquet_atomic,
@@ -533,7 +533,7 @@ def all_salient_operations(
     # layer's own tensors are hashed as they are read below.
     key = _run_key(circuits.content_fingerprint(), sp.options, params, [r.name for r in rels])
     directory = results_folder(out, str(summary["name"])) if out is not None else None
-    partial = directory / PARTIAL / key if directory is not None else None
+    cache = LayerCache(directory / PARTIAL if directory is not None else None, key, say)
     t_prep = time.perf_counter()
 
     frames = []
@@ -542,14 +542,10 @@ def all_salient_operations(
     for i in _progress(which, progress, str(summary["display_name"])):
         layer = circuits.layer(i)
         digests.append(layer.digest)
-        path = partial / f"layer_{i:04d}-{layer.digest}.parquet" if partial is not None else None
-        if path is not None and path.is_file():
-            try:
-                frames.append(read_table(path, SALIENT_COLUMNS))
-                continue
-            except ResultsError as exc:
-                say(f"recomputing layer {i}: {exc}")
-                path.unlink(missing_ok=True)
+        kept = cache.get(i, layer.digest, SALIENT_COLUMNS)
+        if kept is not None:
+            frames.append(kept)
+            continue
         rows = sp.layer(layer, None, tokens, mappings)
         frame = pd.DataFrame(rows)
         head_summary: list[str] = []
@@ -561,8 +557,7 @@ def all_salient_operations(
         frame["matched_relations"] = head_summary
         frame["token_relations"] = token_rels
         frame = frame[SALIENT_COLUMNS]
-        if path is not None:
-            write_parquet_atomic(frame, path)
+        cache.put(i, layer.digest, frame)
         frames.append(frame)
         computed += 1
     table = pd.concat(frames, ignore_index=True)[SALIENT_COLUMNS]
@@ -599,9 +594,7 @@ def all_salient_operations(
                 say(f"{directory / MANIFEST} is unreadable; writing a fresh one")
         manifest["salient"] = section
         write_manifest(directory, manifest, [SALIENT])  # last: it vouches for the table
-        import shutil
-
-        shutil.rmtree(directory / PARTIAL, ignore_errors=True)
+        cache.clear()
     return table
 
 

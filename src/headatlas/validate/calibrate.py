@@ -15,6 +15,7 @@ Layout of ``OUT/<model-slug>/calibration/``::
 
     dynamic.parquet     dynamic scores per relation x template x head (reused when the key matches)
     static.parquet      static scores per recipe x relation x head (on the sampled pairs)
+    static_partial/     finished layers of an unfinished run (removed when it completes)
     recipes.csv / .md   the table per recipe (and per template)
     recipes.png         mean r per recipe with 95% bootstrap intervals
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -40,14 +42,14 @@ from headatlas.errors import HeadAtlasError, ValidationInputError
 from headatlas.relations import resolve_relations, tokenize_relations
 from headatlas.report.validation_figures import recipes_figure
 from headatlas.report.validation_tables import calibration_markdown
-from headatlas.scoring.mapping import resolve_device
-from headatlas.scoring.options import MapOptions, resolve_dtype
+from headatlas.runtime import compute_dtype, resolve_device, resolve_dtype
+from headatlas.scoring.layers import score_layers
+from headatlas.scoring.options import MapOptions
 from headatlas.scoring.plan import RelationPairs, ScoringPlan
-from headatlas.scoring.ranks import PairLayout
 from headatlas.scoring.recipe import PRESETS, Recipe, SourceInputs
-from headatlas.scoring.relation_scores import layer_ranks, layer_scores
 from headatlas.stats import compare_recipes
 from headatlas.store import (
+    LayerCache,
     model_slug,
     write_json_atomic,
     write_parquet_atomic,
@@ -152,7 +154,8 @@ def calibrate(
     dyn = _dynamic(circuits, hf_model, jobs, map_options, options, work, summary, say)
     timings["dynamic_s"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
-    static = static_scores(circuits, candidates, jobs, map_options, hf_model, say)
+    partial = work / "static_partial" if work is not None else None
+    static = static_scores(circuits, candidates, jobs, map_options, hf_model, say, partial)
     timings["static_s"] = round(time.perf_counter() - t0, 2)
     mapped = list(dict.fromkeys(j.relation for j in jobs))
 
@@ -177,6 +180,8 @@ def calibrate(
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         write_json_atomic(record, directory / RECORD)
+        if partial is not None:  # the finished layers are in static.parquet now
+            shutil.rmtree(partial, ignore_errors=True)
     say(f"calibrate: winner '{winner}' ({candidates[winner].label()})")
     return res
 
@@ -202,6 +207,10 @@ def _jobs(
     return jobs
 
 
+STATIC_COLUMNS = ("layer", "head", "relation", "k", "score", "suppression_score")
+"""Columns of each recipe's static scores."""
+
+
 def static_scores(
     circuits: ModelCircuits,
     candidates: Mapping[str, Recipe],
@@ -209,12 +218,15 @@ def static_scores(
     map_options: MapOptions,
     hf_model: torch.nn.Module | None = None,
     say: Callable[[str], None] = lambda _m: None,
+    partial: Path | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Static scores of every head under each candidate recipe, on the pairs the dynamic run
-    prompts with (so both sides score the same pairs). Columns as the map's scores table.
+    prompts with (so both sides score the same pairs). Columns: :data:`STATIC_COLUMNS`.
 
     Candidates that read out alike (same norms, biases, gain; only the embedding mode differs)
     share each head's read-out block W_O·W_U: their source rows are stacked into one kernel call.
+    ``partial``: where finished layers are kept (a :class:`LayerCache`) so an interrupted run
+    resumes.
     """
     seen: dict[str, DynamicJob] = {}
     for j in jobs:
@@ -224,39 +236,52 @@ def static_scores(
         for j in seen.values()
     ]
     plan = ScoringPlan.build(rels)
-    n = len(plan.source_ids)
     device = resolve_device(map_options.device)
     dtype = resolve_dtype(map_options.dtype)
     groups: dict[Recipe, list[str]] = {}
     for name, recipe in candidates.items():
         groups.setdefault(recipe.replace(embedding="mlp0", embedding_layer0=False), []).append(name)
-    rows: dict[str, list[tuple[Any, ...]]] = {name: [] for name in candidates}
+    frames: dict[str, list[pd.DataFrame]] = {name: [] for name in candidates}
     for shared, names in groups.items():
         say(f"calibrate: static scores of {', '.join(names)} ({len(plan.pair_rows)} pairs)")
-        readout = shared.bind(circuits, device, dtype)
+        readout = shared.bind(circuits, device, compute_dtype(dtype))
         inputs = [SourceInputs(candidates[m], circuits, plan.source_ids, hf_model) for m in names]
-        M = len(names)
-        stacked = torch.cat([plan.pair_rows + m * n for m in range(M)])
-        V = readout.W_Uf.shape[1]
-        layout = PairLayout(stacked, plan.pair_targets.repeat(M), n * M, V, k=plan.pair_k.repeat(M))
-        layout.to(device)
-        P = len(plan.pair_rows)
-        for i in range(circuits.cfg.n_layers):
-            layer = circuits.layer(i)
-            X = torch.cat([inp.layer(i) for inp in inputs]).to(device=device, dtype=dtype)
-            with torch.no_grad():
-                up, down = layer_ranks(layer, X, readout, layout)
-            for m, name in enumerate(names):
-                sc, sup = layer_scores(
-                    plan, up[:, m * P : (m + 1) * P], down[:, m * P : (m + 1) * P]
-                )
-                rows[name] += [
-                    (i, h, rel.name, rel.k, float(sc[h, r]), float(sup[h, r]))
-                    for h in range(sc.shape[0])
-                    for r, rel in enumerate(plan.relations)
-                ]
-    columns = ["layer", "head", "relation", "k", "score", "suppression_score"]
-    return {name: pd.DataFrame(r, columns=columns) for name, r in rows.items()}
+        weights = circuits.content_fingerprint() + "".join(inp.digest() for inp in inputs)
+        recipes = [candidates[m].key_fields() for m in names]
+        cache = LayerCache(partial, _static_key(weights, recipes, map_options.dtype, plan), say)
+        for layer in score_layers(circuits, plan, inputs, readout, dtype):
+            frame = cache.get(layer.index, layer.digest, ("recipe", *STATIC_COLUMNS))
+            if frame is None:
+                frame = _static_frame(layer.index, names, plan, layer.scores)
+                cache.put(layer.index, layer.digest, frame)
+            for name, rows in frame.groupby("recipe", sort=False):
+                frames[str(name)].append(rows)
+    return {
+        name: pd.concat(f, ignore_index=True)[list(STATIC_COLUMNS)] for name, f in frames.items()
+    }
+
+
+def _static_key(weights: str, recipes: list[dict[str, Any]], dtype: str, plan: ScoringPlan) -> str:
+    """What a layer's static scores depend on besides its own tensors."""
+    pairs = [[r.name, r.k, r.source_ids, r.target_ids] for r in plan.relations]
+    data = json.dumps([weights, recipes, dtype, pairs], sort_keys=True, default=str)
+    return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+
+def _static_frame(
+    layer: int,
+    names: Sequence[str],
+    plan: ScoringPlan,
+    scores: Sequence[tuple[torch.Tensor, torch.Tensor]],
+) -> pd.DataFrame:
+    """One layer's static scores of each recipe in ``names`` (rows tagged by recipe)."""
+    rows = [
+        (name, layer, h, rel.name, rel.k, float(sc[h, r]), float(sup[h, r]))
+        for name, (sc, sup) in zip(names, scores, strict=True)
+        for h in range(sc.shape[0])
+        for r, rel in enumerate(plan.relations)
+    ]
+    return pd.DataFrame(rows, columns=["recipe", *STATIC_COLUMNS])
 
 
 def model_digest(model: torch.nn.Module) -> str:

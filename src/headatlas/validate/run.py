@@ -41,7 +41,8 @@ from headatlas.report.validation_tables import (
     correlation_markdown,
     qk_markdown,
 )
-from headatlas.scoring.mapping import map_heads, resolve_device
+from headatlas.runtime import resolve_device
+from headatlas.scoring.mapping import map_heads
 from headatlas.scoring.options import MapOptions
 from headatlas.stats import CORRELATION_COLUMNS, causal_summary, correlate, static_matrix
 from headatlas.store import MapResults, write_json_atomic, write_text_atomic
