@@ -195,7 +195,7 @@ def llama8b(device: str, reduced: bool) -> None:
             pairs.append(RelationPairs(rel.name, rel.category, k, tk.source_ids, tk.target_ids))
     plan = ScoringPlan.build(pairs)
     _, Xe = source_embeddings(circuits, plan.source_ids, options)
-    readout = options.recipe().bind(circuits, device, torch.float32)
+    readout = options.recipe.bind(circuits, device, torch.float32)
     W_Uf = readout.W_Uf
     layout = PairLayout(
         plan.pair_rows, plan.pair_targets, len(plan.source_ids), W_Uf.shape[1], k=plan.pair_k

@@ -69,7 +69,7 @@ def main() -> None:
             pairs.append(RelationPairs(rel.name, rel.category, k, tok.source_ids, tok.target_ids))
     plan = ScoringPlan.build(pairs)
     X0, Xe = source_embeddings(circuits, plan.source_ids, options)
-    readout = options.recipe().bind(circuits)
+    readout = options.recipe.bind(circuits)
     W_Uf = readout.W_Uf
     layout = PairLayout(
         plan.pair_rows, plan.pair_targets, len(plan.source_ids), W_Uf.shape[1], k=plan.pair_k

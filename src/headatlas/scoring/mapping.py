@@ -282,7 +282,7 @@ def map_heads(
 
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.dtype)
-    recipe = options.recipe()
+    recipe = options.recipe
     # The sources' inputs first (only their embedding rows, block 0's MLP dropped after),
     # then the folded unembedding: the two are never held at once.
     inputs = SourceInputs(
@@ -400,8 +400,8 @@ def map_heads(
     class_level = class_level_relations(scores, options.threshold)
     manifest: dict[str, Any] = {
         "model": summary,
-        "options": options.as_dict(),
-        "recipe": {**dataclasses.asdict(recipe), "label": recipe.label()},
+        "options": options.as_dict(recipe=False),
+        "recipe": recipe.record(),
         "cache_key": key,
         "layer_digests": digests,
         "relations": relations_info,
