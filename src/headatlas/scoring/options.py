@@ -1,4 +1,9 @@
-"""Every method switch of the map, explicit and recorded in the manifest."""
+"""Every method switch of the map, explicit and recorded in the manifest.
+
+:class:`MapOptions` holds how heads are read as one :class:`~headatlas.scoring.recipe.Recipe`
+(declared there, once) and the rest of the map's switches (k, pairs, null, labels, device)
+as its own fields.
+"""
 
 from __future__ import annotations
 
@@ -89,7 +94,8 @@ def _whole(name: str, value: Any, allow_none: bool = False, switch: str | None =
 
 @dataclass(frozen=True)
 class MapOptions:
-    """How relation scores are computed. Defaults follow the MAPS paper."""
+    """How relation scores are computed: the recipe (how a head is read) and every other
+    switch of the map. Defaults follow the MAPS paper, with this project's recipe."""
 
     k: int | None = None
     """Top-k for every relation; None: 1 for copying relations, else 10 (3 and 25 when the
