@@ -303,25 +303,18 @@ class MapOptions:
             d.pop("recipe")
         return d
 
-    def scoring_key(self) -> str:
-        """Hash of the switches that change scores (not device, dtype-insensitive parts kept).
-
-        Hashed in the layout MapOptions had before it held a Recipe (the recipe's switches
-        among the other fields), so maps made then are reused; one recipe has one key
-        (``embedding="none"`` is hashed as ``effective_embedding=False``)."""
+    def legacy_dict(self) -> dict[str, Any]:
+        """The options in the layout MapOptions had before it held a Recipe (the recipe's
+        switches among the other fields, ``embedding="none"`` as ``effective_embedding=False``,
+        the context mode's default contexts as none given), for hashes that must not change:
+        the cache key of maps made then, and a sweep's request key."""
         d = self.as_dict(recipe=False)
-        relabel = ("threshold", "use_suppression", "label_rule", "null_alpha")
-        for name in ("device", *relabel, "evidence_right", "evidence_wrong"):
-            d.pop(name)
-        for name in ("qk", "qk_rotary", "qk_context"):
-            d.pop(name)  # the QK switches change qk_scores.parquet only, not the OV scores
-        if d["start_token"] == "auto":  # keys of maps made before the field stay valid
-            d.pop("start_token")
         r = self.recipe
         d.update(
             effective_embedding=r.embedding != "none",
             embedding=r.embedding if r.embedding != "none" else "mlp0",
             effective_embedding_layer0=r.embedding_layer0,
+            contexts=() if r.contexts == DEFAULT_CONTEXTS else r.contexts,
             pre_norm=r.pre_norm,
             final_norm=r.final_norm,
             value_bias=r.value_bias,
@@ -329,8 +322,20 @@ class MapOptions:
             output_bias=r.output_bias,
             unembed_bias=r.unembed_bias,
         )
-        # keys of maps from before the context mode, or with its default contexts (recorded
-        # as none given then), stay as they were
-        if r.contexts and r.contexts != DEFAULT_CONTEXTS:
-            d["contexts"] = list(r.contexts)
+        return d
+
+    def scoring_key(self) -> str:
+        """Hash of the switches that change scores (not device, dtype-insensitive parts kept),
+        in the layout of :meth:`legacy_dict`: maps made before MapOptions held a Recipe are
+        reused, and one recipe has one key."""
+        d = self.legacy_dict()
+        relabel = ("threshold", "use_suppression", "label_rule", "null_alpha")
+        for name in ("device", *relabel, "evidence_right", "evidence_wrong"):
+            d.pop(name)
+        for name in ("qk", "qk_rotary", "qk_context"):
+            d.pop(name)  # the QK switches change qk_scores.parquet only, not the OV scores
+        if d["start_token"] == "auto":  # keys of maps made before the field stay valid
+            d.pop("start_token")
+        if not d["contexts"]:  # keys of maps from before the context mode stay as they were
+            d.pop("contexts")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
