@@ -305,14 +305,16 @@ class MapOptions:
 
     def legacy_dict(self) -> dict[str, Any]:
         """The options in the layout MapOptions had before it held a Recipe (the recipe's
-        switches among the other fields, ``embedding="none"`` as ``effective_embedding=False``,
-        the context mode's default contexts as none given), for hashes that must not change:
-        the cache key of maps made then, and a sweep's request key."""
+        switches among the other fields, the context mode's default contexts as none given),
+        for hashes that must not change: the cache key of maps made then, and a sweep's
+        request key. A recipe reading the token embedding is written as ``--embedding none``
+        wrote it (``effective_embedding`` on, ``embedding="none"``), whichever way it was
+        asked for."""
         d = self.as_dict(recipe=False)
         r = self.recipe
         d.update(
-            effective_embedding=r.embedding != "none",
-            embedding=r.embedding if r.embedding != "none" else "mlp0",
+            effective_embedding=True,
+            embedding=r.embedding,
             effective_embedding_layer0=r.embedding_layer0,
             contexts=() if r.contexts == DEFAULT_CONTEXTS else r.contexts,
             pre_norm=r.pre_norm,
