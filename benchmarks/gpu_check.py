@@ -194,8 +194,8 @@ def llama8b(device: str, reduced: bool) -> None:
             k = options.k_for(rel.name, rel.copying, circuits.cfg.vocab_size)
             pairs.append(RelationPairs(rel.name, rel.category, k, tk.source_ids, tk.target_ids))
     plan = ScoringPlan.build(pairs)
-    inputs = SourceInputs(options.recipe(), circuits, plan.source_ids)
-    readout = options.recipe().bind(circuits, device, torch.float32)
+    inputs = SourceInputs(options.recipe, circuits, plan.source_ids)
+    readout = options.recipe.bind(circuits, device, torch.float32)
     times = {}
     out = {}
     for kernel in ("pruned", "full", "pruned"):  # the first pruned run warms the device

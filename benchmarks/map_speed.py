@@ -65,8 +65,8 @@ def main() -> None:
             k = options.k_for(rel.name, rel.copying, cfg.vocab_size)
             pairs.append(RelationPairs(rel.name, rel.category, k, tok.source_ids, tok.target_ids))
     plan = ScoringPlan.build(pairs)
-    inputs = SourceInputs(options.recipe(), circuits, plan.source_ids)
-    readout = options.recipe().bind(circuits)
+    inputs = SourceInputs(options.recipe, circuits, plan.source_ids)
+    readout = options.recipe.bind(circuits)
     n_sources, n_pairs = len(plan.source_ids), len(plan.pair_rows)
     print(
         f"model {circuits.source.display_name()}: {cfg.n_layers} layers x {cfg.n_heads} heads, "

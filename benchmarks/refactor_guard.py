@@ -60,7 +60,12 @@ def csv_hash(path: Path) -> str:
 def run(cmd: list[str], env: dict[str, str]) -> float:
     """Run a headatlas command; seconds taken."""
     t0 = time.perf_counter()
-    full = [sys.executable, "-c", "import sys; from headatlas.cli.main import main; sys.exit(main())", *cmd]
+    full = [
+        sys.executable,
+        "-c",
+        "import sys; from headatlas.cli.main import main; sys.exit(main())",
+        *cmd,
+    ]
     done = subprocess.run(full, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"failed: {' '.join(cmd)}\n{done.stderr[-3000:]}")
@@ -98,14 +103,35 @@ def main() -> None:
         for model in args.models:
             for name in args.recipes:
                 out = Path(tmp) / f"{model}-{name}"
-                cmd = ["map", model, "--out", str(out), "--quiet", "--qk", "--relations", *RELATIONS]
+                cmd = [
+                    "map",
+                    model,
+                    "--out",
+                    str(out),
+                    "--quiet",
+                    "--qk",
+                    "--relations",
+                    *RELATIONS,
+                ]
                 seconds[f"{model}/{name}/map"] = run(cmd + RECIPES[name], env)
                 if name == "maps" and model == "smollm2":
                     cmd = ["salient", model, "--all", "--layers", "0", "20", "--out", str(out)]
-                    seconds[f"{model}/{name}/salient"] = run(cmd + ["--embedding", "mlp0"], env)
+                    seconds[f"{model}/{name}/salient"] = run([*cmd, "--embedding", "mlp0"], env)
                 if name in ("maps", "residual") and model == "smollm2" and not args.no_validate:
-                    cmd = ["validate", model, "--out", str(out), "--quiet", "--experiment", "correlative",
-                           "--relations", "country_capital", "year_following", "--max-prompts", "40"]
+                    cmd = [
+                        "validate",
+                        model,
+                        "--out",
+                        str(out),
+                        "--quiet",
+                        "--experiment",
+                        "correlative",
+                        "--relations",
+                        "country_capital",
+                        "year_following",
+                        "--max-prompts",
+                        "40",
+                    ]
                     seconds[f"{model}/{name}/validate"] = run(cmd + RECIPES[name], env)
                 for key, h in tables(out).items():
                     hashes[f"{model}/{name}/{key}"] = h

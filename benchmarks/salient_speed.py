@@ -84,7 +84,7 @@ def main() -> None:
         # the plain computation starts from x̃ itself (un-normalised), as a user would
         ids = torch.arange(sp.n_vocab)
         x = circuits.embed(ids)
-        use_eff = options.effective_embedding_layer0 if i == 0 else options.effective_embedding
+        use_eff = options.recipe.mode_of(i) != "none"  # mlp0 here
         if use_eff:
             x = torch.cat(
                 [circuits.effective_embedding(x[s : s + 8192]) for s in range(0, len(x), 8192)]

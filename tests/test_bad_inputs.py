@@ -526,3 +526,39 @@ def test_every_command_is_in_the_sweep() -> None:
     covered |= {"describe"}
     covered |= {build("m", Path("o"))[0] for build in MODEL_COMMANDS.values()}
     assert set(COMMANDS) <= covered, set(COMMANDS) - covered
+
+
+# ------------------------------------------------------------ recipe switches and old spellings
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["salient", "{model}", "--layer", "1", "--head", "0", "--preset", "calibrated"],
+        ["map", "{model}", "--out", "{out}", "--no-effective-embedding", "--embedding", "mlp0"],
+        ["salient", "{model}", "--layer", "1", "--head", "0", "--embedding", "forward"],
+    ],
+    ids=["salient-calibrated-without-out", "effective-embedding-contradicted", "salient-forward"],
+)
+def test_recipe_switches_that_cannot_work_are_one_line_errors(
+    argv: list[str], world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [a.format(model=world.model, out=tmp_path) for a in argv]
+    line = check_error(argv, capsys)
+    assert any(w in line for w in ("--out", "--embedding none", "forward")), line
+
+
+def test_salient_takes_the_old_relation_file_spelling_with_a_note(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rel = tmp_path / "r.json"
+    rel.write_text('{"name": "mine", "category": "Linguistic", "pairs": [["the", "of"]]}')
+    head = ["salient", str(world.model), "--layer", "1", "--head", "0", "--preset", "maps"]
+    capsys.readouterr()
+    assert main([*head, "--relations-file", str(rel)]) == 0
+    new = capsys.readouterr()
+    assert main([*head, "--relation-file", str(rel)]) == 0
+    old = capsys.readouterr()
+    assert old.out == new.out
+    assert "note: --relation-file is deprecated, use --relations-file" in old.err
+    assert "deprecated" not in new.err

@@ -15,10 +15,27 @@ import pytest
 from tiny_models import gpt2_tokenizer, save_tiny, tiny_model
 
 from headatlas.cli.main import main
+from headatlas.report.titles import recipe_label
 from headatlas.scoring.categories import LABELS
+from headatlas.scoring.recipe import Recipe
 from headatlas.store import load_results, model_slug
 
 ROOT = Path(__file__).resolve().parents[1]
+
+OLD_SWITCHES = {
+    "effective_embedding": True,
+    "effective_embedding_layer0": False,
+    "embedding": "mlp0",
+    "contexts": [],
+    "pre_norm": True,
+    "final_norm": True,
+    "value_bias": True,
+    "output_gain": True,
+    "output_bias": False,
+    "unembed_bias": False,
+}
+"""The default recipe's switches as manifests recorded them among the options before
+MapOptions held a Recipe."""
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +60,8 @@ def test_map_writes_tables_and_manifest_then_reuses(
     results = load_results(folder)
     m = results.manifest
     assert m["model"]["architecture"] == "gpt2" and m["model"]["n_layers"] == 2
-    assert m["options"]["k"] is None and m["options"]["effective_embedding"] is True
+    assert m["options"]["k"] is None and "pre_norm" not in m["options"]  # the recipe, once:
+    assert m["recipe"]["pre_norm"] is True and m["recipe"]["label"] == results.recipe.label()
     assert {"torch", "transformers", "headatlas"} <= set(m["versions"])
     assert m["model"]["fingerprint"] and m["timings"]["layers_computed"] == 2
     scored = [r["name"] for r in m["relations"] if not r["skipped"]]
@@ -66,6 +84,21 @@ def test_map_writes_tables_and_manifest_then_reuses(
     captured = capsys.readouterr()
     assert "reusing the finished map" in captured.err
     assert "heads per category" in captured.out
+    assert (folder / "scores.parquet").stat().st_mtime_ns == before
+
+    # A manifest in the layout before MapOptions held a Recipe (the recipe's switches among
+    # the options as well) still loads, reports and is reused.
+    old = {**m, "options": {**m["options"], **OLD_SWITCHES}}
+    (folder / "manifest.json").write_text(json.dumps(old))
+    assert load_results(folder).recipe == Recipe() and recipe_label(load_results(folder))
+    del old["recipe"]  # the oldest manifests: no recipe section at all
+    (folder / "manifest.json").write_text(json.dumps(old))
+    assert load_results(folder).recipe == Recipe()
+    assert recipe_label(load_results(folder)) == Recipe().label()
+    assert run_cli("report", folder, "--out", tmp_path / "atlas.html") == 0
+    capsys.readouterr()
+    assert run_cli("map", gpt2_dir, "--out", out, "--relations", "copying", "Knowledge") == 0
+    assert "reusing the finished map" in capsys.readouterr().err
     assert (folder / "scores.parquet").stat().st_mtime_ns == before
 
     # A changed switch is a different map: recomputed, and recorded.

@@ -244,8 +244,8 @@ def test_null_hits_equal_the_kernels_relation_decision(folder: Path) -> None:
     ]
     plan = null_plan(rels, 3, 0)
     opts = MapOptions()
-    readout = opts.recipe().bind(circuits, torch.device("cpu"), torch.float32)
-    inputs = SourceInputs(opts.recipe(), circuits, plan.source_ids, None)
+    readout = opts.recipe.bind(circuits, torch.device("cpu"), torch.float32)
+    inputs = SourceInputs(opts.recipe, circuits, plan.source_ids, None)
     layout = PairLayout(plan.pair_rows, plan.pair_targets, len(plan.source_ids), V, k=plan.pair_k)
     heads = head_readouts(circuits.layer(1), inputs.layer(1), readout)
     hits = 0

@@ -105,7 +105,7 @@ def test_layer_scores_pruned_equal_full_kernel(
     plan = random_plan(circuits.cfg.vocab_size, 400, seed=3)
     for options in (MapOptions(), MapOptions(output_bias=True, unembed_bias=True)):
         X0, Xe = source_embeddings(circuits, plan.source_ids, options)
-        readout = options.recipe().bind(circuits)
+        readout = options.recipe.bind(circuits)
         layout = PairLayout(
             plan.pair_rows,
             plan.pair_targets,
@@ -187,7 +187,7 @@ def test_kernels_keep_every_output_on_the_meta_device(monkeypatch: pytest.Monkey
     meta = torch.device("meta")
     for options in (MapOptions(), MapOptions(output_bias=True, unembed_bias=True)):
         _, Xe = source_embeddings(circuits, plan.source_ids, options)
-        readout_meta = options.recipe().bind(circuits, meta)
+        readout_meta = options.recipe.bind(circuits, meta)
         V = readout_meta.W_Uf.shape[1]
         layout = PairLayout(
             plan.pair_rows, plan.pair_targets, len(plan.source_ids), V, k=plan.pair_k

@@ -24,7 +24,7 @@ from headatlas.circuits import ModelCircuits
 from headatlas.cli.common import options_from_args
 from headatlas.cli.main import build_parser, main
 from headatlas.errors import OptionError
-from headatlas.scoring.options import MapOptions, recipe_fields
+from headatlas.scoring.options import MapOptions, recipe_with
 from headatlas.scoring.ranks import PairLayout
 from headatlas.scoring.recipe import (
     DEFAULT_CONTEXTS,
@@ -162,9 +162,7 @@ def test_context_recipe_records_its_contexts_and_keys_only_them() -> None:
     args = build_parser().parse_args(
         ["map", "--embedding", "context", "--contexts", "The", "I saw"]
     )
-    assert options_from_args(args).recipe() == Recipe(
-        embedding="context", contexts=("The", "I saw")
-    )
+    assert options_from_args(args).recipe == Recipe(embedding="context", contexts=("The", "I saw"))
     with pytest.raises(OptionError, match="has none"):
         context_ids(None, ("The",))
 
@@ -245,27 +243,119 @@ def test_with_context_dynamic_scores_equal_an_independent_computation() -> None:
     assert 0 < expected.mean() < 1
 
 
-def test_presets_and_recipe_fields_round_trip() -> None:
-    maps = MapOptions.preset("maps")
+def test_presets_and_switches_as_keywords() -> None:
+    maps = MapOptions.preset("maps").recipe
+    assert maps == PRESETS["maps"] and MapOptions.preset("maps").label_rule == "paper"
     assert (maps.pre_norm, maps.final_norm, maps.value_bias, maps.output_bias) == (False,) * 4
     assert (maps.unembed_bias, maps.output_gain, maps.embedding) == (False, False, "mlp0")
-    assert maps.effective_embedding and maps.k is None
+    assert MapOptions.preset("maps").k is None
     assert MapOptions.preset("default") == MapOptions()
+    # the switches as keywords (the API before MapOptions held a Recipe) set the recipe
     for recipe in [*PRESETS.values(), *CANDIDATES.values(), Recipe(embedding="none")]:
-        assert MapOptions(**recipe_fields(recipe)).recipe() == recipe
+        assert MapOptions(recipe=recipe) == MapOptions(**recipe_fields(recipe))
+        assert recipe_with(Recipe(), recipe_fields(recipe)) == recipe
+    assert MapOptions(pre_norm=False).recipe == Recipe(pre_norm=False)
+    assert dataclasses.replace(MapOptions(pre_norm=False), k=3).recipe == Recipe(pre_norm=False)
+    assert MapOptions.preset("maps", output_bias=True).recipe == PRESETS["maps"].replace(
+        output_bias=True
+    )
     with pytest.raises(OptionError, match="preset 'nope'"):
         MapOptions.preset("nope")
     with pytest.raises(OptionError, match="embedding mode 'x'"):
         Recipe(embedding="x")
+    with pytest.raises(OptionError, match="embedding mode 'x'"):
+        MapOptions(embedding="x")
+    with pytest.raises(OptionError, match="option pre_norm must be True or False"):
+        MapOptions(pre_norm=1)  # type: ignore[arg-type]
     args = build_parser().parse_args(["map", "smollm2", "--preset", "maps", "--output-bias"])
     assert options_from_args(args) == MapOptions.preset("maps", output_bias=True)
     args = build_parser().parse_args(["map", "--embedding", "forward", "--no-final-norm"])
-    assert options_from_args(args).recipe() == Recipe(embedding="forward", final_norm=False)
+    assert options_from_args(args).recipe == Recipe(embedding="forward", final_norm=False)
+
+
+def recipe_fields(recipe: Recipe) -> dict[str, object]:
+    """The switches of ``recipe`` spelled the old way (MapOptions' fields before it held one)."""
+    return {
+        "effective_embedding": recipe.embedding != "none",
+        "embedding": recipe.embedding if recipe.embedding != "none" else "mlp0",
+        "effective_embedding_layer0": recipe.embedding_layer0,
+        "pre_norm": recipe.pre_norm,
+        "value_bias": recipe.value_bias,
+        "output_gain": recipe.output_gain,
+        "output_bias": recipe.output_bias,
+        "final_norm": recipe.final_norm,
+        "unembed_bias": recipe.unembed_bias,
+        "contexts": recipe.contexts,
+    }
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--preset", "maps", "--pre-norm"],  # the bug: a switch equal to its default was dropped
+        ["--pre-norm", "--preset", "maps"],
+        ["--recipe", "maps", "--final-norm", "--value-bias", "--output-gain"],
+        ["--preset", "maps", "--label-rule", "null"],
+    ],
+)
+def test_switches_given_win_over_the_preset(argv: list[str]) -> None:
+    options = options_from_args(build_parser().parse_args(["map", *argv]))
+    given = {a[2:].replace("-", "_") for a in argv if a.startswith("--") and a[2:] not in (
+        "preset", "recipe", "label-rule")}  # fmt: skip
+    for name in given:
+        assert getattr(options.recipe, name) is True, name
+    for name in {"pre_norm", "final_norm", "value_bias", "output_gain"} - given:
+        assert getattr(options.recipe, name) is False, name
+    assert options.label_rule == ("null" if "--label-rule" in argv else "paper")
+    # and a switch at the preset's own value changes nothing
+    assert options_from_args(
+        build_parser().parse_args(["map", "--preset", "maps", "--no-pre-norm"])
+    ) == MapOptions.preset("maps")
+
+
+def test_one_recipe_has_one_cache_key() -> None:
+    none = MapOptions(embedding="none")
+    assert MapOptions(effective_embedding=False) == none
+    assert MapOptions(effective_embedding=False, embedding="residual") == none
+    assert MapOptions(effective_embedding=False).scoring_key() == none.scoring_key()
+    assert MapOptions(contexts=("The",)).scoring_key() == MapOptions().scoring_key()
+    for argv in (["--embedding", "none"], ["--no-effective-embedding"]):
+        assert options_from_args(build_parser().parse_args(["map", *argv])) == none
+    with pytest.raises(OptionError, match="--no-effective-embedding is --embedding none"):
+        options_from_args(
+            build_parser().parse_args(["map", "--no-effective-embedding", "--embedding", "mlp0"])
+        )
+    # the manifest records the recipe once: options hold every other switch
+    assert "pre_norm" not in MapOptions().as_dict(recipe=False)
+    assert MapOptions().as_dict()["recipe"] == Recipe().as_dict()
+
+
+def test_salient_takes_the_map_recipe_switches(capsys: pytest.CaptureFixture[str]) -> None:
+    from headatlas.cli.common import calibrated_recipe
+
+    argv = ["smollm2", "--layer", "0", "--head", "0", "--revision", "main"]
+    for preset in ("maps", "default"):
+        salient = build_parser().parse_args(["salient", *argv, "--preset", preset])
+        assert options_from_args(salient).recipe == PRESETS[preset]
+    salient = build_parser().parse_args(
+        ["salient", *argv, "--preset", "maps", "--output-bias", "--unembed-bias",
+         "--relations-file", "a.json", "--relation-file", "b.json"]
+    )  # fmt: skip
+    assert options_from_args(salient).recipe == PRESETS["maps"].replace(
+        output_bias=True, unembed_bias=True
+    )
+    assert salient.revision == "main" and salient.relations_file == ["a.json", "b.json"]
+    assert "--relation-file is deprecated, use --relations-file" in capsys.readouterr().err
+    calibrated = build_parser().parse_args(["salient", *argv, "--preset", "calibrated"])
+    with pytest.raises(OptionError, match="--preset calibrated needs --out"):
+        calibrated_recipe(calibrated, ModelCircuits.load(tiny_model("llama-gqa")))
+    winner = CANDIDATES["residual"]
+    assert options_from_args(calibrated, winner).recipe == winner
 
 
 def test_paper_dynamic_readout_drops_final_norm_and_biases() -> None:
     mc = ModelCircuits.load(tiny_model("llama-mha-bias"))
-    recipe = MapOptions(output_bias=True, unembed_bias=True).recipe()
+    recipe = MapOptions(output_bias=True, unembed_bias=True).recipe
     paper = HeadReadout(mc, dynamic_recipe(recipe, "paper"))
     assert torch.equal(paper.W_Uf, mc.W_U)
     assert all(o is None for o in paper.offset)
@@ -300,9 +390,7 @@ def test_calibrate_end_to_end_and_map_uses_the_winner(tmp_path: Path) -> None:
     assert record["winner"] == res.winner
     assert read_calibration(res.directory) == CANDIDATES[res.winner]
     args = build_parser().parse_args(["map", "--preset", "calibrated", "--out", str(tmp_path)])
-    assert (
-        options_from_args(args, read_calibration(res.directory)).recipe() == CANDIDATES[res.winner]
-    )
+    assert options_from_args(args, read_calibration(res.directory)).recipe == CANDIDATES[res.winner]
     for f in ("recipes.md", "recipes.png", "recipes.csv", "dynamic.parquet", "static.parquet"):
         assert (res.directory / "calibration" / f).is_file(), f
     # a second run reuses the cached dynamic scores and gives the same table
@@ -344,8 +432,9 @@ def test_one_model_under_two_recipes_is_titled_by_recipe(tmp_path: Path) -> None
         if preset == "maps":  # a manifest with the recipe recorded
             recipe = PRESETS["maps"]
             manifest["recipe"] = {**dataclasses.asdict(recipe), "label": recipe.label()}
-        else:  # an older manifest: the label comes from the options
-            manifest["options"] = MapOptions().as_dict()
+        else:  # an older manifest, without a recipe section: the label comes from the options
+            manifest.pop("recipe", None)
+            manifest["options"] = {**MapOptions().as_dict(recipe=False), **recipe_fields(Recipe())}
         (folder / MANIFEST).write_text(json.dumps(manifest))
         maps.append(load_results(folder))
     fig = plot_category_atlas(maps)

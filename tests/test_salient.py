@@ -37,7 +37,7 @@ def circuits_of(model: torch.nn.Module) -> ModelCircuits:
 def vocab_inputs(c: ModelCircuits, layer: int, options: MapOptions) -> torch.Tensor:
     """x̃ of the whole vocabulary for a layer, as the map feeds it (float64)."""
     x = c.embed(torch.arange(c.W_E.shape[0])).double()
-    effective = options.effective_embedding_layer0 if layer == 0 else options.effective_embedding
+    effective = options.recipe.mode_of(layer) != "none"  # mlp0 here
     return c.effective_embedding(x) if effective else x
 
 

@@ -62,7 +62,7 @@ def fast_and_reference(
     circuits: ModelCircuits, plan: ScoringPlan, options: MapOptions, layer_index: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     dtype = torch.float64 if options.dtype == "float64" else torch.float32
-    readout = options.recipe().bind(circuits, "cpu", dtype)
+    readout = options.recipe.bind(circuits, "cpu", dtype)
     # forward mode: the tiny models have no tokenizer; token 1 plays the start token
     X = readout.source_inputs(plan.source_ids, start=1).layer(layer_index)
     layout = PairLayout(
@@ -173,7 +173,7 @@ def test_smollm2_fast_scores_match_reference() -> None:
         pairs.append(RelationPairs(rel.name, rel.category, k, tok.source_ids, tok.target_ids))
     plan = ScoringPlan.build(pairs)
     options = MapOptions()
-    readout = options.recipe().bind(circuits)
+    readout = options.recipe.bind(circuits)
     X0, Xe = source_embeddings(circuits, plan.source_ids, options)
     layout = PairLayout(
         plan.pair_rows, plan.pair_targets, len(plan.source_ids), readout.W_Uf.shape[1]

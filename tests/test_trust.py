@@ -256,25 +256,25 @@ def test_a_new_field_appears_on_the_command_line_by_itself() -> None:
 
     @dataclasses.dataclass(frozen=True)
     class Extended(MapOptions):
-        recipe: str = "maps"
-        """How a head's input is formed (a new switch nobody wrote by hand)."""
+        flavour: str = "maps"
+        """How a head's input is flavoured (a new switch nobody wrote by hand)."""
         rounds: int | None = None
         """Rounds of something."""
 
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            if self.recipe not in ("maps", "other"):
-                raise OptionError(f"option recipe (--recipe) is unknown: {self.recipe}")
+        def __post_init__(self, *switches: Any) -> None:
+            super().__post_init__(*switches)
+            if self.flavour not in ("maps", "other"):
+                raise OptionError(f"option flavour (--flavour) is unknown: {self.flavour}")
 
     p = argparse.ArgumentParser()
     add_dataclass_args(p, Extended)
     assert "a new switch nobody wrote by hand" in " ".join(p.format_help().split())
-    args = p.parse_args(["--recipe", "other", "--rounds", "3", "--k-relation", "copying=2"])
+    args = p.parse_args(["--flavour", "other", "--rounds", "3", "--k-relation", "copying=2"])
     made = dataclass_from_args(Extended, args)
-    assert made.recipe == "other" and made.rounds == 3 and made.k_per_relation == {"copying": 2}
+    assert made.flavour == "other" and made.rounds == 3 and made.k_per_relation == {"copying": 2}
     assert dataclass_from_args(Extended, p.parse_args([])) == Extended()
-    with pytest.raises(OptionError, match="recipe"):
-        dataclass_from_args(Extended, p.parse_args(["--recipe", "x"]))
+    with pytest.raises(OptionError, match="flavour"):
+        dataclass_from_args(Extended, p.parse_args(["--flavour", "x"]))
 
 
 # ------------------------------------------------------------ results files checked when read

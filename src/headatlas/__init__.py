@@ -16,12 +16,14 @@ if TYPE_CHECKING:
     from headatlas.circuits import ModelCircuits
     from headatlas.scoring.mapping import map_heads
     from headatlas.scoring.options import MapOptions
+    from headatlas.scoring.recipe import Recipe
     from headatlas.store import MapResults, load_results
 
 _LAZY = {
     "ModelCircuits": "headatlas.circuits",
     "map_heads": "headatlas.scoring.mapping",
     "MapOptions": "headatlas.scoring.options",
+    "Recipe": "headatlas.scoring.recipe",
     "MapResults": "headatlas.store",
     "load_results": "headatlas.store",
     "open_source": "headatlas.weights",
@@ -37,4 +39,12 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'headatlas' has no attribute {name!r}")
 
 
-__all__ = ["MapOptions", "MapResults", "ModelCircuits", "load_results", "map_heads", "open_source"]
+__all__ = [
+    "MapOptions",
+    "MapResults",
+    "ModelCircuits",
+    "Recipe",
+    "load_results",
+    "map_heads",
+    "open_source",
+]

@@ -3,7 +3,8 @@
 Layout of ``OUT/<model-slug>/``::
 
     manifest.json        model (name, display_name, source, fingerprint, architecture, shape),
-                         options, relations (name, category, n_pairs, k, skipped reason),
+                         recipe (its switches and label), options (every other switch),
+                         relations (name, category, n_pairs, k, skipped reason),
                          package versions, timings, files (name -> sha256, rows: what the
                          manifest vouches for)
     scores.parquet       model, layer, head, relation, category, k, n_pairs, score,
@@ -25,6 +26,10 @@ leaves a manifest that no longer matches; every reader checks the match through 
 :func:`check_files`. A new table registers by being named in ``write_manifest(files=...)``.
 A manifest without a ``files`` section (written before file hashes) is unverified: ``map``
 recomputes it, readers accept it with a warning.
+
+The recipe is recorded once, in the ``recipe`` section (:func:`manifest_recipe` reads it).
+Manifests written before MapOptions held a Recipe also list the recipe's switches among their
+``options`` (the oldest have no ``recipe`` section at all); they read the same.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +50,9 @@ from typing import Any
 
 import pandas as pd
 
-from headatlas.errors import ResultsError, ResultsMismatchError
+from headatlas.errors import HeadAtlasError, ResultsError, ResultsMismatchError
+from headatlas.scoring.options import recipe_with
+from headatlas.scoring.recipe import Recipe
 
 MANIFEST = "manifest.json"
 SCORES = "scores.parquet"
@@ -489,6 +496,21 @@ class LayerCache:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
+def manifest_recipe(manifest: Mapping[str, Any]) -> Recipe | None:
+    """The recipe a map was computed with: its manifest's ``recipe`` section, or for a
+    manifest from before that section, the recipe switches among its ``options``; None when
+    neither names a recipe this version can read."""
+    recorded, options = manifest.get("recipe"), manifest.get("options")
+    try:
+        if isinstance(recorded, Mapping):
+            return Recipe.from_dict(recorded)
+        if isinstance(options, Mapping):
+            return recipe_with(Recipe(), options)
+    except (HeadAtlasError, TypeError):
+        return None
+    return None
+
+
 @dataclass
 class MapResults:
     """The map of one model: scores per (layer, head, relation) and a label per head."""
@@ -505,6 +527,11 @@ class MapResults:
         """The model's name for titles."""
         model = self.manifest.get("model", {})
         return str(model.get("display_name") or model.get("name") or self.directory.name)
+
+    @property
+    def recipe(self) -> Recipe | None:
+        """The recipe the map was computed with (None: a manifest that names none)."""
+        return manifest_recipe(self.manifest)
 
     @property
     def n_layers(self) -> int:

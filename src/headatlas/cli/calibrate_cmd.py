@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from headatlas.cli.common import (
@@ -12,8 +13,12 @@ from headatlas.cli.common import (
     open_circuits,
     options_from_args,
 )
+from headatlas.cli.dataclass_args import add_dataclass_args, given_values
 from headatlas.validate.calibrate import CALIBRATION_OPTIONS, CANDIDATES
-from headatlas.validate.dynamic import DYNAMIC_READOUTS
+from headatlas.validate.options import ValidationOptions
+
+CALIBRATE_SWITCHES = ("dynamic_readout", "templates", "max_prompts", "batch_size")
+"""The ValidationOptions fields the correlative run of ``calibrate`` takes."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -39,27 +44,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="recipes to compare (default: all)",
     )
     p.add_argument("--out", default="atlas", help="results folder (default: atlas)")
-    p.add_argument(
-        "--max-prompts",
-        type=int,
-        default=CALIBRATION_OPTIONS.max_prompts,
-        help=f"pairs per relation (default {CALIBRATION_OPTIONS.max_prompts})",
+    add_dataclass_args(
+        p.add_argument_group("correlative switches (as for `headatlas validate`)"),
+        ValidationOptions,
+        only=CALIBRATE_SWITCHES,
+        defaults=CALIBRATION_OPTIONS,
     )
-    p.add_argument(
-        "--templates",
-        nargs="+",
-        default=list(CALIBRATION_OPTIONS.templates),
-        metavar="TEMPLATE",
-        help="context templates (default: the first two of MAPS)",
-    )
-    p.add_argument("--batch-size", type=int, default=32, help="prompts per forward pass")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws (default 1000)")
-    p.add_argument(
-        "--dynamic-readout",
-        choices=DYNAMIC_READOUTS,
-        default="map",
-        help="how dynamic scores are read (default: the project's recipe)",
-    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_source_args(p)
     add_method_args(p)
@@ -68,18 +59,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Calibrate and print the table."""
-    import dataclasses
-
     from headatlas.report.validation_tables import calibration_markdown
     from headatlas.validate.calibrate import calibrate
 
-    options = dataclasses.replace(
-        CALIBRATION_OPTIONS,
-        templates=tuple(args.templates),
-        max_prompts=args.max_prompts,
-        batch_size=args.batch_size,
-        dynamic_readout=args.dynamic_readout,
-    )
+    options = dataclasses.replace(CALIBRATION_OPTIONS, **given_values(ValidationOptions, args))
     circuits = open_circuits(args)
     check_out(args, circuits)
     res = calibrate(

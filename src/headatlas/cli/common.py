@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import sys
 from pathlib import Path
+from typing import Any
 
 from headatlas.circuits import ModelCircuits
-from headatlas.cli.dataclass_args import add_dataclass_args, dataclass_from_args
+from headatlas.cli.dataclass_args import add_dataclass_args, given_values
 from headatlas.errors import OptionError
-from headatlas.scoring.options import MapOptions, preset_fields
+from headatlas.scoring.options import PRESET_OPTIONS, MapOptions
 from headatlas.scoring.recipe import PRESETS, Recipe
 
 
@@ -46,14 +47,43 @@ def calibrated_recipe(args: argparse.Namespace, circuits: ModelCircuits) -> Reci
     ``--preset calibrated`` asks for it (else None)."""
     if getattr(args, "preset", None) != "calibrated":
         return None
+    if getattr(args, "out", None) is None:
+        raise OptionError("--preset calibrated needs --out DIR: the folder `calibrate` wrote to")
     from headatlas.store import model_slug
     from headatlas.validate.calibrate import read_calibration
 
     return read_calibration(Path(args.out) / model_slug(str(circuits.source.name)))
 
 
-def add_method_args(p: argparse.ArgumentParser) -> None:
-    """Every field of MapOptions as a switch (built from the dataclass and its docstrings)."""
+def add_relation_file_args(p: argparse.ArgumentParser) -> None:
+    """--relations-file (repeatable; the old spelling --relation-file still works)."""
+    p.add_argument(
+        "--relations-file",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a relation file (JSON, JSONL or CSV); repeatable",
+    )
+    p.add_argument(
+        "--relation-file", action=_Deprecated, dest="relations_file", help=argparse.SUPPRESS
+    )
+
+
+class _Deprecated(argparse._AppendAction):
+    """An old spelling of a repeatable switch: appends as the new one does, with a note."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:  # fmt: skip
+        print(
+            f"note: {option_string} is deprecated, use --{self.dest.replace('_', '-')}",
+            file=sys.stderr,
+        )
+        super().__call__(parser, namespace, values, option_string)
+
+
+def add_method_args(p: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
+    """--preset, every recipe switch, and every field of MapOptions (``only`` these) as a
+    switch, built from the dataclasses and their docstrings."""
     g = p.add_argument_group("method switches (all recorded in the manifest)")
     g.add_argument(
         "--preset",
@@ -63,28 +93,40 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
         choices=[*PRESETS, "calibrated"],
         help="the recipe the switches start from: default (this project's), maps (the MAPS "
         "authors' exact formula: MLP0, no norm, no bias, k by vocabulary) or calibrated (the "
-        "winner of `headatlas calibrate` stored under --out); a recipe switch given with a "
-        "value other than its default wins over the preset",
+        "winner of `headatlas calibrate` stored under --out); a switch given on the command "
+        "line wins over the preset",
     )
-    add_dataclass_args(g, MapOptions)
+    add_dataclass_args(g, Recipe)
+    g.add_argument(
+        "--effective-embedding",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="--no-effective-embedding is --embedding none (kept for old command lines)",
+    )
+    add_dataclass_args(g, MapOptions, only=only)
 
 
 def options_from_args(args: argparse.Namespace, recipe: Recipe | None = None) -> MapOptions:
-    """MapOptions from parsed arguments (MapOptions checks the values). A preset other than
-    ``default`` (``recipe`` for "calibrated") sets every recipe switch left at its default."""
-    options: MapOptions = dataclass_from_args(MapOptions, args)
+    """MapOptions from parsed arguments (MapOptions checks the values): the preset's (``recipe``
+    for "calibrated"), with every switch given on the command line over it."""
     preset = getattr(args, "preset", "default")
-    if preset == "default":
-        return options
     if preset == "calibrated" and recipe is None:
         raise OptionError(
             "--preset calibrated needs a calibration: run `headatlas calibrate MODEL --out DIR`"
         )
     base = recipe if preset == "calibrated" and recipe is not None else PRESETS[preset]
-    defaults = MapOptions()
-    changes = {
-        name: value
-        for name, value in preset_fields(preset, base).items()
-        if getattr(options, name) == getattr(defaults, name)
-    }
-    return dataclasses.replace(options, **changes)
+    switches = given_values(Recipe, args)
+    if getattr(args, "effective_embedding", None) is False:
+        if switches.get("embedding", "none") != "none":
+            raise OptionError(
+                f"--no-effective-embedding is --embedding none: drop one of it and "
+                f"--embedding {switches['embedding']}"
+            )
+        switches["embedding"] = "none"
+    return MapOptions(
+        **{
+            **PRESET_OPTIONS.get(preset, {}),
+            **given_values(MapOptions, args),
+            "recipe": Recipe.from_dict({**base.as_dict(), **switches}),
+        }
+    )

@@ -5,6 +5,9 @@ command line without touching the CLI and the two can never disagree.
 Field metadata may refine a switch: ``cli`` (its name), ``metavar``, ``choices``, ``cli_skip``
 (no switch). Booleans get ``--name`` / ``--no-name``; ``int | None`` and friends take a value;
 tuples take one or more values; a ``Mapping[str, int]`` takes repeatable ``NAME=VALUE`` pairs.
+
+A switch left out parses as None ("not given"), so :func:`given_values` holds only what the
+command line said, and a preset or another default can be overlaid under it.
 """
 
 from __future__ import annotations
@@ -81,8 +84,11 @@ def add_dataclass_args(
     cls: type,
     skip: tuple[str, ...] = (),
     only: tuple[str, ...] | None = None,
+    defaults: Any = None,
 ) -> None:
-    """Add one switch per field of the dataclass ``cls`` (``only`` these, none of ``skip``)."""
+    """Add one switch per field of the dataclass ``cls`` (``only`` these, none of ``skip``);
+    the help shows the field's default (``defaults``' value when an instance is given). Every
+    switch parses to None when not given."""
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
     for f in dataclasses.fields(cls):
@@ -90,16 +96,21 @@ def add_dataclass_args(
             continue
         if only is not None and f.name not in only:
             continue
-        default = (
-            f.default_factory()  # type: ignore[misc]
-            if f.default_factory is not dataclasses.MISSING
-            else f.default
-        )
-        tp, optional = _unwrap(hints[f.name])
+        if defaults is not None:
+            default = getattr(defaults, f.name)
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = f.default
+        tp, _ = _unwrap(hints[f.name])
         origin = typing.get_origin(tp) or tp
         switch = switch_name(f)
         help_text = docs.get(f.name, "")
-        if default not in (None, (), {}) and not isinstance(default, bool):
+        if default not in (None, (), {}):
+            if isinstance(default, bool):
+                default = switch if default else "--no-" + switch[2:]
+            elif isinstance(default, tuple):
+                default = " ".join(repr(v) if " " in str(v) else str(v) for v in default)
             help_text += f" (default: {default})"
         kw: dict[str, Any] = {"dest": f.name, "help": help_text.replace("%", "%%")}
         if "metavar" in f.metadata:
@@ -107,9 +118,7 @@ def add_dataclass_args(
         if "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]
         if tp is bool:
-            parser.add_argument(
-                switch, action=argparse.BooleanOptionalAction, default=default, **kw
-            )
+            parser.add_argument(switch, action=argparse.BooleanOptionalAction, default=None, **kw)
         elif origin is tuple:
             item = typing.get_args(tp)[0] if typing.get_args(tp) else str
             parser.add_argument(switch, nargs="+", type=item, default=None, **kw)
@@ -118,24 +127,20 @@ def add_dataclass_args(
             kw["help"] += " (repeatable)"
             parser.add_argument(switch, action="append", default=None, **kw)
         else:
-            parser.add_argument(switch, type=origin, default=None if optional else default, **kw)
+            parser.add_argument(switch, type=origin, default=None, **kw)
 
 
-def dataclass_from_args(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
-    """An instance of ``cls`` from parsed switches (``fixed`` wins); the dataclass checks the
-    values, so the command line accepts exactly what the Python API accepts."""
+def given_values(cls: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The fields of ``cls`` the command line gave (switches left out are not in it), as the
+    dataclass takes them."""
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
-        if f.name in fixed or not f.init or not hasattr(args, f.name):
-            continue
-        value = getattr(args, f.name)
-        if value is None and f.default is dataclasses.MISSING:
-            continue  # a default factory (tuple/mapping left unset)
+        value = getattr(args, f.name, None) if f.init else None
+        if value is None:
+            continue  # not given: the dataclass default (or a preset) applies
         tp, _ = _unwrap(hints[f.name])
         origin = typing.get_origin(tp) or tp
-        if value is None and origin is tuple and f.default is not None:
-            continue  # unset: keep the dataclass default
         if isinstance(value, list):
             if isinstance(origin, type) and issubclass(origin, Mapping):
                 args_ = typing.get_args(tp)
@@ -144,7 +149,13 @@ def dataclass_from_args(cls: type, args: argparse.Namespace, **fixed: Any) -> An
             else:
                 value = tuple(value)
         values[f.name] = value
-    values.update(fixed)
+    return values
+
+
+def dataclass_from_args(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
+    """An instance of ``cls`` from parsed switches (``fixed`` wins); the dataclass checks the
+    values, so the command line accepts exactly what the Python API accepts."""
+    values = {**given_values(cls, args), **fixed}
     try:
         return cls(**values)
     except TypeError as exc:  # pragma: no cover - a field the CLI cannot express

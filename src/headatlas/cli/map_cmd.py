@@ -7,6 +7,7 @@ import argparse
 from headatlas.cli.common import (
     add_method_args,
     add_model_source_args,
+    add_relation_file_args,
     calibrated_recipe,
     open_circuits,
     options_from_args,
@@ -32,13 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help="built-in relations or categories (default: all; the option with no name scores only --relations-file relations)",
     )
-    p.add_argument(
-        "--relations-file",
-        action="append",
-        default=[],
-        metavar="PATH",
-        help="a relation file (JSON, JSONL or CSV); repeatable",
-    )
+    add_relation_file_args(p)
     p.add_argument(
         "--out",
         default="atlas",

@@ -7,23 +7,18 @@ from typing import Any
 
 import pandas as pd
 
-from headatlas.circuits import ModelCircuits
-from headatlas.cli.dataclass_args import add_dataclass_args, dataclass_from_args
-from headatlas.errors import HeadAtlasError
-from headatlas.scoring.options import MapOptions
-
-# The MapOptions fields that shape salient operations.
-SALIENT_SWITCHES = (
-    "effective_embedding",
-    "effective_embedding_layer0",
-    "embedding",
-    "pre_norm",
-    "final_norm",
-    "value_bias",
-    "output_gain",
-    "dtype",
-    "device",
+from headatlas.cli.common import (
+    add_method_args,
+    add_model_source_args,
+    add_relation_file_args,
+    calibrated_recipe,
+    open_circuits,
+    options_from_args,
 )
+from headatlas.errors import HeadAtlasError
+
+SALIENT_OPTIONS = ("dtype", "device")
+"""The MapOptions fields besides the recipe that shape salient operations."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -45,7 +40,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--layers", type=int, nargs="+", metavar="L", help="with --all: only these layers"
     )
-    p.add_argument("--out", help="results folder (with --all); the table goes to OUT/<model-slug>/")
+    p.add_argument(
+        "--out",
+        help="results folder (with --all, and where --preset calibrated finds the calibration); "
+        "the table goes to OUT/<model-slug>/",
+    )
     p.add_argument("--tokens", type=int, default=15, help="salient tokens per head (default: 15)")
     p.add_argument(
         "--mappings", type=int, default=5, help="target tokens per salient token (default: 5)"
@@ -61,23 +60,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help="relations matched against the mappings: names or categories (default: all built-ins)",
     )
-    p.add_argument(
-        "--relation-file",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="a user relation file to match too (repeatable)",
-    )
-    p.add_argument("--allow-pickle", action="store_true", help="load pickle *.bin weights")
-    g = p.add_argument_group("method switches (as for `headatlas map`)")
-    add_dataclass_args(g, MapOptions, only=SALIENT_SWITCHES)
+    add_relation_file_args(p)
+    add_model_source_args(p)
+    add_method_args(p, only=SALIENT_OPTIONS)
     p.set_defaults(func=run)
-
-
-def options_from(args: argparse.Namespace) -> MapOptions:
-    """The MapOptions the command line asks for."""
-    options: MapOptions = dataclass_from_args(MapOptions, args)
-    return options
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,15 +83,15 @@ def run(args: argparse.Namespace) -> int:
         raise HeadAtlasError(
             "name a head with --layer L --head H, or pass --all --out DIR for every head"
         )
-    options = options_from(args)
-    circuits = ModelCircuits.load(args.model, allow_pickle=args.allow_pickle)
+    circuits = open_circuits(args)
+    options = options_from_args(args, calibrated_recipe(args, circuits))
     common: dict[str, Any] = {
         "tokens": args.tokens,
         "mappings": args.mappings,
         "options": options,
         "exclude_special": not args.no_exclude_special,
         "relations": args.relations,
-        "relation_files": args.relation_file,
+        "relation_files": args.relations_file,
     }
     if args.all:
         table = all_salient_operations(circuits, layers=args.layers, out=args.out, **common)

@@ -9,6 +9,7 @@ from typing import Any
 from headatlas.cli.common import (
     add_method_args,
     add_model_source_args,
+    add_relation_file_args,
     calibrated_recipe,
     check_out,
     open_circuits,
@@ -42,13 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help="built-in relations or categories (default: all)",
     )
-    p.add_argument(
-        "--relations-file",
-        action="append",
-        default=[],
-        metavar="PATH",
-        help="a relation file (JSON, JSONL or CSV); repeatable",
-    )
+    add_relation_file_args(p)
     p.add_argument(
         "--experiment",
         action="append",

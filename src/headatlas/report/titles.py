@@ -10,34 +10,13 @@ from headatlas.store import MapResults
 
 
 def recipe_label(results: MapResults) -> str:
-    """The recipe a map was computed with, as a short label ("" when the manifest predates
-    recipes and has no options)."""
+    """The recipe a map was computed with, as a short label ("" when the manifest names no
+    recipe)."""
     recorded = results.manifest.get("recipe")
     if isinstance(recorded, dict) and recorded.get("label"):
         return str(recorded["label"])
-    options = results.manifest.get("options")
-    if not isinstance(options, dict):
-        return ""
-    from headatlas.scoring.recipe import Recipe
-
-    mode = (
-        str(options.get("embedding", "mlp0"))
-        if options.get("effective_embedding", True)
-        else "none"
-    )
-    try:
-        return Recipe(
-            embedding=mode,
-            embedding_layer0=bool(options.get("effective_embedding_layer0", False)),
-            pre_norm=bool(options.get("pre_norm", True)),
-            value_bias=bool(options.get("value_bias", True)),
-            output_gain=bool(options.get("output_gain", True)),
-            output_bias=bool(options.get("output_bias", False)),
-            final_norm=bool(options.get("final_norm", True)),
-            unembed_bias=bool(options.get("unembed_bias", False)),
-        ).label()
-    except ValueError:
-        return ""
+    recipe = results.recipe
+    return recipe.label() if recipe is not None else ""
 
 
 def panel_titles(results: Sequence[MapResults]) -> list[str]:

@@ -4,7 +4,6 @@ run resumes where it stopped, and a finished map with the same inputs is reused.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import platform
@@ -243,7 +242,7 @@ def map_heads(
     todo = _layers_to_compute(layers, circuits.cfg.n_layers, directory)
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.dtype)
-    recipe = options.recipe()
+    recipe = options.recipe
     # The sources' inputs first (only their embedding rows, block 0's MLP dropped after),
     # then the folded unembedding: the two are never held at once.
     inputs = SourceInputs(
@@ -291,8 +290,8 @@ def map_heads(
     )
     manifest: dict[str, Any] = {
         "model": summary,
-        "options": options.as_dict(),
-        "recipe": {**dataclasses.asdict(recipe), "label": recipe.label()},
+        "options": options.as_dict(recipe=False),
+        "recipe": recipe.record(),
         "cache_key": key,
         "layer_digests": done.digests,
         "relations": relations_info,

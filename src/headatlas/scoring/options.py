@@ -1,50 +1,72 @@
-"""Every method switch of the map, explicit and recorded in the manifest."""
+"""Every method switch of the map, explicit and recorded in the manifest.
+
+:class:`MapOptions` holds how heads are read as one :class:`~headatlas.scoring.recipe.Recipe`
+(declared there, once) and the rest of the map's switches (k, pairs, null, labels, device)
+as its own fields.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import InitVar, dataclass, field
+from typing import Any
 
 from headatlas.errors import OptionError
 from headatlas.runtime import DTYPES, resolve_dtype
 from headatlas.runtime import compute_dtype as compute_dtype  # re-exported: moved to runtime
 from headatlas.scoring.categories import DEFAULT_THRESHOLD, LABEL_RULES
+from headatlas.scoring.recipe import DEFAULT_CONTEXTS, PRESETS, Recipe
 
 LARGE_VOCAB = 100_000
 
-if TYPE_CHECKING:
-    from headatlas.scoring.recipe import Recipe
-
 _DTYPES = DTYPES  # the names the dtype option accepts
 
+PRESET_OPTIONS: dict[str, dict[str, Any]] = {"maps": {"label_rule": "paper"}}
+"""The MapOptions fields a preset sets besides its recipe (:data:`PRESETS`): ``maps`` labels
+heads by the paper's rule."""
 
-def recipe_fields(recipe: Recipe) -> dict[str, Any]:
-    """The MapOptions fields that give ``recipe``."""
-    return {
-        "effective_embedding": recipe.embedding != "none",
-        "embedding": recipe.embedding if recipe.embedding != "none" else "mlp0",
-        "effective_embedding_layer0": recipe.embedding_layer0,
-        "pre_norm": recipe.pre_norm,
-        "value_bias": recipe.value_bias,
-        "output_gain": recipe.output_gain,
-        "output_bias": recipe.output_bias,
-        "final_norm": recipe.final_norm,
-        "unembed_bias": recipe.unembed_bias,
-        "contexts": recipe.contexts,
+LEGACY_SWITCHES = (
+    "effective_embedding",
+    "effective_embedding_layer0",
+    "embedding",
+    "contexts",
+    "pre_norm",
+    "final_norm",
+    "value_bias",
+    "output_gain",
+    "output_bias",
+    "unembed_bias",
+)
+"""The recipe switches MapOptions took as fields before it held a :class:`Recipe`; still
+accepted as keywords (``MapOptions(pre_norm=False)``) and read from old manifests."""
+
+
+def recipe_with(base: Recipe, switches: Mapping[str, Any]) -> Recipe:
+    """``base`` with the switches named the old way (:data:`LEGACY_SWITCHES`) changed: the
+    recipe old manifests and ``MapOptions(embedding=..., pre_norm=...)`` describe.
+    ``effective_embedding=False`` is ``embedding="none"``; ``effective_embedding_layer0`` is
+    ``embedding_layer0``; unknown names are ignored."""
+    changes = {
+        name: value
+        for name, value in switches.items()
+        if name in LEGACY_SWITCHES and not name.startswith("effective_")
     }
-
-
-def preset_fields(name: str, recipe: Recipe) -> dict[str, Any]:
-    """The MapOptions fields preset ``name`` (giving ``recipe``) sets: the recipe's, and for
-    ``maps`` the paper's label rule too."""
-    fields = recipe_fields(recipe)
-    if name == "maps":
-        fields["label_rule"] = "paper"
-    return fields
+    if "effective_embedding_layer0" in switches:
+        changes["embedding_layer0"] = switches["effective_embedding_layer0"]
+    effective = switches.get("effective_embedding", True)
+    if not isinstance(effective, bool):
+        raise OptionError(f"option effective_embedding must be True or False, got {effective!r}")
+    if not effective:
+        changes["embedding"] = "none"
+    if isinstance(changes.get("contexts"), list):
+        changes["contexts"] = tuple(changes["contexts"])
+    if not changes:
+        return base
+    return dataclasses.replace(base, **changes)
 
 
 def _whole(name: str, value: Any, allow_none: bool = False, switch: str | None = None) -> None:
@@ -58,7 +80,8 @@ def _whole(name: str, value: Any, allow_none: bool = False, switch: str | None =
 
 @dataclass(frozen=True)
 class MapOptions:
-    """How relation scores are computed. Defaults follow the MAPS paper."""
+    """How relation scores are computed: the recipe (how a head is read) and every other
+    switch of the map. Defaults follow the MAPS paper, with this project's recipe."""
 
     k: int | None = None
     """Top-k for every relation; None: 1 for copying relations, else 10 (3 and 25 when the
@@ -67,39 +90,14 @@ class MapOptions:
         default_factory=dict, metadata={"cli": "--k-relation", "metavar": "NAME=K"}
     )
     """Per-relation top-k overrides, NAME=K (win over ``k``)."""
-    effective_embedding: bool = True
-    """Feed layers >= 1 with MLP0(norm2_0(W_E)) instead of raw token embeddings."""
-    effective_embedding_layer0: bool = False
-    """Also use the effective embedding for layer 0."""
-    embedding: str = field(
-        default="mlp0",
-        metadata={"choices": ("mlp0", "none", "residual", "forward", "context")},
-    )
-    """The effective embedding's mode (with ``effective_embedding``): mlp0 = MLP0(norm(x)) (the
-    paper's), none = the token embedding, residual = x + MLP0(norm(x)), forward = each
-    layer's input residual stream at s of a ``[BOS, s]`` forward pass, context = the same at s
-    of ``[BOS, *c, s]`` averaged over short neutral contexts c (see
-    :mod:`headatlas.scoring.recipe`)."""
     start_token: str = field(default="auto", metadata={"metavar": "auto|none|ID"})
     """The prefix of the ``forward`` embedding: auto = the tokenizer's start token ([BOS, s];
     [s] when it has none), none = [s], or a token id ([ID, s]). Recorded in the manifest."""
-    contexts: tuple[str, ...] = field(default=(), metadata={"metavar": "TEXT"})
-    """The context mode's neutral prefixes (never relation templates); none given: the
-    recipe's default six ("The", "I saw", "Here is a", a newline, "She said", "We talked
-    about")."""
-    pre_norm: bool = True
-    """Apply each layer's pre-attention norm to the source embedding before W_V."""
-    final_norm: bool = True
-    """Read out through the final norm: its gain (and LayerNorm's centering) folded into W_U.
-    The norm's 1/scale factor is a positive per-row scalar and does not change top-k."""
-    value_bias: bool = True
-    """Add b_V (a head's own value bias) to its value vectors."""
-    output_gain: bool = True
-    """Multiply a head's output by the post-attention norm's gain (Gemma 2/3; no-op elsewhere)."""
-    output_bias: bool = False
-    """Add the layer's shared b_O to every head's output (off: b_O belongs to no head)."""
-    unembed_bias: bool = False
-    """Add the output head's bias (Phi) to the logits."""
+    recipe: Recipe = field(default=Recipe(), metadata={"cli_skip": True})
+    """How a head's input is formed and its output read out: the source embedding, norms and
+    biases (:class:`~headatlas.scoring.recipe.Recipe`; :data:`~headatlas.scoring.recipe.PRESETS`
+    names the MAPS paper's). The command line's recipe switches (``--embedding``,
+    ``--no-pre-norm``...) are its fields."""
     leading_space: bool = True
     """Prefix relation words with a space before tokenising."""
     first_token: bool = False
@@ -144,8 +142,27 @@ class MapOptions:
     """Read the QK sample's inputs in context (each token after 16 random tokens: a forward
     pass) instead of through the recipe; on SmolLM2 r = 0.94 against inference instead of 0.81."""
 
-    def __post_init__(self) -> None:
-        """Refuse values no map can use, naming the option (the API and CLI share this)."""
+    # Compatibility: the recipe's switches as keywords, as before MapOptions held a Recipe
+    # (``MapOptions(pre_norm=False)`` is ``MapOptions(recipe=Recipe(pre_norm=False))``). They
+    # change ``recipe`` and are not kept: read them from ``options.recipe``.
+    effective_embedding: InitVar[bool | None] = None
+    effective_embedding_layer0: InitVar[bool | None] = None
+    embedding: InitVar[str | None] = None
+    contexts: InitVar[Sequence[str] | None] = None
+    pre_norm: InitVar[bool | None] = None
+    final_norm: InitVar[bool | None] = None
+    value_bias: InitVar[bool | None] = None
+    output_gain: InitVar[bool | None] = None
+    output_bias: InitVar[bool | None] = None
+    unembed_bias: InitVar[bool | None] = None
+
+    def __post_init__(self, *switches: Any) -> None:
+        """Refuse values no map can use, naming the option (the API and CLI share this); fold
+        switches given as keywords into the recipe."""
+        if not isinstance(self.recipe, Recipe):
+            raise OptionError(f"option recipe must be a Recipe, got {self.recipe!r}")
+        given = {n: v for n, v in zip(LEGACY_SWITCHES, switches, strict=True) if v is not None}
+        object.__setattr__(self, "recipe", recipe_with(self.recipe, given))
         _whole("k", self.k, allow_none=True)
         if not isinstance(self.k_per_relation, Mapping):
             raise OptionError(
@@ -205,42 +222,16 @@ class MapOptions:
                 f"option threshold (--threshold) must be a number between 0 and 1, "
                 f"got {self.threshold!r}"
             )
-        for name in (
-            "effective_embedding",
-            "effective_embedding_layer0",
-            "pre_norm",
-            "final_norm",
-            "value_bias",
-            "output_gain",
-            "output_bias",
-            "unembed_bias",
-            "leading_space",
-            "first_token",
-            "use_suppression",
-            "qk",
-            "qk_context",
-        ):
+        for name in ("leading_space", "first_token", "use_suppression", "qk", "qk_context"):
             if not isinstance(getattr(self, name), bool):
                 raise OptionError(
                     f"option {name} must be True or False, got {getattr(self, name)!r}"
                 )
-        from headatlas.scoring.recipe import EMBEDDINGS
-
-        if self.embedding not in EMBEDDINGS:
-            raise OptionError(
-                f"option embedding (--embedding) must be one of {', '.join(EMBEDDINGS)}, "
-                f"got {self.embedding!r}"
-            )
         if self.qk_rotary not in ("none", "offsets", "slow"):
             raise OptionError(
                 f"option qk_rotary (--qk-rotary) must be one of none, offsets, slow, "
                 f"got {self.qk_rotary!r}"
             )
-        if isinstance(self.contexts, str) or not all(isinstance(c, str) for c in self.contexts):
-            raise OptionError(
-                f"option contexts (--contexts) must be one or more strings, got {self.contexts!r}"
-            )
-        object.__setattr__(self, "contexts", tuple(self.contexts))
         resolve_dtype(self.dtype)
         if not isinstance(self.device, str):  # the device itself is checked where it is used
             raise OptionError(f"option device (--device) must be a string, got {self.device!r}")
@@ -264,18 +255,11 @@ class MapOptions:
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> MapOptions:
         """Options of a named recipe: ``maps`` (the MAPS authors' exact switches: MLP0, no norm,
-        no bias, k by vocabulary) or ``default``; ``overrides`` change other fields."""
-        from headatlas.scoring.recipe import PRESETS
-
+        no bias, k by vocabulary, the paper's label rule) or ``default``; ``overrides`` (other
+        fields, or recipe switches as keywords) win over the preset."""
         if name not in PRESETS:
             raise OptionError(f"preset '{name}' is unknown: use one of {', '.join(PRESETS)}")
-        return cls(**{**preset_fields(name, PRESETS[name]), **overrides})
-
-    def recipe(self) -> Recipe:
-        """The :class:`~headatlas.scoring.recipe.Recipe` these options describe."""
-        from headatlas.scoring.recipe import Recipe
-
-        return Recipe.of(self)
+        return cls(**{**PRESET_OPTIONS.get(name, {}), "recipe": PRESETS[name], **overrides})
 
     def forward_start(self) -> int | str | None:
         """``start_token`` as :func:`~headatlas.scoring.recipe.forward_inputs` takes it."""
@@ -294,15 +278,45 @@ class MapOptions:
             return 3 if large else 1
         return 25 if large else 10
 
-    def as_dict(self) -> dict[str, Any]:
-        """Plain dict for the manifest."""
-        d = asdict(self)
+    def as_dict(self, recipe: bool = True) -> dict[str, Any]:
+        """Plain dict of the options, the recipe's switches under ``recipe`` (left out with
+        ``recipe=False``: the map's manifest records the recipe in a section of its own)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["k_per_relation"] = dict(self.k_per_relation)
+        if recipe:
+            d["recipe"] = self.recipe.as_dict()
+        else:
+            d.pop("recipe")
+        return d
+
+    def legacy_dict(self) -> dict[str, Any]:
+        """The options in the layout MapOptions had before it held a Recipe (the recipe's
+        switches among the other fields, the context mode's default contexts as none given),
+        for hashes that must not change: the cache key of maps made then, and a sweep's
+        request key. A recipe reading the token embedding is written as ``--embedding none``
+        wrote it (``effective_embedding`` on, ``embedding="none"``), whichever way it was
+        asked for."""
+        d = self.as_dict(recipe=False)
+        r = self.recipe
+        d.update(
+            effective_embedding=True,
+            embedding=r.embedding,
+            effective_embedding_layer0=r.embedding_layer0,
+            contexts=() if r.contexts == DEFAULT_CONTEXTS else r.contexts,
+            pre_norm=r.pre_norm,
+            final_norm=r.final_norm,
+            value_bias=r.value_bias,
+            output_gain=r.output_gain,
+            output_bias=r.output_bias,
+            unembed_bias=r.unembed_bias,
+        )
         return d
 
     def scoring_key(self) -> str:
-        """Hash of the switches that change scores (not device, dtype-insensitive parts kept)."""
-        d = self.as_dict()
+        """Hash of the switches that change scores (not device, dtype-insensitive parts kept),
+        in the layout of :meth:`legacy_dict`: maps made before MapOptions held a Recipe are
+        reused, and one recipe has one key."""
+        d = self.legacy_dict()
         relabel = ("threshold", "use_suppression", "label_rule", "null_alpha")
         for name in ("device", *relabel, "evidence_right", "evidence_wrong"):
             d.pop(name)

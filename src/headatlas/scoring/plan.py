@@ -64,5 +64,5 @@ def source_embeddings(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(layer-0 input, layer-1 input) for the given tokens, [n, d] each (the recipe's
     :class:`~headatlas.scoring.recipe.SourceInputs` gives every layer's)."""
-    inputs = SourceInputs(options.recipe(), circuits, ids, None)
+    inputs = SourceInputs(options.recipe, circuits, ids, None)
     return inputs.layer(0), inputs.layer(min(1, circuits.cfg.n_layers - 1))

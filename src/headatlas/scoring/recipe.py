@@ -33,17 +33,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from headatlas.circuits import LayerOV, ModelCircuits, Norm
 from headatlas.errors import OptionError
 from headatlas.progress import track
-
-if TYPE_CHECKING:
-    from headatlas.scoring.options import MapOptions
 
 EMBEDDINGS = ("mlp0", "none", "residual", "forward", "context")
 """Source-embedding modes, in the order ``calibrate`` tries them."""
@@ -63,33 +61,46 @@ _FORWARD_BATCH = 256
 
 @dataclass(frozen=True)
 class Recipe:
-    """How a head's input is formed and its output read out (see the module docstring)."""
+    """How a head's input is formed and its output read out (see the module docstring). The
+    one place these switches are declared: ``MapOptions.recipe`` holds one, and the command
+    line's recipe switches are built from these fields."""
 
-    embedding: str = "mlp0"
-    """Source embedding of layers >= 1: mlp0, none, residual, forward or context."""
-    embedding_layer0: bool = False
-    """Layer 0 reads the same mode too (else the token embedding)."""
+    embedding: str = field(default="mlp0", metadata={"choices": EMBEDDINGS})
+    """Source embedding of layers >= 1: mlp0 = MLP0(norm(x)) (the paper's), none = the token
+    embedding, residual = x + MLP0(norm(x)), forward = each layer's input residual stream at s
+    of a ``[BOS, s]`` forward pass, context = the same at s of ``[BOS, *c, s]`` averaged over
+    short neutral contexts c (see :mod:`headatlas.scoring.recipe`)."""
+    embedding_layer0: bool = field(default=False, metadata={"cli": "--effective-embedding-layer0"})
+    """Layer 0 reads the same source embedding too (else the token embedding)."""
     pre_norm: bool = True
-    """Apply the layer's pre-attention norm to x̃ before W_V."""
+    """Apply each layer's pre-attention norm to the source embedding before W_V."""
     value_bias: bool = True
-    """Add the head's b_V."""
+    """Add b_V (a head's own value bias) to its value vectors."""
     output_gain: bool = True
-    """Multiply the head's output by the post-attention norm's gain (Gemma 2/3)."""
+    """Multiply a head's output by the post-attention norm's gain (Gemma 2/3; no-op elsewhere)."""
     output_bias: bool = False
-    """Add the layer's shared b_O."""
+    """Add the layer's shared b_O to every head's output (off: b_O belongs to no head)."""
     final_norm: bool = True
-    """Read out through the final norm."""
+    """Read out through the final norm: its gain (and LayerNorm's centering) folded into W_U.
+    The norm's 1/scale factor is a positive per-row scalar and does not change top-k."""
     unembed_bias: bool = False
-    """Add the output head's bias to the logits."""
-    contexts: tuple[str, ...] = ()
-    """The ``context`` mode's neutral prefixes (empty: :data:`DEFAULT_CONTEXTS`); other modes
-    keep none."""
+    """Add the output head's bias (Phi) to the logits."""
+    contexts: tuple[str, ...] = field(default=(), metadata={"metavar": "TEXT"})
+    """The context mode's neutral prefixes (never relation templates); none given: the six of
+    :data:`DEFAULT_CONTEXTS` ("The", "I saw", "Here is a", a newline, "She said", "We talked
+    about"). Other modes keep none."""
 
     def __post_init__(self) -> None:
+        """Refuse unknown modes and non-boolean switches; keep contexts only for ``context``."""
         if self.embedding not in EMBEDDINGS:
             raise OptionError(
-                f"embedding mode '{self.embedding}' is unknown: use one of {', '.join(EMBEDDINGS)}"
+                f"embedding mode '{self.embedding}' is unknown (--embedding): use one of "
+                f"{', '.join(EMBEDDINGS)}"
             )
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type in (bool, "bool") and not isinstance(value, bool):
+                raise OptionError(f"option {f.name} must be True or False, got {value!r}")
         contexts = self.contexts
         if isinstance(contexts, str) or not all(isinstance(c, str) for c in contexts):
             raise OptionError(
@@ -104,19 +115,22 @@ class Recipe:
         object.__setattr__(self, "contexts", tuple(contexts))
 
     @classmethod
-    def of(cls, options: MapOptions) -> Recipe:
-        """The recipe a :class:`MapOptions` describes."""
-        return cls(
-            embedding=options.embedding if options.effective_embedding else "none",
-            embedding_layer0=options.effective_embedding_layer0,
-            pre_norm=options.pre_norm,
-            value_bias=options.value_bias,
-            output_gain=options.output_gain,
-            output_bias=options.output_bias,
-            final_norm=options.final_norm,
-            unembed_bias=options.unembed_bias,
-            contexts=tuple(options.contexts),
-        )
+    def from_dict(cls, data: Mapping[str, Any]) -> Recipe:
+        """The recipe a record of :meth:`as_dict` or :meth:`record` describes (its ``label``
+        and any key this version does not know are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        if "contexts" in values and isinstance(values["contexts"], list):
+            values["contexts"] = tuple(values["contexts"])
+        return cls(**values)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The switches as a plain dict."""
+        return dataclasses.asdict(self)
+
+    def record(self) -> dict[str, Any]:
+        """The switches and their :meth:`label`, as the manifest records the recipe."""
+        return {**self.as_dict(), "label": self.label()}
 
     def key_fields(self) -> dict[str, Any]:
         """The switches as a plain dict for cache keys; ``contexts`` only where there are some

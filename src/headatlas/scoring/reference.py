@@ -23,7 +23,7 @@ def reference_rows(
     Read through the recipe's plain path (:meth:`Readout.head_rows`): the final norm is applied
     as a function (without its bias), not folded; the post-attention norm (Gemma 2/3) too.
     """
-    recipe = options if isinstance(options, Recipe) else options.recipe()
+    recipe = options if isinstance(options, Recipe) else options.recipe
     return recipe.bind(circuits, "cpu", dtype).head_rows(layer, head, X)
 
 

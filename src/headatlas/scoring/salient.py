@@ -164,7 +164,7 @@ class SalientPass:
         self.device = resolve_device(self.options.device)
         self.dtype = compute_dtype(resolve_dtype(self.options.dtype))
         self.n_vocab = circuits.W_E.shape[0]
-        self.recipe = self.options.recipe()
+        self.recipe = self.options.recipe
         costly = sorted({self.recipe.mode_of(0), self.recipe.mode_of(1)} & {"forward", "context"})
         if costly:
             raise SalientInputError(
@@ -394,7 +394,7 @@ def plain_salient(
     [V'] masks ids out of both rankings.
     """
     dtype = W_Uf.dtype
-    recipe = options.recipe()
+    recipe = options.recipe
     X = X.to(dtype)
     u = layer.attn_norm(X) if recipe.pre_norm else X
     z = u @ layer.head_W_V(head).to(dtype)
@@ -527,7 +527,7 @@ def all_salient_operations(
     sp = SalientPass(circuits, options, exclude_special)
     _check_counts(tokens, mappings, sp.vocab)
     params = {"tokens": tokens, "mappings": mappings, "exclude_special": exclude_special}
-    if sp.options.effective_embedding or sp.options.effective_embedding_layer0:
+    if sp.recipe.embedding != "none":
         circuits.block0_mlp()  # read now, so the key below covers it
     # Content hash of what the pass read so far (embeddings, unembedding, block-0 MLP); each
     # layer's own tensors are hashed as they are read below.

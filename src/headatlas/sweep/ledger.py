@@ -44,7 +44,7 @@ def request_key(
     """Hash of what a map was asked for, besides the model (options, relations and the
     contents of relation files)."""
     h = hashlib.sha256()
-    opts = options.as_dict()
+    opts = options.legacy_dict()  # the layout of earlier ledgers, so their maps are skipped
     opts.pop("device", None)
     h.update(json.dumps(opts, sort_keys=True, default=str).encode())
     h.update(json.dumps(sorted(relations) if relations is not None else None).encode())

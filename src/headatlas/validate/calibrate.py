@@ -305,7 +305,7 @@ def _dynamic(
     say: Callable[[str], None],
 ) -> list[DynamicScores]:
     """Dynamic scores of every job (relation x template), computed once and cached."""
-    recipe = dynamic_recipe(map_options.recipe(), options.dynamic_readout)
+    recipe = dynamic_recipe(map_options.recipe, options.dynamic_readout)
     key = hashlib.sha256(
         json.dumps(
             [

@@ -52,7 +52,7 @@ class HeadReadout:
         dtype: torch.dtype = torch.float32,
         pruned: bool = True,
     ):
-        self.recipe = options if isinstance(options, Recipe) else options.recipe()
+        self.recipe = options if isinstance(options, Recipe) else options.recipe
         self.dtype = compute_dtype(dtype)
         self.pruned = pruned
         """With k, decide rank < k from a first pass over candidate columns (exact; see

@@ -107,7 +107,7 @@ def validate(
         raise ValidationInputError(
             f"unknown experiment '{unknown[0]}': choose from {', '.join(ALL_EXPERIMENTS)}"
         )
-    dynamic_recipe(map_options.recipe(), options.dynamic_readout)  # raises on an unknown name
+    dynamic_recipe(map_options.recipe, options.dynamic_readout)  # raises on an unknown name
     device = resolve_device(map_options.device)  # raises before anything is loaded
     t0 = time.perf_counter()
     circuits = model if isinstance(model, ModelCircuits) else ModelCircuits.load(model)
@@ -127,7 +127,7 @@ def validate(
     timings: dict[str, float] = {"load_and_map_s": round(time.perf_counter() - t0, 2)}
     with eval_mode(hf_model):
         if "correlative" in experiments or "multi-token" in experiments:
-            recipe = dynamic_recipe(map_options.recipe(), options.dynamic_readout)
+            recipe = dynamic_recipe(map_options.recipe, options.dynamic_readout)
             readout = HeadReadout(circuits, recipe).to(hooks.device)
             for exp in ("correlative", "multi-token"):
                 if exp in experiments:
@@ -148,7 +148,7 @@ def validate(
 
             t1 = time.perf_counter()
             res.qk = validate_qk(
-                circuits, hf_model, map_options.recipe(), seed=options.seed, classes=True
+                circuits, hf_model, map_options.recipe, seed=options.seed, classes=True
             )
             timings["qk_s"] = round(time.perf_counter() - t1, 2)
     res.summary = _summary(results_map, res, map_options, options, experiments, timings)
