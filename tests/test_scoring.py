@@ -17,6 +17,7 @@ from headatlas.scoring.plan import (
     source_embeddings,
 )
 from headatlas.scoring.ranks import PairLayout, count_ge, pair_ranks
+from headatlas.scoring.recipe import SourceInputs
 from headatlas.scoring.reference import reference_ranks
 from headatlas.scoring.relation_scores import layer_ranks, layer_scores
 
@@ -62,9 +63,10 @@ def fast_and_reference(
     circuits: ModelCircuits, plan: ScoringPlan, options: MapOptions, layer_index: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     dtype = torch.float64 if options.dtype == "float64" else torch.float32
-    readout = options.recipe().bind(circuits, "cpu", dtype)
+    recipe = options.recipe()
+    readout = recipe.bind(circuits, "cpu", dtype)
     # forward mode: the tiny models have no tokenizer; token 1 plays the start token
-    X = readout.source_inputs(plan.source_ids, start=1).layer(layer_index)
+    X = SourceInputs(recipe, circuits, plan.source_ids, start=1).layer(layer_index)
     layout = PairLayout(
         plan.pair_rows, plan.pair_targets, len(plan.source_ids), readout.W_Uf.shape[1]
     )
