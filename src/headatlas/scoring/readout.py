@@ -119,8 +119,8 @@ class LayerReadout:
     readout: Readout
     index: int
     """The layer."""
-    kv_group: torch.Tensor
-    """[H] int64: the KV group each query head reads."""
+    group_size: int
+    """Query heads per KV group: head h reads group h // group_size."""
     in_norm: Norm | None
     """The pre-attention norm the recipe applies (gain and bias included), None without
     ``pre_norm``; only its bare part n(·) is applied to inputs, the rest is in W_V, c."""
@@ -156,11 +156,10 @@ class LayerReadout:
         gain = gain.to(device=readout.device, dtype=readout.dtype)
         W_O = layer.W_O * gain
         b_O = layer.b_O * gain if r.output_bias and layer.b_O is not None else None
-        heads = torch.arange(layer.n_heads, device=readout.device)
         return cls(
             readout=readout,
             index=layer.layer,
-            kv_group=heads // layer.group_size,
+            group_size=layer.group_size,
             in_norm=norm,
             W_V=W_V,
             c=c,
@@ -173,6 +172,12 @@ class LayerReadout:
     def n_heads(self) -> int:
         """Query heads."""
         return int(self.W_O.shape[0])
+
+    @property
+    def kv_group(self) -> torch.Tensor:
+        """[H] int64: the KV group each query head reads, on the readout's device."""
+        heads = torch.arange(self.n_heads, device=self.W_O.device)
+        return heads // self.group_size
 
     def normed(self, X: torch.Tensor) -> torch.Tensor:
         """x̂ = n(X) [n, d]: the pre-attention norm without its gain and bias (X itself without
@@ -208,7 +213,7 @@ class LayerReadout:
         post_bias, final_norm = ro.logit_bias, ro.final_norm
         out = []
         for h in range(self.n_heads):
-            Z, W = Zg[int(self.kv_group[h])], self.W_O[h]
+            Z, W = Zg[h // self.group_size], self.W_O[h]
             if self.b_O is not None:
                 Z, W = _with_ones(Z), torch.cat([W, self.b_O[None]], 0)
             if post_bias is not None:
