@@ -23,7 +23,8 @@ import torch
 
 from headatlas.circuits import ModelCircuits
 from headatlas.scoring.options import MapOptions
-from headatlas.scoring.salient import SalientPass, plain_salient
+from headatlas.scoring.reference import plain_salient
+from headatlas.scoring.salient import SalientPass
 
 
 def main() -> None:

@@ -198,7 +198,7 @@ def test_gqa_values_equal_hf_eager_attention(name: str) -> None:
     for i in range(mc.cfg.n_layers):
         ov = mc.layer(i)
         z_hf = captured[i][0, 0].reshape(ov.n_heads, -1)  # [H, dh]
-        Z = readout.value_vectors(ov, hs[i][0])  # [n_kv, 1, dh]
+        Z = readout.layer(ov).values(hs[i][0])  # [n_kv, 1, dh]
         assert ov.group_size > 1
         for h in range(ov.n_heads):
             torch.testing.assert_close(Z[ov.kv_group(h), 0], z_hf[h], rtol=1e-5, atol=1e-5)

@@ -15,12 +15,12 @@ from headatlas.circuits import ModelCircuits
 from headatlas.cli.main import main
 from headatlas.relations import Relation, builtin_relations
 from headatlas.scoring.options import MapOptions
+from headatlas.scoring.reference import plain_salient
 from headatlas.scoring.salient import (
     PARTIAL,
     SALIENT_COLUMNS,
     SalientPass,
     all_salient_operations,
-    plain_salient,
     salient_operations,
     vocabulary,
 )

@@ -17,7 +17,8 @@ from headatlas.scoring.plan import (
     source_embeddings,
 )
 from headatlas.scoring.ranks import PairLayout, count_ge, pair_ranks
-from headatlas.scoring.reference import reference_ranks
+from headatlas.scoring.recipe import SourceInputs
+from headatlas.scoring.reference import reference_ranks, reference_rows
 from headatlas.scoring.relation_scores import layer_ranks, layer_scores
 
 VARIANTS = [
@@ -62,9 +63,10 @@ def fast_and_reference(
     circuits: ModelCircuits, plan: ScoringPlan, options: MapOptions, layer_index: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     dtype = torch.float64 if options.dtype == "float64" else torch.float32
-    readout = options.recipe.bind(circuits, "cpu", dtype)
+    recipe = options.recipe
+    readout = recipe.bind(circuits, "cpu", dtype)
     # forward mode: the tiny models have no tokenizer; token 1 plays the start token
-    X = readout.source_inputs(plan.source_ids, start=1).layer(layer_index)
+    X = SourceInputs(recipe, circuits, plan.source_ids, start=1).layer(layer_index)
     layout = PairLayout(
         plan.pair_rows, plan.pair_targets, len(plan.source_ids), readout.W_Uf.shape[1]
     )
@@ -98,6 +100,45 @@ def test_fast_ranks_equal_reference_in_float64(variant: str, option_set: str) ->
         assert torch.equal(up, ref_up), f"{variant} layer {layer_index}: relation ranks differ"
         assert torch.equal(down, ref_down), f"{variant} layer {layer_index}: suppression ranks"
         assert bool((up + down == circuits.cfg.vocab_size - 1).all()), "no ties expected here"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("option_set", ["default", "all-biases", "raw"])
+def test_factored_heads_are_the_reference_rows_up_to_a_positive_row_factor(
+    variant: str, option_set: str
+) -> None:
+    """LayerReadout.heads (the one factored readout) against the plain reference: every
+    head's logits Z @ B are the reference rows times a positive per-row factor (the norms'
+    1/σ), so ranks are equal; with b_U after the final norm they are the rows themselves when
+    no post-attention norm rescales y. LayerReadout.values are the plain z."""
+    circuits = ModelCircuits.load(tiny_model(variant))
+    options = dataclasses.replace(OPTION_SETS[option_set], dtype="float64")
+    recipe = options.recipe
+    readout = recipe.bind(circuits, "cpu", torch.float64)
+    ids = torch.arange(0, circuits.cfg.vocab_size, circuits.cfg.vocab_size // 40)
+    inputs = SourceInputs(recipe, circuits, ids)
+    for i in range(circuits.cfg.n_layers):
+        ov, X = circuits.layer(i), inputs.layer(i).double()
+        lr = readout.layer(ov)
+        Zg = lr.values(X)
+        u = ov.attn_norm(X) if recipe.pre_norm else X
+        for h, (Z, B) in enumerate(lr.heads(X)):
+            z = u @ ov.head_W_V(h).double()
+            if recipe.value_bias and ov.head_b_V(h) is not None:
+                z = z + ov.head_b_V(h).double()
+            torch.testing.assert_close(Zg[ov.kv_group(h)], z, rtol=1e-10, atol=1e-12)
+            fast = Z @ B.dense()
+            ref = reference_rows(circuits, ov, h, X, recipe)
+            if readout.logit_bias is not None:
+                if ov.out_norm is None or not recipe.output_gain:
+                    torch.testing.assert_close(fast, ref, rtol=1e-9, atol=1e-9)
+                continue
+            live = fast.square().sum(1) > 0  # a zero row (a padding embedding) stays zero
+            assert bool((ref[~live] == 0).all())
+            fast, ref = fast[live], ref[live]
+            c = (fast * ref).sum(1) / fast.square().sum(1)  # ref = c · fast, c > 0
+            assert bool((c > 0).all()), f"{variant} L{i}H{h}: factor not positive"
+            torch.testing.assert_close(c[:, None] * fast, ref, rtol=1e-9, atol=1e-9)
 
 
 def test_float32_scores_equal_float64_scores() -> None:

@@ -14,7 +14,7 @@ from headatlas.circuits import ModelCircuits
 from headatlas.scoring.mapping import map_heads
 from headatlas.scoring.options import MapOptions
 from headatlas.scoring.ranks import SharedU
-from headatlas.scoring.recipe import fold_unembedding
+from headatlas.scoring.readout import fold_unembedding
 from headatlas.weights.safetensors_dir import SafetensorsDirSource
 
 FAMILIES = ("gpt2", "pythia-parallel", "phi", "llama-gqa", "gemma2")

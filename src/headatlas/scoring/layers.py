@@ -102,7 +102,7 @@ class LayerScores:
     def heads(self) -> list[tuple[torch.Tensor, FactoredB]]:
         """Every head's logits kept factored (:func:`head_readouts`)."""
         with torch.no_grad():
-            return head_readouts(self.layer, self.sources, self._shared.readout, self._shared.U)
+            return head_readouts(self.layer, self.sources, self._shared.readout)
 
     @cached_property
     def orders(self) -> list[torch.Tensor | None]:
@@ -116,7 +116,7 @@ class LayerScores:
         s = self._shared
         with torch.no_grad():
             (ranks,) = layer_ranks_multi(
-                self.layer, self.sources, s.readout, [s.layout], self.heads, self.orders, s.U
+                self.layer, self.sources, s.readout, [s.layout], self.heads, self.orders
             )
         return ranks
 

@@ -23,10 +23,10 @@ Embedding modes (layers >= 1; layer 0 reads the token embedding unless ``embeddi
   template), averaged over the contexts: the source read at a later position than the first
   after BOS, which many models treat as an attention sink.
 
-:class:`Recipe` holds the switches; :meth:`Recipe.bind` gives a :class:`Readout` with the
-tensors every consumer needs (the folded unembedding, the logit bias, each layer's output map,
-the source inputs). The static map, the salient operations, the dynamic readout and the plain
-reference all read heads through it.
+:class:`Recipe` holds the switches and :class:`SourceInputs` forms x̃; :meth:`Recipe.bind` gives
+the :class:`~headatlas.scoring.readout.Readout` (the folded unembedding, the logit bias, each
+layer's factored heads) through which the static map, the salient operations, the dynamic
+readout and calibrate read heads.
 """
 
 from __future__ import annotations
@@ -39,9 +39,10 @@ from typing import Any
 
 import torch
 
-from headatlas.circuits import LayerOV, ModelCircuits, Norm
+from headatlas.circuits import ModelCircuits
 from headatlas.errors import OptionError
 from headatlas.progress import track
+from headatlas.scoring.readout import Readout
 
 EMBEDDINGS = ("mlp0", "none", "residual", "forward", "context")
 """Source-embedding modes, in the order ``calibrate`` tries them."""
@@ -194,139 +195,6 @@ PRESETS: dict[str, Recipe] = {
 """Named recipes: ``maps`` (the paper's exact formula) and ``default`` (this project's)."""
 
 
-def fold_unembedding(
-    circuits: ModelCircuits, final_norm: bool, dtype: torch.dtype = torch.float32
-) -> torch.Tensor:
-    """W_U with the final norm folded in: C · diag(γ) · W_U, [d, V] contiguous.
-
-    C = I - 11ᵀ/d is LayerNorm's centring; the norm's 1/σ is a positive per-row scalar and
-    leaves top-k unchanged, and its bias β is not part of any head (as in TransformerLens'
-    fold_ln, where β moves to the logit bias).
-
-    Computed in blocks of vocabulary columns streamed from the checkpoint
-    (:meth:`ModelCircuits.unembedding_blocks`): the result is the only vocabulary-sized
-    matrix held, and W_U itself is not kept.
-    """
-    # Fold in float64 when computing in float64 (folding in float32 loses bits), else float32.
-    work = torch.float64 if dtype == torch.float64 else torch.float32
-    d = circuits.cfg.d_model
-    norm = circuits.final_norm() if final_norm else None
-    scale = None if norm is None else norm.scale(d).to(work)
-    n_cols, blocks = circuits.unembedding_blocks()
-    out = torch.empty(d, n_cols, dtype=dtype)
-    for start, block in blocks:
-        G = block.to(work)  # [m, d]: W_U[:, start : start + m].T
-        if scale is not None:
-            G = G * scale
-            if norm is not None and norm.kind == "layernorm":
-                G = G - G.mean(1, keepdim=True)
-        out[:, start : start + G.shape[0]] = G.T
-    return out
-
-
-class Readout:
-    """A recipe bound to one model's tensors. Build with :meth:`Recipe.bind`."""
-
-    def __init__(self, recipe: Recipe, circuits: ModelCircuits, dtype: torch.dtype = torch.float32):
-        self.recipe = recipe
-        self.circuits = circuits
-        self.device = torch.device("cpu")
-        self.dtype = dtype
-        self.W_Uf = fold_unembedding(circuits, recipe.final_norm, dtype)  # [d, V]
-        b = circuits.unembed_bias() if recipe.unembed_bias else None
-        self.logit_bias: torch.Tensor | None = b  # [V] or None
-        self.final_norm: Norm | None = circuits.final_norm() if recipe.final_norm else None
-
-    def to(self, device: str | torch.device, dtype: torch.dtype) -> Readout:
-        """This readout with its tensors on ``device`` in ``dtype`` (a new object)."""
-        out = Readout.__new__(Readout)
-        out.recipe, out.circuits = self.recipe, self.circuits
-        out.device, out.dtype = torch.device(device), dtype
-        # Fold again only when float64 is asked of a float32 fold (float32 folding loses bits).
-        W = (
-            fold_unembedding(self.circuits, self.recipe.final_norm, dtype)
-            if dtype == torch.float64 and self.W_Uf.dtype != torch.float64
-            else self.W_Uf
-        )
-        out.W_Uf = W.to(device=out.device, dtype=dtype).contiguous()
-        out.logit_bias = _move(self.logit_bias, out.device, dtype)
-        out.final_norm = self.final_norm
-        return out
-
-    # ---- inputs --------------------------------------------------------------------------
-    def source_inputs(
-        self,
-        ids: torch.Tensor,
-        hf_model: Any = None,
-        start: int | str | None = "auto",
-        progress: bool = False,
-    ) -> SourceInputs:
-        """Per-layer source embeddings x̃ of tokens ``ids`` [n] (float32, on the CPU);
-        ``hf_model``, ``start`` and ``progress`` are for the ``forward`` and ``context`` modes
-        (see :func:`forward_inputs`, :func:`context_inputs`)."""
-        return SourceInputs(self.recipe, self.circuits, ids, hf_model, start, progress)
-
-    # ---- one layer ------------------------------------------------------------------------
-    def value_vectors(self, layer: LayerOV, X: torch.Tensor) -> torch.Tensor:
-        """z for every KV group: norm(X) @ W_V + b_V, [n_kv, n, d_head]."""
-        X = X.to(device=self.device, dtype=self.dtype)
-        u = layer.attn_norm(X) if self.recipe.pre_norm else X
-        Z = torch.einsum("nd,gde->gne", u, layer.W_V.to(device=u.device, dtype=u.dtype))
-        if self.recipe.value_bias and layer.b_V is not None:
-            Z = Z + layer.b_V.to(device=u.device, dtype=u.dtype)[:, None, :]
-        return Z
-
-    def gain(self, layer: LayerOV) -> torch.Tensor:
-        """The post-attention gain [d] this recipe applies (ones when off or absent)."""
-        d = layer.W_O.shape[2]
-        g = layer.out_gain(d) if self.recipe.output_gain else torch.ones(d)
-        return g.to(device=self.device, dtype=self.dtype)
-
-    def output_map(self, layer: LayerOV) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(W_O·gain [H, dh, d], b_O·gain [d] or None)."""
-        gain = self.gain(layer)
-        W_O = layer.W_O.to(device=self.device, dtype=self.dtype) * gain
-        b_O = None
-        if self.recipe.output_bias and layer.b_O is not None:
-            b_O = layer.b_O.to(device=self.device, dtype=self.dtype) * gain
-        return W_O, b_O
-
-    def logit_offset(self, layer: LayerOV) -> torch.Tensor | None:
-        """Constant logits [V] added to every head of a layer without a per-row final-norm
-        factor: b_O·gain·W_Uf + b_U (None when both are off)."""
-        _, b_O = self.output_map(layer)
-        offset = self.logit_bias
-        if b_O is not None:
-            bo = b_O @ self.W_Uf
-            offset = bo if offset is None else offset + bo
-        return offset
-
-    def head_rows(self, layer: LayerOV, head: int, X: torch.Tensor) -> torch.Tensor:
-        """Full logit rows [n, V] of one head for source embeddings ``X`` [n, d], the plain
-        way: the norms applied as functions (without the final norm's bias), nothing folded."""
-        dtype = self.dtype
-        X = X.to(dtype)
-        r = self.recipe
-        u = layer.attn_norm(X) if r.pre_norm else X
-        z = u @ layer.head_W_V(head).to(dtype)
-        b_V = layer.head_b_V(head)
-        if r.value_bias and b_V is not None:
-            z = z + b_V.to(dtype)
-        y = z @ layer.W_O[head].to(dtype)
-        if r.output_bias and layer.b_O is not None:
-            y = y + layer.b_O.to(dtype)
-        if r.output_gain and layer.out_norm is not None:
-            n = layer.out_norm
-            y = Norm(n.kind, _cast(n.gain, dtype), None, n.eps)(y)
-        if self.final_norm is not None:
-            n = self.final_norm
-            y = Norm(n.kind, _cast(n.gain, dtype), None, n.eps)(y)
-        rows = y @ self.circuits.W_U.to(dtype)
-        if self.logit_bias is not None:
-            rows = rows + self.logit_bias.to(dtype).cpu()
-        return rows
-
-
 class SourceInputs:
     """x̃ of a fixed list of source tokens for every layer, formed by a recipe.
 
@@ -431,14 +299,6 @@ def forward_inputs(
     when None). ``progress``: a bar (or log lines) over the batches."""
     # [start, s] is the context mode's sequence with one empty context (x + 0 and x / 1: equal)
     return context_inputs(circuits, ids, [[]], hf_model, start, progress, "forward")
-
-
-def _move(t: torch.Tensor | None, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
-    return None if t is None else t.to(device=device, dtype=dtype)
-
-
-def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    return None if t is None else t.to(dtype)
 
 
 def context_ids(tokenizer: Any, contexts: tuple[str, ...]) -> list[list[int]]:

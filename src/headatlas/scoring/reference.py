@@ -1,13 +1,37 @@
-"""The plain per-head reference the fast path is tested against: the full row
-x̃ · W_V · W_O · W_U for each source, then the target's rank in it. Slow by design."""
+"""The plain per-head reference the factored readout is tested against: the full row
+x̃ · W_V · W_O · W_U for each source, the norms applied as functions and nothing folded, then
+the target's rank in it; and the salient operations computed the same plain way. Slow by
+design: the only unfactored path (:mod:`headatlas.scoring.readout` is the factored one)."""
 
 from __future__ import annotations
 
 import torch
 
-from headatlas.circuits import LayerOV, ModelCircuits
+from headatlas.circuits import LayerOV, ModelCircuits, Norm
 from headatlas.scoring.options import MapOptions
 from headatlas.scoring.recipe import Recipe
+
+
+def _recipe(options: MapOptions | Recipe) -> Recipe:
+    return options if isinstance(options, Recipe) else options.recipe
+
+
+def _head_values(
+    layer: LayerOV, head: int, X: torch.Tensor, recipe: Recipe
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(u = norm(X) or X [n, d], z = u · W_V + b_V [n, dh]) of one head, in X's dtype."""
+    dtype = X.dtype
+    u = layer.attn_norm(X) if recipe.pre_norm else X
+    z = u @ layer.head_W_V(head).to(dtype)
+    b_V = layer.head_b_V(head)
+    if recipe.value_bias and b_V is not None:
+        z = z + b_V.to(dtype)
+    return u, z
+
+
+def _without_bias(norm: Norm, dtype: torch.dtype) -> Norm:
+    """``norm`` with its gain in ``dtype`` and no bias (a bias is no part of any head)."""
+    return Norm(norm.kind, None if norm.gain is None else norm.gain.to(dtype), None, norm.eps)
 
 
 def reference_rows(
@@ -20,11 +44,24 @@ def reference_rows(
 ) -> torch.Tensor:
     """Full logit rows x̃ · W_V · W_O · W_U [n, V] of one head for source embeddings ``X`` [n, d].
 
-    Read through the recipe's plain path (:meth:`Readout.head_rows`): the final norm is applied
-    as a function (without its bias), not folded; the post-attention norm (Gemma 2/3) too.
-    """
-    recipe = options if isinstance(options, Recipe) else options.recipe
-    return recipe.bind(circuits, "cpu", dtype).head_rows(layer, head, X)
+    The plain way: the pre-attention, post-attention (Gemma 2/3) and final norms applied as
+    functions (the last two without their bias), b_O added before the post-attention norm,
+    b_U after the final norm; nothing folded."""
+    r = _recipe(options)
+    _, z = _head_values(layer, head, X.to(dtype), r)
+    y = z @ layer.W_O[head].to(dtype)
+    if r.output_bias and layer.b_O is not None:
+        y = y + layer.b_O.to(dtype)
+    if r.output_gain and layer.out_norm is not None:
+        y = _without_bias(layer.out_norm, dtype)(y)
+    final = circuits.final_norm() if r.final_norm else None
+    if final is not None:
+        y = _without_bias(final, dtype)(y)
+    rows = y @ circuits.W_U.to(dtype)
+    b_U = circuits.unembed_bias() if r.unembed_bias else None
+    if b_U is not None:
+        rows = rows + b_U.to(dtype).cpu()
+    return rows
 
 
 def reference_ranks(
@@ -63,3 +100,42 @@ def reference_topk_scores(
     score = (top == targets[:, None]).any(1).double().mean().item()
     suppression = (bottom == targets[:, None]).any(1).double().mean().item()
     return score, suppression
+
+
+def plain_salient(
+    layer: LayerOV,
+    head: int,
+    X: torch.Tensor,
+    W_Uf: torch.Tensor,
+    options: MapOptions | Recipe,
+    excluded: torch.Tensor | None = None,
+    tokens: int = 15,
+    mappings: int = 5,
+    logit_offset: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The salient operations of one head the plain way, which the fast pass
+    (:class:`~headatlas.scoring.salient.SalientPass`) is tested and timed against: the head's
+    output Y = (norm(X) W_V + b_V) W_O γ_post (+ b_O γ_post) [V, d] for the source embeddings
+    ``X`` [V, d], σ = ‖Y‖/‖norm(X)‖ per row, then the top rows' logits through ``W_Uf`` (the
+    folded unembedding) plus ``logit_offset``.
+
+    Returns (σ [V], top token ids [tokens], mapping ids [tokens, mappings]); ``excluded``
+    [V'] masks ids out of both rankings.
+    """
+    dtype = W_Uf.dtype
+    recipe = _recipe(options)
+    u, z = _head_values(layer, head, X.to(dtype), recipe)
+    gain = layer.out_gain(X.shape[1]).to(dtype) if recipe.output_gain else 1.0
+    Y = z @ (layer.W_O[head].to(dtype) * gain)
+    if recipe.output_bias and layer.b_O is not None:
+        Y = Y + layer.b_O.to(dtype) * gain
+    norms = u.norm(dim=-1)
+    sigma = torch.where(norms > 0, Y.norm(dim=-1) / norms.clamp_min(1e-30), 0.0)
+    ranked = sigma if excluded is None else sigma.masked_fill(excluded[: len(sigma)], -torch.inf)
+    top = ranked.topk(tokens).indices
+    logits = Y[top] @ W_Uf
+    if logit_offset is not None:
+        logits = logits + logit_offset
+    if excluded is not None:
+        logits = logits.masked_fill(excluded[: logits.shape[1]], -torch.inf)
+    return sigma, top, logits.topk(mappings, dim=1).indices

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from headatlas.circuits import LayerOV, Norm
+from headatlas.circuits import LayerOV
 from headatlas.scoring.plan import ScoringPlan
 from headatlas.scoring.ranks import (
     STAGES,
@@ -19,10 +19,7 @@ from headatlas.scoring.ranks import (
     pair_ranks,
     pair_ranks_full,
 )
-from headatlas.scoring.recipe import Readout
-
-# Heads whose W_O·W_U block is formed in one matmul; bounded so B stays under ~512 MB.
-_B_BYTES = 512 * 2**20
+from headatlas.scoring.readout import Readout
 
 
 def layer_ranks(
@@ -48,48 +45,17 @@ def layer_ranks(
     (through a d_head x d_head Gram matrix) only when a bias follows it.
     """
     if kernel == "full":
-        W_Uf = readout.W_Uf
-        layer = layer.to(W_Uf.device, W_Uf.dtype)
-        Zg = readout.value_vectors(layer, X)
-        W_O, b_O = readout.output_map(layer)
-        return _layer_ranks_full(
-            layer, Zg, W_O, b_O, W_Uf, readout.logit_bias, layout, readout.final_norm
-        )
+        return _layer_ranks_full(head_readouts(layer, X, readout), layout)
     return layer_ranks_multi(layer, X, readout, [layout])[0]
 
 
 def head_readouts(
-    layer: LayerOV, X: torch.Tensor, readout: Readout, shared: SharedU | None = None
+    layer: LayerOV, X: torch.Tensor, readout: Readout
 ) -> list[tuple[torch.Tensor, FactoredB]]:
     """Every head's logits kept factored, ``Z`` [n_sources, r] and ``B`` = W @ U [r, V]
     (logits = Z @ B, up to the final norm's positive per-row factor when no bias follows
-    it), on the readout's device and in its dtype. ``shared``: the readout's
-    :func:`shared_readout`, when the caller keeps it across layers (else made here)."""
-    W_Uf = readout.W_Uf
-    dtype, device = W_Uf.dtype, W_Uf.device
-    layer = layer.to(device, dtype)
-    Zg = readout.value_vectors(layer, X)
-    W_O, b_O = readout.output_map(layer)  # [H, dh, d], [d]: post-attention gain applied
-    post_bias = readout.logit_bias
-    final_norm = readout.final_norm
-    # B = W @ U stays factored; a post-norm logit bias is one more row of U.
-    U = shared_readout(readout) if shared is None else shared
-    heads = []
-    for h in range(W_O.shape[0]):
-        Z, W = Zg[layer.kv_group(h)], W_O[h]
-        if b_O is not None:  # y = [z, 1] @ [W_O; b_O]
-            Z = _with_ones(Z)
-            W = torch.cat([W, b_O[None]], 0)
-        if post_bias is not None:
-            if final_norm is not None:
-                Z = Z * _norm_factor(Z, W, final_norm)[:, None]
-            Z = _with_ones(Z)
-            W = torch.nn.functional.pad(W, (0, 1))
-            one = torch.zeros(1, W.shape[1], dtype=dtype, device=device)
-            one[0, -1] = 1
-            W = torch.cat([W, one], 0)
-        heads.append((Z.contiguous(), FactoredB(W, U)))
-    return heads
+    it), on the readout's device and in its dtype: :meth:`LayerReadout.heads`."""
+    return readout.layer(layer).heads(X)
 
 
 def candidate_orders(heads: Sequence[tuple[torch.Tensor, FactoredB]]) -> list[torch.Tensor | None]:
@@ -108,15 +74,13 @@ def layer_ranks_multi(
     layouts: Sequence[PairLayout],
     heads: Sequence[tuple[torch.Tensor, FactoredB]] | None = None,
     orders: Sequence[torch.Tensor | None] | None = None,
-    shared: SharedU | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """:func:`layer_ranks` (pruned kernel) for several pair layouts over the same source rows,
     sharing each head's factors and candidate columns; each layout's ranks are exactly what
     :func:`layer_ranks` gives for it alone. ``heads`` (:func:`head_readouts`) and ``orders``
-    (:func:`candidate_orders`) and ``shared`` (:func:`shared_readout`): when the caller has
-    them already."""
+    (:func:`candidate_orders`): when the caller has them already."""
     if heads is None:
-        heads = head_readouts(layer, X, readout, shared)
+        heads = head_readouts(layer, X, readout)
     if orders is None:
         orders = (
             candidate_orders(heads)
@@ -135,64 +99,22 @@ def layer_ranks_multi(
 
 
 def _layer_ranks_full(
-    layer: LayerOV,
-    Zg: torch.Tensor,
-    W_O: torch.Tensor,
-    b_O: torch.Tensor | None,
-    W_Uf: torch.Tensor,
-    post_bias: torch.Tensor | None,
-    layout: PairLayout,
-    final_norm: Norm | None,
+    heads: Sequence[tuple[torch.Tensor, FactoredB]], layout: PairLayout
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The previous path, kept as the benchmark's baseline: B = W_O·W_U formed per head,
-    every rank computed in full by :func:`pair_ranks_full`."""
-    d = W_Uf.shape[0]
-    H, dh = W_O.shape[0], W_O.shape[1]
-    per_chunk = max(1, _B_BYTES // (dh * W_Uf.shape[1] * W_Uf.element_size()))
+    """The previous path, kept as the benchmark's baseline: every head's B = W·U formed in
+    full, every rank computed by :func:`pair_ranks_full`."""
     ups, downs = [], []
-    for h0 in range(0, H, per_chunk):
-        h1 = min(H, h0 + per_chunk)
-        B_all = (W_O[h0:h1].reshape(-1, d) @ W_Uf).reshape(h1 - h0, dh, -1)  # [h, dh, V]
-        for h in range(h0, h1):
-            Z, B, W = Zg[layer.kv_group(h)], B_all[h - h0], W_O[h]
-            if b_O is not None:
-                Z = _with_ones(Z)
-                B = torch.cat([B, (b_O @ W_Uf)[None]], 0)
-                W = torch.cat([W, b_O[None]], 0)
-            if post_bias is not None:
-                if final_norm is not None:
-                    Z = Z * _norm_factor(Z, W, final_norm)[:, None]
-                Z = _with_ones(Z)
-                B = torch.cat([B, post_bias[None]], 0)
-            up, down = pair_ranks_full(Z.contiguous(), B, layout)
-            ups.append(up)
-            downs.append(down)
-        del B_all
+    for Z, B in heads:
+        up, down = pair_ranks_full(Z, B.dense(), layout)
+        ups.append(up)
+        downs.append(down)
     return torch.stack(ups), torch.stack(downs)
 
 
 def shared_readout(readout: Readout) -> SharedU:
-    """U = [W_Uf; logit bias] [d(+1), V], shared by every head of every layer: prepared once
-    per map (by :func:`headatlas.scoring.layers.score_layers`) and passed to each layer."""
-    W_Uf, post_bias = readout.W_Uf, readout.logit_bias
-    return SharedU(W_Uf if post_bias is None else torch.cat([W_Uf, post_bias[None]], 0))
-
-
-def _with_ones(Z: torch.Tensor) -> torch.Tensor:
-    return torch.cat([Z, torch.ones(Z.shape[0], 1, dtype=Z.dtype, device=Z.device)], 1)
-
-
-def _norm_factor(Z: torch.Tensor, W: torch.Tensor, norm: Norm) -> torch.Tensor:
-    """1/σ of each row of y = Z @ W [n, d], through the Gram matrix of W (no [n, d] formed).
-
-    RMSNorm: σ² = mean(y²) + eps; LayerNorm: the variance of y plus eps.
-    """
-    d = W.shape[1]
-    if norm.kind == "layernorm":
-        W = W - W.mean(1, keepdim=True)
-    G = (W @ W.T) / d  # [r, r]
-    ms = ((Z @ G) * Z).sum(1)
-    return torch.rsqrt(ms.clamp_min(0) + norm.eps)
+    """U = [W_Uf; logit bias] [d(+1), V], shared by every head of every layer: made once per
+    readout (:meth:`Readout.shared`) and used by each layer."""
+    return readout.shared()
 
 
 def layer_scores(

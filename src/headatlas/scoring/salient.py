@@ -40,6 +40,7 @@ from headatlas.progress import track
 from headatlas.relations import resolve_relations
 from headatlas.runtime import compute_dtype, resolve_device, resolve_dtype
 from headatlas.scoring.options import MapOptions
+from headatlas.scoring.readout import LayerReadout
 from headatlas.scoring.recipe import embedding_of
 from headatlas.scoring.salient_match import match_head, relation_matchers
 from headatlas.store import (
@@ -214,60 +215,32 @@ class SalientPass:
         )
 
     # -- one layer ----------------------------------------------------------------------------
-    def value_map(self, layer: LayerOV) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(W [n_kv, d, dh], c [n_kv, dh]) with z = normed · W + c for every KV group: the
-        pre-attention norm's gain and bias, and b_V, folded in."""
-        W_V = layer.W_V.to(device=self.device, dtype=self.dtype)
-        c: torch.Tensor | None = None
-        if self.recipe.pre_norm:
-            n = layer.attn_norm
-            if n.gain is not None:
-                W_V = W_V * n.gain.to(W_V)[None, :, None]
-            if n.bias is not None:
-                c = torch.einsum("d,gde->ge", n.bias.to(W_V), layer.W_V.to(W_V))
-        if self.recipe.value_bias and layer.b_V is not None:
-            b = layer.b_V.to(W_V)
-            c = b if c is None else c + b
-        return W_V, c
-
-    def _norm_terms(
-        self, layer: LayerOV, d: int
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None] | None:
-        """(γ², γβ, ‖β‖²) of the pre-attention norm, or None without ``pre_norm``."""
-        if not self.recipe.pre_norm:
-            return None
-        n = layer.attn_norm
-        g = n.scale(d).to(device=self.device, dtype=self.dtype)
-        if n.bias is None:
-            return g.square(), None, None
-        b = n.bias.to(g)
-        return g.square(), g * b, b.square().sum()
-
-    def output_map(self, layer: LayerOV) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(W_O [H, dh, d] with the post-attention gain, b_O·gain [d] or None), per the recipe."""
-        return self.readout.output_map(layer)
-
     def sigma(self, layer: LayerOV, heads: Sequence[int]) -> torch.Tensor:
         """σ [len(heads), V] of the given heads (unmasked)."""
         heads = list(heads)
-        W_V, c = self.value_map(layer)
-        W_O, b_O = self.output_map(layer)
-        groups, sig = self._group_sigma(layer, W_V, c, W_O, b_O, heads)
+        groups, sig = self._group_sigma(layer, self.readout.layer(layer), heads)
         gs = layer.group_size
         rows = [groups.index(layer.kv_group(h)) * gs + h % gs for h in heads]
         return sig[rows]
 
+    def _input_norms(self, lr: LayerReadout, d: int) -> tuple[torch.Tensor, ...] | None:
+        """(γ², γβ, ‖β‖²) of the pre-attention norm (γ² alone without a bias), or None without
+        ``pre_norm``: ‖u‖² = x̂²·γ² + 2 x̂·(γβ) + ‖β‖² for u = norm(x̃) = x̂·γ + β."""
+        n = lr.in_norm
+        if n is None:
+            return None
+        g = n.scale(d).to(device=self.device, dtype=self.dtype)
+        if n.bias is None:
+            return (g.square(),)
+        b = n.bias.to(g)
+        return g.square(), g * b, b.square().sum()
+
     def _group_sigma(
-        self,
-        layer: LayerOV,
-        W_V: torch.Tensor,
-        c: torch.Tensor | None,
-        W_O: torch.Tensor,
-        b_O: torch.Tensor | None,
-        heads: Sequence[int],
+        self, layer: LayerOV, lr: LayerReadout, heads: Sequence[int]
     ) -> tuple[list[int], torch.Tensor]:
         """(KV groups of ``heads``, σ [n_groups · group_size, V] of every query head of them)."""
         inp = self.inputs(layer)
+        W_V, c, W_O, b_O = lr.W_V, lr.c, lr.W_O, lr.b_O
         gs = layer.group_size
         groups = sorted({layer.kv_group(h) for h in heads})
         members = [g * gs + j for g in groups for j in range(gs)]  # query heads, group-major
@@ -294,17 +267,16 @@ class SalientPass:
         sq = torch.empty(ng, gs, self.n_vocab, device=self.device, dtype=self.dtype)
         # σ's denominator is the norm of what W_V reads: u = norm(x̃) = x̂·γ + β with pre_norm,
         # ‖u‖² = x̂²·γ² + 2 x̂·(γβ) + ‖β‖²; else x̃ itself
-        scale = self._norm_terms(layer, d)
+        scale = self._input_norms(lr, d)
         norms = inp.norms if scale is None else torch.empty_like(inp.norms)
         for start in range(0, self.n_vocab, _ROWS_PER_CHUNK):
             stop = min(self.n_vocab, start + _ROWS_PER_CHUNK)
             n = stop - start
             xs = inp.normed[start:stop]
             if scale is not None:
-                g2, gb, bb = scale
-                u2 = xs.square() @ g2
-                if gb is not None and bb is not None:
-                    u2 += 2 * (xs @ gb) + bb
+                u2 = xs.square() @ scale[0]
+                if len(scale) == 3:
+                    u2 += 2 * (xs @ scale[1]) + scale[2]
                 norms[start:stop] = u2.clamp_min(0).sqrt()
             Z = xs @ W_cat  # [n, ng·dh]
             if c_cat is not None:
@@ -330,9 +302,9 @@ class SalientPass:
         heads = list(range(layer.n_heads)) if heads is None else list(heads)
         H, T = len(heads), tokens
         with torch.no_grad():
-            W_V, c = self.value_map(layer)
-            W_O, b_O = self.output_map(layer)
-            groups, sig = self._group_sigma(layer, W_V, c, W_O, b_O, heads)
+            lr = self.readout.layer(layer)
+            W_V, c, W_O, b_O = lr.W_V, lr.c, lr.W_O, lr.b_O
+            groups, sig = self._group_sigma(layer, lr, heads)
             gs = layer.group_size
             sig = sig[[groups.index(layer.kv_group(h)) * gs + h % gs for h in heads]]
             ranked = sig.masked_fill(self.source_excluded, float("-inf"))
@@ -370,51 +342,6 @@ class SalientPass:
                     }
                 )
         return rows
-
-
-# ---- the plain computation (reference) ----------------------------------------------------
-
-
-def plain_salient(
-    layer: LayerOV,
-    head: int,
-    X: torch.Tensor,
-    W_Uf: torch.Tensor,
-    options: MapOptions,
-    excluded: torch.Tensor | None = None,
-    tokens: int = 15,
-    mappings: int = 5,
-    logit_offset: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The plain per-head computation the fast pass is tested and timed against: form the
-    head's output Y = (norm(X) W_V + b_V) W_O [V, d] for the source embeddings ``X`` [V, d],
-    take row norms, then the top rows' logits through ``W_Uf``. Slow by design.
-
-    Returns (σ [V], top token ids [tokens], mapping ids [tokens, mappings]); ``excluded``
-    [V'] masks ids out of both rankings.
-    """
-    dtype = W_Uf.dtype
-    recipe = options.recipe
-    X = X.to(dtype)
-    u = layer.attn_norm(X) if recipe.pre_norm else X
-    z = u @ layer.head_W_V(head).to(dtype)
-    b_V = layer.head_b_V(head)
-    if recipe.value_bias and b_V is not None:
-        z = z + b_V.to(dtype)
-    gain = layer.out_gain(X.shape[1]).to(dtype) if recipe.output_gain else 1.0
-    Y = z @ (layer.W_O[head].to(dtype) * gain)
-    if recipe.output_bias and layer.b_O is not None:
-        Y = Y + layer.b_O.to(dtype) * gain
-    norms = u.norm(dim=-1)
-    sigma = torch.where(norms > 0, Y.norm(dim=-1) / norms.clamp_min(1e-30), 0.0)
-    ranked = sigma if excluded is None else sigma.masked_fill(excluded[: len(sigma)], -torch.inf)
-    top = ranked.topk(tokens).indices
-    logits = Y[top] @ W_Uf
-    if logit_offset is not None:
-        logits = logits + logit_offset
-    if excluded is not None:
-        logits = logits.masked_fill(excluded[: logits.shape[1]], -torch.inf)
-    return sigma, top, logits.topk(mappings, dim=1).indices
 
 
 # ---- public API ---------------------------------------------------------------------------

@@ -62,15 +62,15 @@ class HeadReadout:
         readout = self.recipe.bind(circuits, "cpu", self.dtype)
         self.W_Uf = readout.W_Uf  # [d, V]
         self.W_O: list[torch.Tensor] = []  # per layer [H, dh, d], post-attention gain applied
-        self.b_V: list[torch.Tensor | None] = []
+        self.b_V: list[torch.Tensor | None] = []  # per layer: the b_V the recipe leaves out
         self.offset: list[torch.Tensor | None] = []  # per layer logit offset [V]
         self.kv_group: list[torch.Tensor] = []
         for layer in circuits.layers():
-            W_O, _ = readout.output_map(layer)
-            self.W_O.append(W_O)
-            self.kv_group.append(torch.arange(layer.n_heads) // layer.group_size)
-            self.b_V.append(layer.b_V)
-            self.offset.append(readout.logit_offset(layer))
+            lr = readout.layer(layer)
+            self.W_O.append(lr.W_O)
+            self.kv_group.append(lr.kv_group)
+            self.b_V.append(lr.left_out_b_V)
+            self.offset.append(lr.logit_offset())
 
     def head_outputs(self, layer: int, z: torch.Tensor) -> torch.Tensor:
         """z [B, H, dh] -> each head's output as the residual stream sees it, [B, H, d]."""
@@ -158,7 +158,7 @@ class HeadReadout:
         """The without-context z: each head's KV-group value at the source, [B, H, dh]
         (b_V removed when the map leaves value biases out)."""
         b_V = self.b_V[layer]
-        if not self.recipe.value_bias and b_V is not None:
+        if b_V is not None:
             values = values - b_V.to(values.dtype)
         return values[:, self.kv_group[layer]]
 
