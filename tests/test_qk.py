@@ -203,6 +203,11 @@ def test_map_writes_qk_scores_when_asked(tmp_path: Path) -> None:
     table = res.qk()
     assert table is not None and len(table) == 2 * 4
     assert table.dup_score.between(0, 1).all() and table.salient_keys.map(len).eq(10).all()
+    row = table.iloc[5]
+    assert {"countries", "punctuation", "start"} <= set(row.classes)
+    for col in ("class_auc", "class_null_mean", "class_null_max", "class_p_value", "class_z"):
+        assert len(row[col]) == len(row.classes), col
+    assert all(0 <= v <= 1 for v in row.class_auc) and all(0 < p <= 1 for p in row.class_p_value)
     assert res.manifest["qk"]["options"]["rotary"] == "offsets"
     assert res.manifest["qk"]["rows"] == len(table) and res.manifest["options"]["qk"] is True
     assert MapOptions(qk=True).scoring_key() == MapOptions().scoring_key()
@@ -297,3 +302,113 @@ def test_token_classes_and_static_class_auc() -> None:
     logits_r = head_logits(qk, X, X, QKOptions())
     brute = (logits_c[:, :, :, None] > logits_r[:, :, None, :]).double().mean((2, 3)).mean(1)
     assert torch.allclose(auc, brute) and auc.shape == (c.cfg.n_heads,)
+
+
+def test_key_aucs_average_to_the_class_auc_and_the_null_ranks_it() -> None:
+    """A class's AUC is the mean of its members' per-key AUCs; its null is random classes of
+    the same size from the sample: mean near 0.5, and the sample's own top keys beat it."""
+    from tiny_models import gpt2_tokenizer
+
+    from headatlas.scoring.qk_classes import class_auc, class_null, key_aucs, null_draws
+
+    c = ModelCircuits.load(tiny_model("gpt2"), tokenizer=gpt2_tokenizer())
+    X = c.embed(sample_tokens(c, 48, 0)).double()
+    Xc = c.embed(torch.tensor([5, 17, 99])).double()
+    qk = read_qk(c, 1).to(torch.float64)
+    a = key_aucs(qk, X, torch.cat([X, Xc]), X, QKOptions())
+    assert a.shape == (c.cfg.n_heads, 51)
+    assert torch.allclose(a[:, 48:].mean(-1), class_auc(qk, X, Xc, X, QKOptions()))
+    assert torch.allclose(a[:, :48].mean(-1), torch.full((c.cfg.n_heads,), 0.5, dtype=a.dtype))
+    draws = null_draws(48, 5, 200, 0)
+    assert draws.shape == (200, 5) and all(len(set(d.tolist())) == 5 for d in draws)
+    assert torch.equal(draws, null_draws(48, 5, 200, 0)) and null_draws(4, 6, 3, 0).shape == (3, 6)
+    top = a[:, :48].topk(5).indices  # per head its five most preferred sample keys
+    best = torch.stack([a[h, top[h]].mean() for h in range(a.shape[0])])
+    null = class_null(best, a[:, :48], 5, 200, 0)
+    assert (null["class_null_mean"] - 0.5).abs().max() < 0.05
+    assert (null["class_p_value"] == 1 / 201).all() and (null["class_z"] > 0).all()
+    assert (null["class_null_max"] <= best).all()
+    mid = class_null(torch.full_like(best, 0.5), a[:, :48], 5, 200, 0)
+    assert (mid["class_p_value"] > 0.2).all()
+
+
+def _record(r_dup: float, mean_r: float, reading: tuple[str, str] = ("recipe", "slow")) -> dict:
+    """A QK record as calibrate writes it, with chosen r values."""
+    rows = [{"inputs": i, "rotary": m, "r": (r_dup if (i, m) == reading else 0.1)}
+            for i in ("recipe", "context") for m in ("none", "offsets", "slow")]  # fmt: skip
+    return {"supported": True, "rotary": reading[1], "context": reading[0] == "context",
+            "readings": rows,
+            "classes": {"reading": "/".join(reading), "mean_r": mean_r,
+                        "per_class": [{"class": "countries", "r": mean_r},
+                                      {"class": "start", "r": 0.2}]}}  # fmt: skip
+
+
+def test_labels_come_only_from_readings_that_reach_their_target() -> None:
+    """A reading below its target (or never measured) labels no head; one above it does."""
+    import pandas as pd
+
+    from headatlas.scoring.qk_labels import agreement_of, head_function, qk_labels, verdict_lines
+
+    table = pd.DataFrame({"layer": [0, 0], "head": [0, 1], "dup_score": [0.97, 0.2],
+                          "classes": [["countries", "start"]] * 2,
+                          "class_auc": [[0.9, 0.95], [0.5, 0.5]],
+                          "class_null_max": [[0.6, 0.8], [0.6, 0.8]],
+                          "class_p_value": [[0.001, 0.001], [0.5, 0.5]]})  # fmt: skip
+    good = agreement_of(_record(0.9, 0.8), "recipe", "slow")
+    labels = qk_labels(table, good)
+    assert labels["reads"][0].startswith("duplicate-token; countries keys (AUC 0.90")
+    assert "start" not in labels["reads"][0] and labels["reads"][1] == ""
+    assert "used for labels" in verdict_lines(good)[0]
+    assert head_function(labels["reads"][0], "copying", good).endswith("· writes copying")
+    low = agreement_of(_record(0.78, 0.08), "recipe", "slow")  # Gemma 3's measured values
+    assert (qk_labels(table, low)["reads"] == "").all()
+    assert all("below the" in line for line in verdict_lines(low))
+    assert "not labelled" in head_function("", "copying", low)
+    other = agreement_of(_record(0.9, 0.8), "context", "none")  # a reading not chosen
+    assert other["duplicate_token"]["r"] == 0.1 and not other["class_preference"]["classes"]
+    never = agreement_of(None, "recipe", "offsets")
+    assert (qk_labels(table, never)["reads"] == "").all()
+    assert "not measured" in verdict_lines(never)[0]
+
+
+def test_calibrated_qk_reading_is_what_preset_calibrated_maps_with(tmp_path: Path) -> None:
+    """calibrate's QK step records the best reading; ``map --preset calibrated --qk`` maps with
+    it and records its agreement; the summary and figure say when it is below its target.
+    (Tiny random GPT-2: learned positions and no rotary, so this tests the plumbing only.)"""
+    import dataclasses
+    import json
+
+    from tiny_models import gpt2_tokenizer, save_tiny
+
+    from headatlas.cli.main import main
+    from headatlas.report.qk_figure import qk_caption
+    from headatlas.store import load_results, model_slug
+    from headatlas.validate.qk_calibration import calibrate_qk
+
+    model = tiny_model("gpt2")
+    c = ModelCircuits.load(model, tokenizer=gpt2_tokenizer())
+    record = calibrate_qk(c, model, Recipe(), QKOptions(n_tokens=64, class_null=20))
+    assert record["supported"] and len(record["readings"]) == 6
+    best = max(record["readings"], key=lambda r: -1 if r["r"] is None else r["r"])
+    assert record["duplicate_token"]["r"] == best["r"] and record["rotary"] == best["rotary"]
+    assert record["classes"]["reading"] == record["duplicate_token"]["reading"]
+    json.dumps(record)  # JSON-safe
+    folder = save_tiny(model, tmp_path / "gpt2")
+    gpt2_tokenizer().save_pretrained(folder)
+    out = tmp_path / "out"
+    d = out / model_slug(str(folder))
+    d.mkdir(parents=True)
+    forced = _record(0.78, 0.08, ("recipe", "slow"))  # a reading below target, chosen
+    (d / "calibration.json").write_text(json.dumps(
+        {"winner": "default", "recipe": dataclasses.asdict(Recipe()), "qk": forced}))  # fmt: skip
+    assert main(["map", str(folder), "--out", str(out), "--relations", "copying",
+                 "--preset", "calibrated", "--qk"]) == 0  # fmt: skip
+    res = load_results(d)
+    assert res.manifest["qk"]["options"]["rotary"] == "slow"
+    assert res.manifest["qk"]["agreement"]["duplicate_token"]["r"] == 0.78
+    assert "0.78 < 0.8, not used for labels" in qk_caption(res)
+    from headatlas.cli.map_cmd import summary_text
+
+    text = summary_text(res)
+    assert "below the 0.8 target: no head is labelled" in text
+    assert "heads labelled" not in text

@@ -60,6 +60,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="map",
         help="how dynamic scores are read (default: the project's recipe)",
     )
+    p.add_argument(
+        "--skip-qk",
+        action="store_true",
+        help="do not choose the static QK reading (rotary mode, inputs; docs/qk.md)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_source_args(p)
     add_method_args(p)
@@ -90,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         options=options,
         n_boot=args.bootstrap,
         progress=not args.quiet,
+        qk=not args.skip_qk,
     )
     print(table_markdown(res, f"recipes for {circuits.source.display_name()}"))
     print(f"results in {res.directory}", file=sys.stderr)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from headatlas.circuits import ModelCircuits
 from headatlas.cli.dataclass_args import add_dataclass_args, dataclass_from_args
@@ -69,9 +71,23 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
     add_dataclass_args(g, MapOptions)
 
 
-def options_from_args(args: argparse.Namespace, recipe: Recipe | None = None) -> MapOptions:
+def calibrated_qk(args: argparse.Namespace, circuits: ModelCircuits) -> dict[str, Any]:
+    """The QK reading (``qk_rotary``, ``qk_context``) ``calibrate`` recorded under ``--out``
+    for this model, when ``--preset calibrated`` asks for it (else empty)."""
+    if getattr(args, "preset", None) != "calibrated":
+        return {}
+    from headatlas.store import model_slug
+    from headatlas.validate.qk_calibration import calibrated_qk_fields
+
+    return calibrated_qk_fields(Path(args.out) / model_slug(str(circuits.source.name)))
+
+
+def options_from_args(
+    args: argparse.Namespace, recipe: Recipe | None = None, qk: Mapping[str, Any] | None = None
+) -> MapOptions:
     """MapOptions from parsed arguments (MapOptions checks the values). A preset other than
-    ``default`` (``recipe`` for "calibrated") sets every recipe switch left at its default."""
+    ``default`` (``recipe`` for "calibrated") sets every recipe switch left at its default;
+    ``qk``: the calibrated QK fields, set the same way."""
     options: MapOptions = dataclass_from_args(MapOptions, args)
     preset = getattr(args, "preset", "default")
     if preset == "default":
@@ -84,7 +100,7 @@ def options_from_args(args: argparse.Namespace, recipe: Recipe | None = None) ->
     defaults = MapOptions()
     changes = {
         name: value
-        for name, value in preset_fields(preset, base).items()
+        for name, value in {**preset_fields(preset, base), **(qk or {})}.items()
         if getattr(options, name) == getattr(defaults, name)
     }
     return dataclasses.replace(options, **changes)

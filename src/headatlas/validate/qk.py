@@ -18,6 +18,7 @@ import torch
 
 from headatlas.circuits import ModelCircuits
 from headatlas.scoring.qk import ROTARY_MODES, QKOptions, qk_scores, sample_inputs, sample_tokens
+from headatlas.scoring.qk_labels import CLASS_TARGET, DUPLICATE_TARGET
 from headatlas.scoring.recipe import Recipe, start_token
 from headatlas.validate.hooks import eval_mode
 
@@ -112,10 +113,6 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
-DUPLICATE_TARGET = 0.8
-"""The r over heads a static duplicate-token reading must reach before heads are labelled by it."""
-
-
 @dataclass
 class QKValidation:
     """The QK experiment: per reading (inputs × rotary mode) the correlation over heads, and
@@ -177,10 +174,6 @@ def validate_qk(
     return QKValidation(table, heads, best, per_class)
 
 
-CLASS_TARGET = 0.7
-"""The mean r over classes a static key-preference reading must reach to label heads by it."""
-
-
 def class_correlations(
     circuits: ModelCircuits,
     hf_model: Any,
@@ -192,33 +185,34 @@ def class_correlations(
 ) -> pd.DataFrame:
     """Per token class: static key-preference AUC (class keys against the sample's keys, over
     the sample's queries) against the dynamic AUC (:func:`dynamic_class_auc`), Pearson r over
-    heads with bootstrap interval: class, n_tokens, r, low, high, static_mean, dynamic_mean."""
+    heads with bootstrap interval: class, n_tokens, r, low, high, static_mean, dynamic_mean,
+    null_mean (the static AUC of random classes of equal size, mean over heads) and heads_p05
+    (heads whose static AUC beats the null at p <= 0.05)."""
     from headatlas.qk_circuits import read_qk
-    from headatlas.scoring.qk_classes import class_auc, token_classes
+    from headatlas.scoring.qk import class_columns, sample_and_members
+    from headatlas.scoring.qk_classes import token_classes
 
     classes = token_classes(circuits)
     dyn = dynamic_class_auc(hf_model, circuits, classes, n_seqs=n_seqs, seed=seed)
-    sample = sample_tokens(circuits, options.n_tokens, options.seed)
-    members = sorted({i for ids in classes.values() for i in ids})
-    ids = torch.cat([sample, torch.tensor(members, dtype=sample.dtype)])
+    ids, where = sample_and_members(circuits, options, classes)
     x_of = sample_inputs(circuits, ids, recipe, options, hf_model, start)
-    where = {t: len(sample) + j for j, t in enumerate(members)}
-    n = len(sample)
-    static: dict[str, list[torch.Tensor]] = {name: [] for name in classes}
+    n = options.n_tokens
+    layers: list[dict[str, torch.Tensor]] = []
     with torch.no_grad():
         for layer in range(circuits.cfg.n_layers):
-            qk = read_qk(circuits, layer)
             X = x_of(layer).float()
-            for name, cids in classes.items():
-                Xc = X[torch.tensor([where[i] for i in cids])]
-                static[name].append(class_auc(qk, X[:n], Xc, X[:n], options, recipe.pre_norm))
+            layers.append(class_columns(read_qk(circuits, layer), X, n, where, options,
+                                        recipe.pre_norm))  # fmt: skip
     rows = []
-    for name, cids in classes.items():
-        st = torch.stack(static[name]).numpy()
+    for j, (name, cids) in enumerate(classes.items()):
+        col = {c: torch.stack([t[c][:, j] for t in layers]).numpy() for c in layers[0]}
+        st = col["class_auc"]
         c = pearson_with_interval(st.ravel(), dyn[name].ravel(), seed=seed)
         rows.append({"class": name, "n_tokens": len(cids), "r": c.r, "low": c.low,
                      "high": c.high, "static_mean": float(st.mean()),
-                     "dynamic_mean": float(dyn[name].mean())})  # fmt: skip
+                     "dynamic_mean": float(dyn[name].mean()),
+                     "null_mean": float(col["class_null_mean"].mean()),
+                     "heads_p05": int((col["class_p_value"] <= 0.05).sum())})  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -239,11 +233,12 @@ def qk_markdown(v: QKValidation, title: str) -> str:
               f"(r = {b['r']:.3f}) {verdict}."]  # fmt: skip
     if v.classes is not None and len(v.classes):
         lines += ["", "Key preference per token class (AUC against random keys):", "",
-                  "| class | tokens | r | 95% interval | static mean | dynamic mean |",
-                  "|---|---|---|---|---|---|"]  # fmt: skip
+                  "| class | tokens | r | 95% interval | static mean | null mean | heads p<=0.05 "
+                  "| dynamic mean |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for row in v.classes.to_dict("records"):
             lines.append(f"| {row['class']} | {row['n_tokens']} | {row['r']:.3f} | "
                          f"{row['low']:.2f} – {row['high']:.2f} | {row['static_mean']:.3f} | "
+                         f"{row['null_mean']:.3f} | {row['heads_p05']} | "
                          f"{row['dynamic_mean']:.3f} |")  # fmt: skip
         mean_r = float(v.classes["r"].mean())
         verdict = (
