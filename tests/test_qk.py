@@ -115,6 +115,22 @@ def test_duplicate_scores_count_the_diagonal_rank() -> None:
     assert duplicate_scores(logits, 3).tolist() == [1.0]
 
 
+def test_duplicate_mass_is_the_softmax_share_against_the_context() -> None:
+    from headatlas.scoring.qk import duplicate_mass
+
+    logits = torch.tensor(
+        [[[3.0, 1.0, 0.0], [5.0, 4.0, 0.0], [9.0, 8.0, 1.0]]], dtype=torch.float64
+    )
+    want = []
+    for i in range(3):
+        off = [logits[0, i, j].exp() for j in range(3) if j != i]
+        d = logits[0, i, i].exp()
+        want.append(d / (d + 40 * sum(off) / 2))
+    assert duplicate_mass(logits, 40).item() == pytest.approx(float(sum(want) / 3))
+    big = logits * 300  # log space: no overflow
+    assert 0 <= duplicate_mass(big, 40).item() <= 1
+
+
 @pytest.mark.parametrize("name", ["llama-mha-bias", "qwen3", "gemma3"])
 def test_qk_scores_one_row_per_head_with_salient_tokens(name: str) -> None:
     """Salient keys are the argmax of q̄ · map(k) over the vocabulary, salient queries of
@@ -251,7 +267,7 @@ def test_validate_qk_correlates_every_reading(tmp_path: Path, capsys: Any) -> No
     import pandas as pd
 
     table = pd.read_csv(d / "qk.csv")
-    assert len(table) == 6 and table["n_heads"].eq(8).all()
+    assert len(table) == 12 and table["n_heads"].eq(8).all()
     heads = pd.read_csv(d / "qk_heads.csv")
     assert len(heads) == 8 and {"dynamic", "recipe/slow", "context/offsets"} <= set(heads.columns)
     classes = pd.read_csv(d / "qk_classes.csv")
@@ -334,8 +350,10 @@ def test_key_aucs_average_to_the_class_auc_and_the_null_ranks_it() -> None:
 
 def _record(r_dup: float, mean_r: float, reading: tuple[str, str] = ("recipe", "slow")) -> dict:
     """A QK record as calibrate writes it, with chosen r values."""
-    rows = [{"inputs": i, "rotary": m, "r": (r_dup if (i, m) == reading else 0.1)}
-            for i in ("recipe", "context") for m in ("none", "offsets", "slow")]  # fmt: skip
+    rows = [{"inputs": i, "rotary": m, "score": s, "r": (r_dup if (i, m, s) == (*reading, "dup_score")
+                                                           else 0.1)}
+            for i in ("recipe", "context") for m in ("none", "offsets", "slow")
+            for s in ("dup_score", "dup_mass")]  # fmt: skip
     return {"supported": True, "rotary": reading[1], "context": reading[0] == "context",
             "readings": rows,
             "classes": {"reading": "/".join(reading), "mean_r": mean_r,
@@ -388,10 +406,11 @@ def test_calibrated_qk_reading_is_what_preset_calibrated_maps_with(tmp_path: Pat
     model = tiny_model("gpt2")
     c = ModelCircuits.load(model, tokenizer=gpt2_tokenizer())
     record = calibrate_qk(c, model, Recipe(), QKOptions(n_tokens=64, class_null=20))
-    assert record["supported"] and len(record["readings"]) == 6
+    assert record["supported"] and len(record["readings"]) == 12
     best = max(record["readings"], key=lambda r: -1 if r["r"] is None else r["r"])
     assert record["duplicate_token"]["r"] == best["r"] and record["rotary"] == best["rotary"]
-    assert record["classes"]["reading"] == record["duplicate_token"]["reading"]
+    assert record["score"] == best["score"]
+    assert record["duplicate_token"]["reading"].startswith(record["classes"]["reading"])
     json.dumps(record)  # JSON-safe
     folder = save_tiny(model, tmp_path / "gpt2")
     gpt2_tokenizer().save_pretrained(folder)

@@ -53,6 +53,8 @@ SALIENT = "salient.parquet"
 QK_SCORES = "qk_scores.parquet"
 QK_COLUMNS = ("model", "layer", "head", "dup_score", "salient_keys", "salient_queries")
 """Columns of qk_scores.parquet (salient_*: token ids, best first)."""
+QK_EXTRA_COLUMNS = ("dup_mass",)
+"""Further per-head columns of qk_scores.parquet (maps from before them lack them)."""
 QK_CLASS_COLUMNS = ("classes", "class_auc", "class_null_mean", "class_null_max", "class_p_value",
                     "class_z")  # fmt: skip
 """Key preference per token class in qk_scores.parquet (maps from before it lack them): the

@@ -62,13 +62,19 @@ def plot_qk_grid(results: Sequence[MapResults], out: Path | None = None) -> Figu
     cmap, norm = score_colormap(), Normalize(0.0, 1.0)
     image = None
     for ax, res, size in zip(axes, results, sizes):
-        image = draw_head_grid(ax, qk_grid(res), cmap, norm, size, separator_color="#00000040")
+        agreement = map_agreement(res) or {}
+        column = agreement.get("duplicate_token", {}).get("column", "dup_score")
+        table = res.qk()
+        grid = qk_grid(
+            res, column if table is not None and column in table.columns else "dup_score"
+        )
+        image = draw_head_grid(ax, grid, cmap, norm, size, separator_color="#00000040")
         caption = qk_caption(res)
         ax.set_title(f"{res.display_name}\n{caption}" if caption else res.display_name,
                      fontsize=11 if not caption else 9)  # fmt: skip
     assert image is not None
     bar = fig.colorbar(image, ax=list(axes), shrink=0.85, pad=0.02)
-    bar.set_label("duplicate-token score (static, 0–1)")
+    bar.set_label("duplicate-token score (static, 0–1; rank or attention share as calibrated)")
     fig.suptitle("What heads read: attention to an earlier copy of the current token", fontsize=12)
     if out is not None:
         save_figure(fig, out)

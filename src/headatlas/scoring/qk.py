@@ -14,6 +14,9 @@ Scores per head:
 
 - ``dup_score``: the share of sample tokens whose own key ranks in the top ``top_k`` of their
   query's row over the sample (a head that attends to earlier copies of the current token);
+- ``dup_mass``: the attention share a token's query gives its own key in a softmax against
+  ``context_keys`` random keys of the sample (mean over tokens): the duplicate-token reading
+  as attention mass, as the dynamic score is, rather than a rank;
 - ``salient_keys`` / ``salient_queries``: the tokens a head most wants to attend to (keys with
   the highest mean logit over the sample's queries, q̄ · k) and the tokens whose queries most
   want to attend (q · k̄), over the whole vocabulary through the recipe's weights-only x̃;
@@ -41,7 +44,13 @@ from headatlas.circuits import ModelCircuits
 from headatlas.errors import OptionError
 from headatlas.qk_circuits import LayerQK, read_qk
 from headatlas.scoring.recipe import Recipe, embedding_of
-from headatlas.store import QK_CLASS_COLUMNS, QK_COLUMNS, QK_SCORES, write_parquet_atomic
+from headatlas.store import (
+    QK_CLASS_COLUMNS,
+    QK_COLUMNS,
+    QK_EXTRA_COLUMNS,
+    QK_SCORES,
+    write_parquet_atomic,
+)
 
 if TYPE_CHECKING:
     from headatlas.scoring.options import MapOptions
@@ -68,6 +77,8 @@ class QKOptions:
     """Sample tokens for the duplicate-token score."""
     top_k: int = 1
     """A token's own key counts when it ranks in the top k of its query's row."""
+    context_keys: int = 40
+    """Random keys the own key competes with in ``dup_mass`` (the context a query sees)."""
     n_salient: int = 10
     """Salient keys and queries kept per head."""
     seed: int = 0
@@ -88,7 +99,7 @@ class QKOptions:
             )
         if not isinstance(self.classes, bool):
             raise OptionError(f"QK option classes must be True or False, got {self.classes!r}")
-        for name in ("max_offset", "n_tokens", "top_k", "n_salient", "class_null"):
+        for name in ("max_offset", "n_tokens", "top_k", "context_keys", "n_salient", "class_null"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise OptionError(f"QK option {name} must be a whole number >= 1, got {v!r}")
@@ -135,6 +146,18 @@ def duplicate_scores(logits: torch.Tensor, top_k: int) -> torch.Tensor:
     diag = logits.diagonal(dim1=1, dim2=2)  # [H, n]
     above = (logits > diag[..., None]).sum(-1)
     return (above < top_k).to(torch.float64).mean(-1)
+
+
+def duplicate_mass(logits: torch.Tensor, context_keys: int) -> torch.Tensor:
+    """Mean over rows of the softmax share of the diagonal entry against ``context_keys`` keys
+    at the row's mean off-diagonal exp-logit, per head: logits [H, n, n] -> [H].
+    share = e^d / (e^d + N · mean_{j≠i} e^{l_ij}), in log space."""
+    n = logits.shape[-1]
+    diag = logits.diagonal(dim1=1, dim2=2)  # [H, n]
+    eye = torch.eye(n, dtype=torch.bool, device=logits.device)
+    off = logits.masked_fill(eye, -torch.inf).logsumexp(-1) - math.log(n - 1)  # log mean e^l
+    rest = off + math.log(context_keys)
+    return torch.sigmoid(diag - rest).to(torch.float64).mean(-1)
 
 
 def sample_tokens(circuits: ModelCircuits, n: int, seed: int) -> torch.Tensor:
@@ -222,7 +245,8 @@ def qk_scores(
     classes: Mapping[str, Sequence[int]] | None = None,
 ) -> pd.DataFrame:
     """Static QK scores of every head (columns :data:`headatlas.store.QK_COLUMNS`, then
-    :data:`~headatlas.store.QK_CLASS_COLUMNS`), one row per head. ``hf_model`` and ``start``
+    :data:`~headatlas.store.QK_EXTRA_COLUMNS` and :data:`~headatlas.store.QK_CLASS_COLUMNS`),
+    one row per head. ``hf_model`` and ``start``
     are for the inputs that run the model (``context``, and the recipe's ``forward`` mode);
     ``classes``: class name -> token ids for the key preference and its null (None: none, the
     class columns hold empty lists); ``x_of``: x̃ per layer when already formed, of the
@@ -241,6 +265,7 @@ def qk_scores(
         with torch.no_grad():
             logits = head_logits(qk, X[:n], X[:n], options, recipe.pre_norm)
             dup = duplicate_scores(logits, options.top_k)
+            mass = duplicate_mass(logits, options.context_keys)
             keys, queries = (
                 salient_tokens(circuits, qk, X[:n], recipe, options, vocab_x)
                 if salient
@@ -249,12 +274,13 @@ def qk_scores(
             prefs = class_columns(qk, X, n, where, options, recipe.pre_norm) if where else {}
         for h in range(qk.n_heads):
             row = {"model": circuits.source.name, "layer": layer, "head": h,
-                   "dup_score": float(dup[h]), "salient_keys": keys[h],
+                   "dup_score": float(dup[h]), "dup_mass": float(mass[h]),
+                   "salient_keys": keys[h],
                    "salient_queries": queries[h], "classes": list(where)}  # fmt: skip
             for col in QK_CLASS_COLUMNS[1:]:
                 row[col] = [float(v) for v in prefs[col][h]] if where else []
             rows.append(row)
-    return pd.DataFrame(rows, columns=[*QK_COLUMNS, *QK_CLASS_COLUMNS])
+    return pd.DataFrame(rows, columns=[*QK_COLUMNS, *QK_EXTRA_COLUMNS, *QK_CLASS_COLUMNS])
 
 
 def sample_and_members(

@@ -33,16 +33,22 @@ DUPLICATE_TARGET = 0.8
 """The r over heads a static duplicate-token reading must reach before heads are labelled by it."""
 CLASS_TARGET = 0.7
 """The mean r over classes a static key-preference reading must reach to label heads by it."""
-DUPLICATE_LABEL = 0.9
-"""Static duplicate-token score from which a head is labelled a duplicate-token head."""
+DUPLICATE_LABEL = {"dup_score": 0.9, "dup_mass": 0.3}
+"""Static duplicate-token score (per column: the rank share, the attention share) from which a
+head is labelled a duplicate-token head."""
 CLASS_LABEL_AUC = 0.7
 """Static class AUC from which a head is labelled as preferring the class's keys (beating
 every random class of equal size too: p = 1/(1 + draws))."""
 
 
-def reading_name(inputs: str, rotary: str) -> str:
-    """``<inputs>/<rotary>``, as ``validate --experiment qk`` names a reading."""
-    return f"{inputs}/{rotary}"
+DUPLICATE_COLUMNS = ("dup_score", "dup_mass")
+"""The static duplicate-token scores of qk_scores.parquet: the rank and the attention share."""
+
+
+def reading_name(inputs: str, rotary: str, score: str = "dup_score") -> str:
+    """``<inputs>/<rotary>`` (``/mass`` for dup_mass), as ``validate --experiment qk`` names a
+    reading."""
+    return f"{inputs}/{rotary}" + ("/mass" if score == "dup_mass" else "")
 
 
 def read_qk_calibration(directory: str | Path) -> dict[str, Any] | None:
@@ -56,13 +62,14 @@ def read_qk_calibration(directory: str | Path) -> dict[str, Any] | None:
     return section if isinstance(section, dict) and section.get("supported") else None
 
 
-def unmeasured(reading: str) -> dict[str, Any]:
+def unmeasured(reading: str, score: str = "dup_score") -> dict[str, Any]:
     """The agreement of a reading no calibration measured: nothing is labelled by it."""
     return {
         "measured": False,
         "source": None,
         "duplicate_token": {
             "reading": reading,
+            "column": score,
             "r": None,
             "target": DUPLICATE_TARGET,
             "reaches_target": False,
@@ -77,19 +84,22 @@ def unmeasured(reading: str) -> dict[str, Any]:
 
 
 def agreement_of(qk_record: dict[str, Any] | None, inputs: str, rotary: str) -> dict[str, Any]:
-    """The agreement of the reading (``inputs``, ``rotary``) from calibrate's QK record
+    """The agreement of the reading (``inputs``, ``rotary``, and the duplicate-token column
+    calibrate chose) from calibrate's QK record
     (:func:`headatlas.validate.qk_calibration.qk_record`; None: not measured)."""
-    reading = reading_name(inputs, rotary)
-    out = unmeasured(reading)
+    score = str((qk_record or {}).get("score", "dup_score"))
+    reading = reading_name(inputs, rotary, score)
+    out = unmeasured(reading, score)
     if not qk_record or not qk_record.get("readings"):
         return out
     out["measured"], out["source"] = True, "calibration.json"
     for row in qk_record["readings"]:
-        if reading_name(row["inputs"], row["rotary"]) == reading and row.get("r") is not None:
+        name = reading_name(row["inputs"], row["rotary"], row.get("score", "dup_score"))
+        if name == reading and row.get("r") is not None:
             r = float(row["r"])
             out["duplicate_token"].update(r=r, reaches_target=r >= DUPLICATE_TARGET)
     classes = qk_record.get("classes") or {}
-    if classes.get("reading") == reading and classes.get("mean_r") is not None:
+    if classes.get("reading") == reading_name(inputs, rotary) and classes.get("mean_r") is not None:
         mean_r = float(classes["mean_r"])
         ok = mean_r >= CLASS_TARGET
         named = [
@@ -141,13 +151,14 @@ def qk_labels(table: pd.DataFrame, agreement: dict[str, Any]) -> pd.DataFrame:
     """What each head reads, as a short label from the scores whose reading reaches its target
     (empty where none does): layer, head, reads. ``table``: qk_scores.parquet."""
     dup_ok = bool(agreement["duplicate_token"]["reaches_target"])
+    column = agreement["duplicate_token"].get("column", "dup_score")
     cls = agreement["class_preference"]
     allowed = set(cls["classes"]) if cls["reaches_target"] else set()
     has_classes = "classes" in table.columns
     reads = []
     for row in table.itertuples(index=False):
         parts = []
-        if dup_ok and row.dup_score >= DUPLICATE_LABEL:
+        if dup_ok and getattr(row, column) >= DUPLICATE_LABEL[column]:
             parts.append("duplicate-token")
         names = list(row.classes) if has_classes else []
         for j, name in enumerate(names):

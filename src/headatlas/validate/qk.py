@@ -18,7 +18,12 @@ import torch
 
 from headatlas.circuits import ModelCircuits
 from headatlas.scoring.qk import ROTARY_MODES, QKOptions, qk_scores, sample_inputs, sample_tokens
-from headatlas.scoring.qk_labels import CLASS_TARGET, DUPLICATE_TARGET
+from headatlas.scoring.qk_labels import (
+    CLASS_TARGET,
+    DUPLICATE_COLUMNS,
+    DUPLICATE_TARGET,
+    reading_name,
+)
 from headatlas.scoring.recipe import Recipe, start_token
 from headatlas.validate.hooks import eval_mode
 
@@ -119,12 +124,14 @@ class QKValidation:
     per head the static scores of every reading beside the dynamic one."""
 
     correlations: pd.DataFrame
-    """inputs, rotary, r, low, high, n_heads, reaches_target."""
+    """inputs, rotary, score (dup_score: rank; dup_mass: attention share), r, low, high,
+    n_heads, reaches_target."""
     heads: pd.DataFrame
-    """layer, head, dynamic, then one static column per reading (``<inputs>/<rotary>``)."""
+    """layer, head, dynamic, then one static column per reading (``<inputs>/<rotary>`` for
+    dup_score, ``<inputs>/<rotary>/mass`` for dup_mass)."""
     best: dict[str, Any]
-    """The reading with the highest r (its inputs and rotary mode, r and whether it reaches
-    :data:`DUPLICATE_TARGET`)."""
+    """The reading with the highest r (its inputs, rotary mode and score column, r and whether
+    it reaches :data:`DUPLICATE_TARGET`)."""
     classes: pd.DataFrame | None = None
     """Key preference per token class (:func:`class_correlations`), when asked for."""
 
@@ -158,15 +165,16 @@ def validate_qk(
         for rotary in ROTARY_MODES:
             table = qk_scores(circuits, opts.replace(rotary=rotary), recipe, hf_model,
                               salient=False, x_of=x_of)  # fmt: skip
-            static = table["dup_score"].to_numpy()
-            heads[f"{source}/{rotary}"] = static
-            c = pearson_with_interval(static, dyn.ravel(), seed=seed)
-            rows.append({"inputs": source, "rotary": rotary, **c.as_dict(),
-                         "reaches_target": bool(c.r >= DUPLICATE_TARGET)})  # fmt: skip
+            for score in DUPLICATE_COLUMNS:
+                static = table[score].to_numpy()
+                heads[reading_name(source, rotary, score)] = static
+                c = pearson_with_interval(static, dyn.ravel(), seed=seed)
+                rows.append({"inputs": source, "rotary": rotary, "score": score, **c.as_dict(),
+                             "reaches_target": bool(c.r >= DUPLICATE_TARGET)})  # fmt: skip
     table = pd.DataFrame(rows).rename(columns={"n": "n_heads"})
     top = table.loc[table["r"].fillna(-1).idxmax()]
-    best = {"inputs": top["inputs"], "rotary": top["rotary"], "r": float(top["r"]),
-            "reaches_target": bool(top["reaches_target"])}  # fmt: skip
+    best = {"inputs": top["inputs"], "rotary": top["rotary"], "score": top["score"],
+            "r": float(top["r"]), "reaches_target": bool(top["reaches_target"])}  # fmt: skip
     per_class = None
     if classes:
         opts = options.replace(inputs=best["inputs"], rotary=best["rotary"])
@@ -219,9 +227,10 @@ def class_correlations(
 def qk_markdown(v: QKValidation, title: str) -> str:
     """The correlation table as Markdown, with the target verdict."""
     lines = [f"### {title}", "",
-             "| inputs | rotary | r | 95% interval | heads |", "|---|---|---|---|---|"]  # fmt: skip
+             "| inputs | rotary | score | r | 95% interval | heads |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
     for row in v.correlations.to_dict("records"):
-        lines.append(f"| {row['inputs']} | {row['rotary']} | {row['r']:.3f} | "
+        lines.append(f"| {row['inputs']} | {row['rotary']} | {row['score']} | {row['r']:.3f} | "
                      f"{row['low']:.2f} – {row['high']:.2f} | {row['n_heads']} |")  # fmt: skip
     b = v.best
     verdict = (
@@ -229,7 +238,7 @@ def qk_markdown(v: QKValidation, title: str) -> str:
         if b["reaches_target"]
         else f"is below the r >= {DUPLICATE_TARGET} target: heads are not labelled by it"
     )
-    lines += ["", f"Best reading: {b['inputs']} inputs, rotary {b['rotary']} "
+    lines += ["", f"Best reading: {b['inputs']} inputs, rotary {b['rotary']}, {b['score']} "
               f"(r = {b['r']:.3f}) {verdict}."]  # fmt: skip
     if v.classes is not None and len(v.classes):
         lines += ["", "Key preference per token class (AUC against random keys):", "",

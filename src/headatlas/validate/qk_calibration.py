@@ -60,15 +60,18 @@ def qk_record(v: QKValidation) -> dict[str, Any]:
     """The QK record of a validation: the chosen reading (``rotary``, ``context``), r of every
     reading, and the class preference measured with the chosen one."""
     b = v.best
-    reading = reading_name(b["inputs"], b["rotary"])
+    reading = reading_name(b["inputs"], b["rotary"], b["score"])
     readings = [
         {k: _plain(val) for k, val in row.items()} for row in v.correlations.to_dict("records")
     ]
-    best_row = next(r for r in readings if reading_name(r["inputs"], r["rotary"]) == reading)
+    best_row = next(
+        r for r in readings if reading_name(r["inputs"], r["rotary"], r["score"]) == reading
+    )
     record: dict[str, Any] = {
         "supported": True,
         "rotary": b["rotary"],
         "context": b["inputs"] == "context",
+        "score": b["score"],
         "criterion": "highest Pearson r over heads between the static and the dynamic "
         "duplicate-token score",
         "duplicate_token": {
@@ -84,7 +87,7 @@ def qk_record(v: QKValidation) -> dict[str, Any]:
     if v.classes is not None and len(v.classes):
         mean_r = float(v.classes["r"].mean())
         record["classes"] = {
-            "reading": reading,
+            "reading": reading_name(b["inputs"], b["rotary"]),
             "mean_r": mean_r,
             "target": CLASS_TARGET,
             "reaches_target": mean_r >= CLASS_TARGET,
