@@ -431,3 +431,24 @@ def test_calibrated_qk_reading_is_what_preset_calibrated_maps_with(tmp_path: Pat
     text = summary_text(res)
     assert "below the 0.8 target: no head is labelled" in text
     assert "heads labelled" not in text
+
+
+def test_learned_positions_join_the_recipe_reading_unless_rotary_none() -> None:
+    """GPT-2's learned positions: their mean over 1..max_offset joins the recipe's x̃ under
+    offsets and slow, not under none (a tiny random GPT-2: the plumbing, not the evidence)."""
+    from headatlas.qk_circuits import mean_position
+
+    model = tiny_model("gpt2")
+    c = ModelCircuits.load(model)
+    shift = mean_position(c, 128)
+    assert shift is not None
+    wpe = model.transformer.wpe.weight.detach()
+    assert torch.allclose(shift, wpe[1:129].mean(0))
+    assert mean_position(ModelCircuits.load(tiny_model("llama-gqa")), 128) is None
+    opts = QKOptions(n_tokens=64, classes=False)
+    X = embedding_of(c, c.embed(sample_tokens(c, 64, 0)), "mlp0")
+    qk = read_qk(c, 1)
+    for rotary, x in (("none", X), ("offsets", X + shift), ("slow", X + shift)):
+        table = qk_scores(c, opts.replace(rotary=rotary), Recipe(), salient=False)
+        want = duplicate_scores(head_logits(qk, x, x, opts), 1)
+        assert table[table["layer"] == 1].dup_score.tolist() == want.tolist(), rotary

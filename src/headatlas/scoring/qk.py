@@ -10,6 +10,11 @@ q · R(−δ) k; a static reading has no positions, so ``rotary`` chooses how δ
 - ``slow``: only the frequency pairs that turn less than a quarter turn over ``max_offset``
   positions, unrotated; the faster pairs are dropped.
 
+Learned absolute positions (GPT-2) are handled on the same switch: ``none`` leaves them out of
+the recipe's x̃; ``offsets`` and ``slow`` add their mean over positions 1 … ``max_offset``
+(:func:`~headatlas.qk_circuits.mean_position`) to every token's x̃ (in-context inputs carry
+their own positions).
+
 Scores per head:
 
 - ``dup_score``: the share of sample tokens whose own key ranks in the top ``top_k`` of their
@@ -42,7 +47,7 @@ import torch
 
 from headatlas.circuits import ModelCircuits
 from headatlas.errors import OptionError
-from headatlas.qk_circuits import LayerQK, read_qk
+from headatlas.qk_circuits import LayerQK, mean_position, read_qk
 from headatlas.scoring.recipe import Recipe, embedding_of
 from headatlas.store import (
     QK_CLASS_COLUMNS,
@@ -259,9 +264,12 @@ def qk_scores(
         x_of = sample_inputs(circuits, ids, recipe, options, hf_model, start)
     vocab_x: dict[str, torch.Tensor] = {}
     rows: list[dict[str, Any]] = []
+    shift = position_shift(circuits, options)
     for layer in layers if layers is not None else range(circuits.cfg.n_layers):
         qk = read_qk(circuits, layer)
         X = x_of(layer).float()
+        if shift is not None:
+            X = X + shift
         with torch.no_grad():
             logits = head_logits(qk, X[:n], X[:n], options, recipe.pre_norm)
             dup = duplicate_scores(logits, options.top_k)
@@ -281,6 +289,15 @@ def qk_scores(
                 row[col] = [float(v) for v in prefs[col][h]] if where else []
             rows.append(row)
     return pd.DataFrame(rows, columns=[*QK_COLUMNS, *QK_EXTRA_COLUMNS, *QK_CLASS_COLUMNS])
+
+
+def position_shift(circuits: ModelCircuits, options: QKOptions) -> torch.Tensor | None:
+    """What the reading adds to the recipe's x̃ for learned absolute positions: their mean over
+    1..max_offset under the ``offsets`` and ``slow`` readings of a model that has them, else
+    None (rotary models, ``none``, in-context inputs)."""
+    if options.inputs != "recipe" or options.rotary == "none":
+        return None
+    return mean_position(circuits, options.max_offset)
 
 
 def sample_and_members(
@@ -336,10 +353,13 @@ def salient_tokens(
     ``residual``), computed once per mode in ``cache``."""
     mode = recipe.mode_of(qk.layer)
     mode = "residual" if mode == "forward" else mode
-    if mode not in cache:
+    shift = position_shift(circuits, options)
+    key = f"{mode}+positions" if shift is not None else mode
+    if key not in cache:
         V = circuits.cfg.vocab_size
-        cache[mode] = embedding_of(circuits, circuits.embed(torch.arange(V)), mode)
-    E = cache[mode]
+        E = embedding_of(circuits, circuits.embed(torch.arange(V)), mode)
+        cache[key] = E if shift is None else E + shift
+    E = cache[key]
     w = key_weights(qk, options)
     q_mean = qk.queries(X, recipe.pre_norm).mean(1)  # [H, dh]
     k_samp = qk.keys(X, recipe.pre_norm)

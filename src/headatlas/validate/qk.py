@@ -197,7 +197,7 @@ def class_correlations(
     null_mean (the static AUC of random classes of equal size, mean over heads) and heads_p05
     (heads whose static AUC beats the null at p <= 0.05)."""
     from headatlas.qk_circuits import read_qk
-    from headatlas.scoring.qk import class_columns, sample_and_members
+    from headatlas.scoring.qk import class_columns, position_shift, sample_and_members
     from headatlas.scoring.qk_classes import token_classes
 
     classes = token_classes(circuits)
@@ -206,9 +206,10 @@ def class_correlations(
     x_of = sample_inputs(circuits, ids, recipe, options, hf_model, start)
     n = options.n_tokens
     layers: list[dict[str, torch.Tensor]] = []
+    shift = position_shift(circuits, options)
     with torch.no_grad():
         for layer in range(circuits.cfg.n_layers):
-            X = x_of(layer).float()
+            X = x_of(layer).float() if shift is None else x_of(layer).float() + shift
             layers.append(class_columns(read_qk(circuits, layer), X, n, where, options,
                                         recipe.pre_norm))  # fmt: skip
     rows = []
