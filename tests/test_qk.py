@@ -112,6 +112,22 @@ def test_duplicate_scores_count_the_diagonal_rank() -> None:
     assert duplicate_scores(logits, 3).tolist() == [1.0]
 
 
+def test_duplicate_mass_is_the_softmax_share_against_the_context() -> None:
+    from headatlas.scoring.qk import duplicate_mass
+
+    logits = torch.tensor(
+        [[[3.0, 1.0, 0.0], [5.0, 4.0, 0.0], [9.0, 8.0, 1.0]]], dtype=torch.float64
+    )
+    want = []
+    for i in range(3):
+        off = [logits[0, i, j].exp() for j in range(3) if j != i]
+        d = logits[0, i, i].exp()
+        want.append(d / (d + 40 * sum(off) / 2))
+    assert duplicate_mass(logits, 40).item() == pytest.approx(float(sum(want) / 3))
+    big = logits * 300  # log space: no overflow
+    assert 0 <= duplicate_mass(big, 40).item() <= 1
+
+
 @pytest.mark.parametrize("name", ["llama-mha-bias", "qwen3", "gemma3"])
 def test_qk_scores_one_row_per_head_with_salient_tokens(name: str) -> None:
     """Salient keys are the argmax of q̄ · map(k) over the vocabulary, salient queries of
@@ -200,6 +216,11 @@ def test_map_writes_qk_scores_when_asked(tmp_path: Path) -> None:
     table = res.qk()
     assert table is not None and len(table) == 2 * 4
     assert table.dup_score.between(0, 1).all() and table.salient_keys.map(len).eq(10).all()
+    row = table.iloc[5]
+    assert {"countries", "punctuation", "start"} <= set(row.classes)
+    for col in ("class_auc", "class_null_mean", "class_null_max", "class_p_value", "class_z"):
+        assert len(row[col]) == len(row.classes), col
+    assert all(0 <= v <= 1 for v in row.class_auc) and all(0 < p <= 1 for p in row.class_p_value)
     assert res.manifest["qk"]["options"]["rotary"] == "offsets"
     assert res.manifest["qk"]["rows"] == len(table) and res.manifest["options"]["qk"] is True
     assert MapOptions(qk=True).scoring_key() == MapOptions().scoring_key()
@@ -243,7 +264,7 @@ def test_validate_qk_correlates_every_reading(tmp_path: Path, capsys: Any) -> No
     import pandas as pd
 
     table = pd.read_csv(d / "qk.csv")
-    assert len(table) == 6 and table["n_heads"].eq(8).all()
+    assert len(table) == 12 and table["n_heads"].eq(8).all()
     heads = pd.read_csv(d / "qk_heads.csv")
     assert len(heads) == 8 and {"dynamic", "recipe/slow", "context/offsets"} <= set(heads.columns)
     classes = pd.read_csv(d / "qk_classes.csv")
@@ -309,3 +330,137 @@ def test_salient_tokens_under_recipes_that_run_the_model(mode: str) -> None:
     keys, queries = salient_tokens(c, qk, X, Recipe(embedding=mode), QKOptions(n_salient=3), cache)
     assert list(cache) == ["residual"]
     assert all(len(k) == 3 for k in keys) and all(len(q) == 3 for q in queries)
+
+
+def test_key_aucs_average_to_the_class_auc_and_the_null_ranks_it() -> None:
+    """A class's AUC is the mean of its members' per-key AUCs; its null is random classes of
+    the same size from the sample: mean near 0.5, and the sample's own top keys beat it."""
+    from tiny_models import gpt2_tokenizer
+
+    from headatlas.scoring.qk_classes import class_auc, class_null, key_aucs, null_draws
+
+    c = ModelCircuits.load(tiny_model("gpt2"), tokenizer=gpt2_tokenizer())
+    X = c.embed(sample_tokens(c, 48, 0)).double()
+    Xc = c.embed(torch.tensor([5, 17, 99])).double()
+    qk = read_qk(c, 1).to(torch.float64)
+    a = key_aucs(qk, X, torch.cat([X, Xc]), X, QKOptions())
+    assert a.shape == (c.cfg.n_heads, 51)
+    assert torch.allclose(a[:, 48:].mean(-1), class_auc(qk, X, Xc, X, QKOptions()))
+    assert torch.allclose(a[:, :48].mean(-1), torch.full((c.cfg.n_heads,), 0.5, dtype=a.dtype))
+    draws = null_draws(48, 5, 200, 0)
+    assert draws.shape == (200, 5) and all(len(set(d.tolist())) == 5 for d in draws)
+    assert torch.equal(draws, null_draws(48, 5, 200, 0)) and null_draws(4, 6, 3, 0).shape == (3, 6)
+    top = a[:, :48].topk(5).indices  # per head its five most preferred sample keys
+    best = torch.stack([a[h, top[h]].mean() for h in range(a.shape[0])])
+    null = class_null(best, a[:, :48], 5, 200, 0)
+    assert (null["class_null_mean"] - 0.5).abs().max() < 0.05
+    assert (null["class_p_value"] == 1 / 201).all() and (null["class_z"] > 0).all()
+    assert (null["class_null_max"] <= best).all()
+    mid = class_null(torch.full_like(best, 0.5), a[:, :48], 5, 200, 0)
+    assert (mid["class_p_value"] > 0.2).all()
+
+
+def _record(r_dup: float, mean_r: float, reading: tuple[str, str] = ("recipe", "slow")) -> dict:
+    """A QK record as calibrate writes it, with chosen r values."""
+    rows = [{"inputs": i, "rotary": m, "score": s, "r": (r_dup if (i, m, s) == (*reading, "dup_score")
+                                                           else 0.1)}
+            for i in ("recipe", "context") for m in ("none", "offsets", "slow")
+            for s in ("dup_score", "dup_mass")]  # fmt: skip
+    return {"supported": True, "rotary": reading[1], "context": reading[0] == "context",
+            "readings": rows,
+            "classes": {"reading": "/".join(reading), "mean_r": mean_r,
+                        "per_class": [{"class": "countries", "r": mean_r},
+                                      {"class": "start", "r": 0.2}]}}  # fmt: skip
+
+
+def test_labels_come_only_from_readings_that_reach_their_target() -> None:
+    """A reading below its target (or never measured) labels no head; one above it does."""
+    import pandas as pd
+
+    from headatlas.scoring.qk_labels import agreement_of, head_function, qk_labels, verdict_lines
+
+    table = pd.DataFrame({"layer": [0, 0], "head": [0, 1], "dup_score": [0.97, 0.2],
+                          "classes": [["countries", "start"]] * 2,
+                          "class_auc": [[0.9, 0.95], [0.5, 0.5]],
+                          "class_null_max": [[0.6, 0.8], [0.6, 0.8]],
+                          "class_p_value": [[0.001, 0.001], [0.5, 0.5]]})  # fmt: skip
+    good = agreement_of(_record(0.9, 0.8), "recipe", "slow")
+    labels = qk_labels(table, good)
+    assert labels["reads"][0].startswith("duplicate-token; countries keys (AUC 0.90")
+    assert "start" not in labels["reads"][0] and labels["reads"][1] == ""
+    assert "used for labels" in verdict_lines(good)[0]
+    assert head_function(labels["reads"][0], "copying", good).endswith("· writes copying")
+    low = agreement_of(_record(0.78, 0.08), "recipe", "slow")  # Gemma 3's measured values
+    assert (qk_labels(table, low)["reads"] == "").all()
+    assert all("below the" in line for line in verdict_lines(low))
+    assert "not labelled" in head_function("", "copying", low)
+    other = agreement_of(_record(0.9, 0.8), "context", "none")  # a reading not chosen
+    assert other["duplicate_token"]["r"] == 0.1 and not other["class_preference"]["classes"]
+    never = agreement_of(None, "recipe", "offsets")
+    assert (qk_labels(table, never)["reads"] == "").all()
+    assert "not measured" in verdict_lines(never)[0]
+
+
+def test_calibrated_qk_reading_is_what_preset_calibrated_maps_with(tmp_path: Path) -> None:
+    """calibrate's QK step records the best reading; ``map --preset calibrated --qk`` maps with
+    it and records its agreement; the summary and figure say when it is below its target.
+    (Tiny random GPT-2: learned positions and no rotary, so this tests the plumbing only.)"""
+    import dataclasses
+    import json
+
+    from tiny_models import gpt2_tokenizer, save_tiny
+
+    from headatlas.cli.main import main
+    from headatlas.report.qk_figure import qk_caption
+    from headatlas.store import load_results, model_slug
+    from headatlas.validate.qk_calibration import calibrate_qk
+
+    model = tiny_model("gpt2")
+    c = ModelCircuits.load(model, tokenizer=gpt2_tokenizer())
+    record = calibrate_qk(c, model, Recipe(), QKOptions(n_tokens=64, class_null=20))
+    assert record["supported"] and len(record["readings"]) == 12
+    best = max(record["readings"], key=lambda r: -1 if r["r"] is None else r["r"])
+    assert record["duplicate_token"]["r"] == best["r"] and record["rotary"] == best["rotary"]
+    assert record["score"] == best["score"]
+    assert record["duplicate_token"]["reading"].startswith(record["classes"]["reading"])
+    json.dumps(record)  # JSON-safe
+    folder = save_tiny(model, tmp_path / "gpt2")
+    gpt2_tokenizer().save_pretrained(folder)
+    out = tmp_path / "out"
+    d = out / model_slug(str(folder))
+    d.mkdir(parents=True)
+    forced = _record(0.78, 0.08, ("recipe", "slow"))  # a reading below target, chosen
+    (d / "calibration.json").write_text(json.dumps(
+        {"winner": "default", "recipe": dataclasses.asdict(Recipe()), "qk": forced}))  # fmt: skip
+    assert main(["map", str(folder), "--out", str(out), "--relations", "copying",
+                 "--preset", "calibrated", "--qk"]) == 0  # fmt: skip
+    res = load_results(d)
+    assert res.manifest["qk"]["options"]["rotary"] == "slow"
+    assert res.manifest["qk"]["agreement"]["duplicate_token"]["r"] == 0.78
+    assert "0.78 < 0.8, not used for labels" in qk_caption(res)
+    from headatlas.cli.map_cmd import summary_text
+
+    text = summary_text(res)
+    assert "below the 0.8 target: no head is labelled" in text
+    assert "heads labelled" not in text
+
+
+def test_learned_positions_join_the_recipe_reading_unless_rotary_none() -> None:
+    """GPT-2's learned positions: their mean over 1..max_offset joins the recipe's x̃ under
+    offsets and slow, not under none (a tiny random GPT-2: the plumbing, not the evidence)."""
+    from headatlas.qk_circuits import mean_position
+
+    model = tiny_model("gpt2")
+    c = ModelCircuits.load(model)
+    shift = mean_position(c, 128)
+    assert shift is not None
+    wpe = model.transformer.wpe.weight.detach()
+    assert torch.allclose(shift, wpe[1:129].mean(0))
+    assert mean_position(ModelCircuits.load(tiny_model("llama-gqa")), 128) is None
+    opts = QKOptions(n_tokens=64, classes=False)
+    X = embedding_of(c, c.embed(sample_tokens(c, 64, 0)), "mlp0")
+    qk = read_qk(c, 1)
+    for rotary, x in (("none", X), ("offsets", X + shift), ("slow", X + shift)):
+        table = qk_scores(c, opts.replace(rotary=rotary), Recipe(), salient=False)
+        want = duplicate_scores(head_logits(qk, x, x, opts), 1)
+        assert table[table["layer"] == 1].dup_score.tolist() == want.tolist(), rotary

@@ -194,6 +194,18 @@ def rotary_of(circuits: ModelCircuits, layer: int) -> Rotary:
     return Rotary(inv, rot)
 
 
+def mean_position(circuits: ModelCircuits, max_offset: int) -> torch.Tensor | None:
+    """The mean of the learned absolute position embeddings over positions 1..``max_offset``
+    [d] (GPT-2's ``wpe``), or None for a model without them (rotary or none). A static reading
+    has no positions; this is what a token at an unknown later position carries on average."""
+    if circuits.spec.family != "gpt2":
+        return None
+    wpe = circuits.tensor("transformer.wpe", "weight", required=False)
+    if wpe is None:
+        return None
+    return wpe[1 : max_offset + 1].mean(0)
+
+
 def attention_scale(circuits: ModelCircuits) -> float:
     """The factor on q·k: query_pre_attn_scalar^-1/2 (Gemma 2/3), else d_head^-1/2."""
     scalar = circuits.raw_config.get("query_pre_attn_scalar") or circuits.spec.default_query_scalar

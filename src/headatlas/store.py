@@ -61,6 +61,12 @@ SALIENT = "salient.parquet"
 QK_SCORES = "qk_scores.parquet"
 QK_COLUMNS = ("model", "layer", "head", "dup_score", "salient_keys", "salient_queries")
 """Columns of qk_scores.parquet (salient_*: token ids, best first)."""
+QK_EXTRA_COLUMNS = ("dup_mass",)
+"""Further per-head columns of qk_scores.parquet (maps from before them lack them)."""
+QK_CLASS_COLUMNS = ("classes", "class_auc", "class_null_mean", "class_null_max", "class_p_value",
+                    "class_z")  # fmt: skip
+"""Key preference per token class in qk_scores.parquet (maps from before it lack them): the
+class names and, aligned with them, the AUC and its null from random classes of equal size."""
 DESCRIPTIONS = "descriptions.jsonl"
 FILES = "files"
 """The manifest section that vouches for the files beside it."""

@@ -51,6 +51,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         defaults=CALIBRATION_OPTIONS,
     )
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws (default 1000)")
+    p.add_argument(
+        "--skip-qk",
+        action="store_true",
+        help="do not choose the static QK reading (rotary mode, inputs; docs/qk.md)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_source_args(p)
     add_method_args(p)
@@ -74,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         options=options,
         n_boot=args.bootstrap,
         progress=not args.quiet,
+        qk=not args.skip_qk,
     )
     print(calibration_markdown(res, f"recipes for {circuits.source.display_name()}"))
     print(f"results in {res.directory}", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -106,9 +107,23 @@ def add_method_args(p: argparse.ArgumentParser, only: tuple[str, ...] | None = N
     add_dataclass_args(g, MapOptions, only=only)
 
 
-def options_from_args(args: argparse.Namespace, recipe: Recipe | None = None) -> MapOptions:
+def calibrated_qk(args: argparse.Namespace, circuits: ModelCircuits) -> dict[str, Any]:
+    """The QK reading (``qk_rotary``, ``qk_context``) ``calibrate`` recorded under ``--out``
+    for this model, when ``--preset calibrated`` asks for it (else empty)."""
+    if getattr(args, "preset", None) != "calibrated":
+        return {}
+    from headatlas.store import model_slug
+    from headatlas.validate.qk_calibration import calibrated_qk_fields
+
+    return calibrated_qk_fields(Path(args.out) / model_slug(str(circuits.source.name)))
+
+
+def options_from_args(
+    args: argparse.Namespace, recipe: Recipe | None = None, qk: Mapping[str, Any] | None = None
+) -> MapOptions:
     """MapOptions from parsed arguments (MapOptions checks the values): the preset's (``recipe``
-    for "calibrated"), with every switch given on the command line over it."""
+    for "calibrated"; ``qk``: the calibrated QK fields), with every switch given on the
+    command line over it."""
     preset = getattr(args, "preset", "default")
     if preset == "calibrated" and recipe is None:
         raise OptionError(
@@ -126,6 +141,7 @@ def options_from_args(args: argparse.Namespace, recipe: Recipe | None = None) ->
     return MapOptions(
         **{
             **PRESET_OPTIONS.get(preset, {}),
+            **(qk or {}),
             **given_values(MapOptions, args),
             "recipe": Recipe.from_dict({**base.as_dict(), **switches}),
         }

@@ -8,6 +8,7 @@ from headatlas.cli.common import (
     add_method_args,
     add_model_source_args,
     add_relation_file_args,
+    calibrated_qk,
     calibrated_recipe,
     open_circuits,
     options_from_args,
@@ -62,7 +63,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Map the model and print a summary."""
     circuits = open_circuits(args)
-    options = options_from_args(args, calibrated_recipe(args, circuits))
+    options = options_from_args(
+        args, calibrated_recipe(args, circuits), calibrated_qk(args, circuits)
+    )
     if args.ray:
         from headatlas.sweep.split import map_split
 
@@ -134,4 +137,7 @@ def summary_text(results: MapResults) -> str:
     if skipped:
         lines += ["", "skipped relations:"]
         lines += [f"  {r['skipped']}" for r in skipped]
+    from headatlas.scoring.qk_labels import qk_summary
+
+    lines += qk_summary(results)  # the QK reading's agreement; labels only where it holds
     return "\n".join(lines)

@@ -1,5 +1,6 @@
 """QK grid: every head's static duplicate-token score (what it reads), one panel per model,
-drawn like the category grid."""
+drawn like the category grid; each panel's caption says whether the reading predicts inference
+on that model (the r calibrate measured) and so whether heads are labelled by it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from matplotlib.figure import Figure
 from headatlas.errors import ResultsError
 from headatlas.report.grid_axes import check_output, draw_head_grid, panel_size, save_figure
 from headatlas.report.palette import score_colormap
+from headatlas.scoring.qk_labels import map_agreement
 from headatlas.store import MapResults
 
 
@@ -33,8 +35,23 @@ def qk_grid(results: MapResults, column: str = "dup_score") -> np.ndarray:
     return grid
 
 
+def qk_caption(results: MapResults) -> str:
+    """The panel caption: the duplicate-token reading's r against inference and whether heads
+    are labelled by it (below its target, or not measured: not)."""
+    agreement = map_agreement(results)
+    if agreement is None:
+        return ""
+    dup = agreement["duplicate_token"]
+    if dup["r"] is None:
+        return f"{dup['reading']}: r vs inference not measured, no labels"
+    if dup["reaches_target"]:
+        return f"{dup['reading']}: r = {dup['r']:.2f} vs inference, used for labels"
+    return f"{dup['reading']}: r = {dup['r']:.2f} < {dup['target']}, not used for labels"
+
+
 def plot_qk_grid(results: Sequence[MapResults], out: Path | None = None) -> Figure:
-    """One panel per model: the static duplicate-token score of every head (0–1)."""
+    """One panel per model: the static duplicate-token score of every head (0–1), captioned
+    with the reading's agreement with inference (:func:`qk_caption`)."""
     if out is not None:
         check_output(out)
     sizes = [panel_size(r.n_layers, r.n_heads) for r in results]
@@ -45,11 +62,19 @@ def plot_qk_grid(results: Sequence[MapResults], out: Path | None = None) -> Figu
     cmap, norm = score_colormap(), Normalize(0.0, 1.0)
     image = None
     for ax, res, size in zip(axes, results, sizes):
-        image = draw_head_grid(ax, qk_grid(res), cmap, norm, size, separator_color="#00000040")
-        ax.set_title(res.display_name, fontsize=11)
+        agreement = map_agreement(res) or {}
+        column = agreement.get("duplicate_token", {}).get("column", "dup_score")
+        table = res.qk()
+        grid = qk_grid(
+            res, column if table is not None and column in table.columns else "dup_score"
+        )
+        image = draw_head_grid(ax, grid, cmap, norm, size, separator_color="#00000040")
+        caption = qk_caption(res)
+        ax.set_title(f"{res.display_name}\n{caption}" if caption else res.display_name,
+                     fontsize=11 if not caption else 9)  # fmt: skip
     assert image is not None
     bar = fig.colorbar(image, ax=list(axes), shrink=0.85, pad=0.02)
-    bar.set_label("duplicate-token score (static, 0–1)")
+    bar.set_label("duplicate-token score (static, 0–1; rank or attention share as calibrated)")
     fig.suptitle("What heads read: attention to an earlier copy of the current token", fontsize=12)
     if out is not None:
         save_figure(fig, out)

@@ -131,12 +131,13 @@ def causal_markdown(table: pd.DataFrame, title: str) -> str:
 
 def qk_markdown(v: QKValidation, title: str) -> str:
     """The QK correlation table as Markdown, with the target verdicts."""
-    from headatlas.validate.qk import CLASS_TARGET, DUPLICATE_TARGET
+    from headatlas.scoring.qk_labels import CLASS_TARGET, DUPLICATE_TARGET
 
     lines = [f"### {title}", "",
-             "| inputs | rotary | r | 95% interval | heads |", "|---|---|---|---|---|"]  # fmt: skip
+             "| inputs | rotary | score | r | 95% interval | heads |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
     for row in v.correlations.to_dict("records"):
-        lines.append(f"| {row['inputs']} | {row['rotary']} | {row['r']:.3f} | "
+        lines.append(f"| {row['inputs']} | {row['rotary']} | {row['score']} | {row['r']:.3f} | "
                      f"{row['low']:.2f} – {row['high']:.2f} | {row['n_heads']} |")  # fmt: skip
     b = v.best
     verdict = (
@@ -144,15 +145,16 @@ def qk_markdown(v: QKValidation, title: str) -> str:
         if b["reaches_target"]
         else f"is below the r >= {DUPLICATE_TARGET} target: heads are not labelled by it"
     )
-    lines += ["", f"Best reading: {b['inputs']} inputs, rotary {b['rotary']} "
+    lines += ["", f"Best reading: {b['inputs']} inputs, rotary {b['rotary']}, {b['score']} "
               f"(r = {b['r']:.3f}) {verdict}."]  # fmt: skip
     if v.classes is not None and len(v.classes):
         lines += ["", "Key preference per token class (AUC against random keys):", "",
-                  "| class | tokens | r | 95% interval | static mean | dynamic mean |",
-                  "|---|---|---|---|---|---|"]  # fmt: skip
+                  "| class | tokens | r | 95% interval | static mean | null mean | heads p<=0.05 "
+                  "| dynamic mean |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for row in v.classes.to_dict("records"):
             lines.append(f"| {row['class']} | {row['n_tokens']} | {row['r']:.3f} | "
                          f"{row['low']:.2f} – {row['high']:.2f} | {row['static_mean']:.3f} | "
+                         f"{row['null_mean']:.3f} | {row['heads_p05']} | "
                          f"{row['dynamic_mean']:.3f} |")  # fmt: skip
         mean_r = float(v.classes["r"].mean())
         verdict = (

@@ -10,13 +10,26 @@ q · R(−δ) k; a static reading has no positions, so ``rotary`` chooses how δ
 - ``slow``: only the frequency pairs that turn less than a quarter turn over ``max_offset``
   positions, unrotated; the faster pairs are dropped.
 
+Learned absolute positions (GPT-2) are handled on the same switch: ``none`` leaves them out of
+the recipe's x̃; ``offsets`` and ``slow`` add their mean over positions 1 … ``max_offset``
+(:func:`~headatlas.qk_circuits.mean_position`) to every token's x̃ (in-context inputs carry
+their own positions).
+
 Scores per head:
 
 - ``dup_score``: the share of sample tokens whose own key ranks in the top ``top_k`` of their
   query's row over the sample (a head that attends to earlier copies of the current token);
+- ``dup_mass``: the attention share a token's query gives its own key in a softmax against
+  ``context_keys`` random keys of the sample (mean over tokens): the duplicate-token reading
+  as attention mass, as the dynamic score is, rather than a rank;
 - ``salient_keys`` / ``salient_queries``: the tokens a head most wants to attend to (keys with
   the highest mean logit over the sample's queries, q̄ · k) and the tokens whose queries most
-  want to attend (q · k̄), over the whole vocabulary through the recipe's weights-only x̃.
+  want to attend (q · k̄), over the whole vocabulary through the recipe's weights-only x̃;
+- ``classes`` / ``class_auc``: key preference per token class (:mod:`headatlas.scoring.
+  qk_classes`), the AUC of the class's keys against the sample's keys over the sample's
+  queries, with its null from random classes of equal size drawn from the sample
+  (``class_null_mean``, ``class_null_max``, ``class_p_value``, ``class_z``), lists aligned
+  with ``classes``.
 
 Only [n, n] logits per head for the sample and [V] vectors for the salient tokens: no V × V.
 """
@@ -24,7 +37,7 @@ Only [n, n] logits per head for the sample and [V] vectors for the salient token
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,9 +47,15 @@ import torch
 
 from headatlas.circuits import ModelCircuits
 from headatlas.errors import OptionError
-from headatlas.qk_circuits import LayerQK, read_qk
+from headatlas.qk_circuits import LayerQK, mean_position, read_qk
 from headatlas.scoring.recipe import Recipe, embedding_of
-from headatlas.store import QK_COLUMNS, QK_SCORES, write_parquet_atomic
+from headatlas.store import (
+    QK_CLASS_COLUMNS,
+    QK_COLUMNS,
+    QK_EXTRA_COLUMNS,
+    QK_SCORES,
+    write_parquet_atomic,
+)
 
 if TYPE_CHECKING:
     from headatlas.scoring.options import MapOptions
@@ -63,10 +82,16 @@ class QKOptions:
     """Sample tokens for the duplicate-token score."""
     top_k: int = 1
     """A token's own key counts when it ranks in the top k of its query's row."""
+    context_keys: int = 40
+    """Random keys the own key competes with in ``dup_mass`` (the context a query sees)."""
     n_salient: int = 10
     """Salient keys and queries kept per head."""
     seed: int = 0
-    """Seed of the token sample."""
+    """Seed of the token sample (and of the random classes of the class null)."""
+    classes: bool = True
+    """Also the key preference per token class with its null (needs the tokenizer)."""
+    class_null: int = 1000
+    """Random classes of equal size per class for the class null (drawn from the sample)."""
 
     def __post_init__(self) -> None:
         if self.rotary not in ROTARY_MODES:
@@ -77,7 +102,9 @@ class QKOptions:
             raise OptionError(
                 f"QK inputs '{self.inputs}' are unknown: use one of {', '.join(QK_INPUTS)}"
             )
-        for name in ("max_offset", "n_tokens", "top_k", "n_salient"):
+        if not isinstance(self.classes, bool):
+            raise OptionError(f"QK option classes must be True or False, got {self.classes!r}")
+        for name in ("max_offset", "n_tokens", "top_k", "context_keys", "n_salient", "class_null"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise OptionError(f"QK option {name} must be a whole number >= 1, got {v!r}")
@@ -124,6 +151,18 @@ def duplicate_scores(logits: torch.Tensor, top_k: int) -> torch.Tensor:
     diag = logits.diagonal(dim1=1, dim2=2)  # [H, n]
     above = (logits > diag[..., None]).sum(-1)
     return (above < top_k).to(torch.float64).mean(-1)
+
+
+def duplicate_mass(logits: torch.Tensor, context_keys: int) -> torch.Tensor:
+    """Mean over rows of the softmax share of the diagonal entry against ``context_keys`` keys
+    at the row's mean off-diagonal exp-logit, per head: logits [H, n, n] -> [H].
+    share = e^d / (e^d + N · mean_{j≠i} e^{l_ij}), in log space."""
+    n = logits.shape[-1]
+    diag = logits.diagonal(dim1=1, dim2=2)  # [H, n]
+    eye = torch.eye(n, dtype=torch.bool, device=logits.device)
+    off = logits.masked_fill(eye, -torch.inf).logsumexp(-1) - math.log(n - 1)  # log mean e^l
+    rest = off + math.log(context_keys)
+    return torch.sigmoid(diag - rest).to(torch.float64).mean(-1)
 
 
 def sample_tokens(circuits: ModelCircuits, n: int, seed: int) -> torch.Tensor:
@@ -208,34 +247,96 @@ def qk_scores(
     salient: bool = True,
     start: int | str | None = "auto",
     x_of: Callable[[int], torch.Tensor] | None = None,
+    classes: Mapping[str, Sequence[int]] | None = None,
 ) -> pd.DataFrame:
-    """Static QK scores of every head (columns :data:`headatlas.store.QK_COLUMNS`), one row
-    per head. ``hf_model`` and ``start`` are for the inputs that run the model (``context``,
-    and the recipe's ``forward`` mode); ``x_of``: the sample's x̃ per layer when already
-    formed (by :func:`sample_inputs` with the same options)."""
+    """Static QK scores of every head (columns :data:`headatlas.store.QK_COLUMNS`, then
+    :data:`~headatlas.store.QK_EXTRA_COLUMNS` and :data:`~headatlas.store.QK_CLASS_COLUMNS`),
+    one row per head. ``hf_model`` and ``start``
+    are for the inputs that run the model (``context``, and the recipe's ``forward`` mode);
+    ``classes``: class name -> token ids for the key preference and its null (None: none, the
+    class columns hold empty lists); ``x_of``: x̃ per layer when already formed, of the
+    sample then the classes' members (:func:`sample_and_members`)."""
     options = options or QKOptions()
     recipe = recipe or Recipe()
-    ids = sample_tokens(circuits, options.n_tokens, options.seed)
+    ids, where = sample_and_members(circuits, options, classes)
+    n = options.n_tokens
     if x_of is None:
         x_of = sample_inputs(circuits, ids, recipe, options, hf_model, start)
     vocab_x: dict[str, torch.Tensor] = {}
     rows: list[dict[str, Any]] = []
+    shift = position_shift(circuits, options)
     for layer in layers if layers is not None else range(circuits.cfg.n_layers):
         qk = read_qk(circuits, layer)
         X = x_of(layer).float()
+        if shift is not None:
+            X = X + shift
         with torch.no_grad():
-            logits = head_logits(qk, X, X, options, recipe.pre_norm)
+            logits = head_logits(qk, X[:n], X[:n], options, recipe.pre_norm)
             dup = duplicate_scores(logits, options.top_k)
+            mass = duplicate_mass(logits, options.context_keys)
             keys, queries = (
-                salient_tokens(circuits, qk, X, recipe, options, vocab_x)
+                salient_tokens(circuits, qk, X[:n], recipe, options, vocab_x)
                 if salient
                 else ([[]] * qk.n_heads, [[]] * qk.n_heads)
             )
+            prefs = class_columns(qk, X, n, where, options, recipe.pre_norm) if where else {}
         for h in range(qk.n_heads):
-            rows.append({"model": circuits.source.name, "layer": layer, "head": h,
-                         "dup_score": float(dup[h]), "salient_keys": keys[h],
-                         "salient_queries": queries[h]})  # fmt: skip
-    return pd.DataFrame(rows, columns=list(QK_COLUMNS))
+            row = {"model": circuits.source.name, "layer": layer, "head": h,
+                   "dup_score": float(dup[h]), "dup_mass": float(mass[h]),
+                   "salient_keys": keys[h],
+                   "salient_queries": queries[h], "classes": list(where)}  # fmt: skip
+            for col in QK_CLASS_COLUMNS[1:]:
+                row[col] = [float(v) for v in prefs[col][h]] if where else []
+            rows.append(row)
+    return pd.DataFrame(rows, columns=[*QK_COLUMNS, *QK_EXTRA_COLUMNS, *QK_CLASS_COLUMNS])
+
+
+def position_shift(circuits: ModelCircuits, options: QKOptions) -> torch.Tensor | None:
+    """What the reading adds to the recipe's x̃ for learned absolute positions: their mean over
+    1..max_offset under the ``offsets`` and ``slow`` readings of a model that has them, else
+    None (rotary models, ``none``, in-context inputs)."""
+    if options.inputs != "recipe" or options.rotary == "none":
+        return None
+    return mean_position(circuits, options.max_offset)
+
+
+def sample_and_members(
+    circuits: ModelCircuits, options: QKOptions, classes: Mapping[str, Sequence[int]] | None
+) -> tuple[torch.Tensor, dict[str, list[int]]]:
+    """The token ids whose x̃ the QK scores read: the sample (:func:`sample_tokens`), then each
+    class member not in it; and per class the rows of its members in those ids."""
+    sample = sample_tokens(circuits, options.n_tokens, options.seed)
+    if not classes:
+        return sample, {}
+    row = {int(t): i for i, t in enumerate(sample.tolist())}
+    extra = sorted({int(t) for ids in classes.values() for t in ids} - set(row))
+    row.update({t: len(sample) + j for j, t in enumerate(extra)})
+    ids = torch.cat([sample, torch.tensor(extra, dtype=sample.dtype)])
+    return ids, {name: [row[int(t)] for t in members] for name, members in classes.items()}
+
+
+def class_columns(
+    qk: LayerQK,
+    X: torch.Tensor,
+    n: int,
+    where: Mapping[str, Sequence[int]],
+    options: QKOptions,
+    pre_norm: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Per class (in ``where``'s order: rows of X holding its members; the first ``n`` rows are
+    the sample), the key-preference AUC of every head and its null: QK_CLASS_COLUMNS[1:] ->
+    [H, n_classes]."""
+    from headatlas.scoring.qk_classes import class_null, key_aucs
+
+    a = key_aucs(qk, X[:n], X, X[:n], options, pre_norm)  # [H, rows]
+    cols: dict[str, list[torch.Tensor]] = {c: [] for c in QK_CLASS_COLUMNS[1:]}
+    for rows in where.values():
+        auc = a[:, list(rows)].mean(-1)
+        cols["class_auc"].append(auc)
+        null = class_null(auc, a[:, :n], len(rows), options.class_null, options.seed)
+        for name, value in null.items():
+            cols[name].append(value)
+    return {c: torch.stack(v, 1) for c, v in cols.items()}
 
 
 def salient_tokens(
@@ -252,10 +353,13 @@ def salient_tokens(
     as ``residual``), computed once per mode in ``cache``."""
     mode = recipe.mode_of(qk.layer)
     mode = "residual" if mode in ("forward", "context") else mode
-    if mode not in cache:
+    shift = position_shift(circuits, options)
+    key = f"{mode}+positions" if shift is not None else mode
+    if key not in cache:
         V = circuits.cfg.vocab_size
-        cache[mode] = embedding_of(circuits, circuits.embed(torch.arange(V)), mode)
-    E = cache[mode]
+        E = embedding_of(circuits, circuits.embed(torch.arange(V)), mode)
+        cache[key] = E if shift is None else E + shift
+    E = cache[key]
     w = key_weights(qk, options)
     q_mean = qk.queries(X, recipe.pre_norm).mean(1)  # [H, dh]
     k_samp = qk.keys(X, recipe.pre_norm)
@@ -323,16 +427,27 @@ def map_qk(
     hf_model: Any = None,
 ) -> dict[str, Any]:
     """The map's QK step (``MapOptions.qk``): static QK scores of every head through the map's
-    recipe, written to ``directory/qk_scores.parquet``; returns the manifest's ``qk`` section."""
+    recipe, written to ``directory/qk_scores.parquet``; returns the manifest's ``qk`` section,
+    with the agreement of its reading with inference where calibrate measured it beside the
+    map (``directory/calibration.json``; :mod:`headatlas.scoring.qk_labels`)."""
     import time
 
     t0 = time.perf_counter()
     qk_options = QKOptions(
         rotary=options.qk_rotary, inputs="context" if options.qk_context else "recipe"
     )
-    table = qk_scores(circuits, qk_options, recipe, hf_model)
+    classes = None
+    if qk_options.classes:
+        from headatlas.scoring.qk_classes import token_classes
+
+        classes = token_classes(circuits)
+    table = qk_scores(circuits, qk_options, recipe, hf_model, classes=classes)
+    from headatlas.scoring.qk_labels import agreement_of, read_qk_calibration
+
+    record = read_qk_calibration(directory) if directory is not None else None
     section: dict[str, Any] = {
         "options": qk_options.as_dict(),
+        "agreement": agreement_of(record, qk_options.inputs, qk_options.rotary),
         "file": QK_SCORES,
         "rows": len(table),
         "seconds": round(time.perf_counter() - t0, 3),

@@ -90,3 +90,52 @@ def mann_whitney(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     upto = torch.searchsorted(bs, a.contiguous(), right=True)  # b <= a
     wins = below.double() + 0.5 * (upto - below).double()
     return wins.sum(-1) / (a.shape[-1] * b.shape[-1])
+
+
+def key_aucs(
+    qk: LayerQK,
+    Xq: torch.Tensor,
+    Xk: torch.Tensor,
+    Xr: torch.Tensor,
+    options: QKOptions,
+    pre_norm: bool = True,
+) -> torch.Tensor:
+    """Per head and key of Xk [m, d], the mean over queries Xq [n, d] of P(its logit > the
+    logit of a random key of Xr [r, d]) (ties count half): [H, m]. A class's AUC is the mean of
+    its members' (the same number as :func:`class_auc`), so any set of keys is scored at once."""
+    sk = head_logits(qk, Xq, Xk, options, pre_norm)  # [H, n, m]
+    sr = head_logits(qk, Xq, Xr, options, pre_norm).sort(-1).values.contiguous()  # [H, n, r]
+    below = torch.searchsorted(sr, sk.contiguous(), right=False)
+    upto = torch.searchsorted(sr, sk.contiguous(), right=True)
+    wins = below.double() + 0.5 * (upto - below).double()
+    return wins.mean(1) / sr.shape[-1]
+
+
+CLASS_NULL_COLUMNS = ("class_null_mean", "class_null_max", "class_p_value", "class_z")
+"""The null's columns of qk_scores.parquet, each a list aligned with ``classes``."""
+
+
+def null_draws(pool: int, size: int, n_draws: int, seed: int) -> torch.Tensor:
+    """``n_draws`` random classes of ``size`` distinct indices into a pool of ``pool`` keys
+    (drawn with replacement only when the class is larger than the pool), seeded by
+    (seed, size): [n_draws, size]."""
+    g = torch.Generator().manual_seed(seed * 100_003 + size)
+    if size > pool:
+        return torch.randint(0, pool, (n_draws, size), generator=g)
+    return torch.rand(n_draws, pool, generator=g).argsort(1)[:, :size]
+
+
+def class_null(
+    auc: torch.Tensor, pool_aucs: torch.Tensor, size: int, n_draws: int, seed: int
+) -> dict[str, torch.Tensor]:
+    """A class's AUC [H] against random classes of the same ``size`` drawn from the pool of
+    random keys (their per-key AUCs ``pool_aucs`` [H, P], :func:`key_aucs`): null mean and max,
+    empirical p = (1 + #{null >= auc}) / (1 + n_draws) and z = (auc − null mean) / null std."""
+    draws = pool_aucs[:, null_draws(pool_aucs.shape[1], size, n_draws, seed)].mean(-1)  # [H, R]
+    mean, std = draws.mean(-1), draws.std(-1)
+    return {
+        "class_null_mean": mean,
+        "class_null_max": draws.max(-1).values,
+        "class_p_value": (1 + (draws >= auc[:, None]).sum(-1)).double() / (1 + n_draws),
+        "class_z": (auc - mean) / std.clamp_min(1e-9),
+    }

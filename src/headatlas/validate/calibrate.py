@@ -107,6 +107,8 @@ class CalibrationResults:
     recipes: dict[str, Recipe]
     static: dict[str, pd.DataFrame]
     """Per recipe: static scores (layer, head, relation, k, score, suppression_score)."""
+    qk: dict[str, Any] | None = None
+    """The QK reading chosen with the winner (headatlas.validate.qk_calibration), when run."""
 
 
 def calibrate(
@@ -120,12 +122,15 @@ def calibrate(
     n_boot: int = 1000,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    qk: bool = True,
 ) -> CalibrationResults:
     """Compare candidate recipes on one correlative run and record the best.
 
     ``map_options`` give everything but the recipe (k, tokenisation, dtype...); its recipe is
     the base of the dynamic readout (``options.dynamic_readout``), which stays the same for
-    every candidate so that they are compared against the same dynamic scores.
+    every candidate so that they are compared against the same dynamic scores. ``qk``: also
+    choose the static QK reading (rotary mode, inputs) through the winner, recorded under
+    ``qk`` (:mod:`headatlas.validate.qk_calibration`).
     """
     candidates = dict(candidates or CANDIDATES)
     map_options = map_options or MapOptions()
@@ -165,6 +170,10 @@ def calibrate(
     res = CalibrationResults(
         directory, table, per_template, per_relation, winner, candidates, static
     )
+    if qk:  # the QK reading, chosen through the winning recipe (validate/qk_calibration.py)
+        from headatlas.validate.qk_calibration import calibrate_qk
+
+        res.qk = calibrate_qk(circuits, hf_model, candidates[winner], say=say)
     if directory is not None and work is not None:
         _write(res, work, str(summary["display_name"]))
         record = {
@@ -179,6 +188,8 @@ def calibrate(
             "timings": timings,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+        if res.qk is not None:
+            record["qk"] = res.qk
         write_json_atomic(record, directory / RECORD)
         if partial is not None:  # the finished layers are in static.parquet now
             shutil.rmtree(partial, ignore_errors=True)

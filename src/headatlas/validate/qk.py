@@ -18,6 +18,11 @@ import torch
 
 from headatlas.circuits import ModelCircuits
 from headatlas.scoring.qk import ROTARY_MODES, QKOptions, qk_scores, sample_inputs, sample_tokens
+from headatlas.scoring.qk_labels import (
+    DUPLICATE_COLUMNS,
+    DUPLICATE_TARGET,
+    reading_name,
+)
 from headatlas.scoring.recipe import Recipe, start_token
 from headatlas.stats import pearson_with_interval
 from headatlas.validate.hooks import eval_mode
@@ -75,22 +80,20 @@ def dynamic_duplicate_scores(
     return (total / (n_seqs * length)).numpy()
 
 
-DUPLICATE_TARGET = 0.8
-"""The r over heads a static duplicate-token reading must reach before heads are labelled by it."""
-
-
 @dataclass
 class QKValidation:
     """The QK experiment: per reading (inputs × rotary mode) the correlation over heads, and
     per head the static scores of every reading beside the dynamic one."""
 
     correlations: pd.DataFrame
-    """inputs, rotary, r, low, high, n_heads, reaches_target."""
+    """inputs, rotary, score (dup_score: rank; dup_mass: attention share), r, low, high,
+    n_heads, reaches_target."""
     heads: pd.DataFrame
-    """layer, head, dynamic, then one static column per reading (``<inputs>/<rotary>``)."""
+    """layer, head, dynamic, then one static column per reading (``<inputs>/<rotary>`` for
+    dup_score, ``<inputs>/<rotary>/mass`` for dup_mass)."""
     best: dict[str, Any]
-    """The reading with the highest r (its inputs and rotary mode, r and whether it reaches
-    :data:`DUPLICATE_TARGET`)."""
+    """The reading with the highest r (its inputs, rotary mode and score column, r and whether
+    it reaches :data:`DUPLICATE_TARGET`)."""
     classes: pd.DataFrame | None = None
     """Key preference per token class (:func:`class_correlations`), when asked for."""
 
@@ -124,24 +127,21 @@ def validate_qk(
         for rotary in ROTARY_MODES:
             table = qk_scores(circuits, opts.replace(rotary=rotary), recipe, hf_model,
                               salient=False, x_of=x_of)  # fmt: skip
-            static = table["dup_score"].to_numpy()
-            heads[f"{source}/{rotary}"] = static
-            c = pearson_with_interval(static, dyn.ravel(), seed=seed)
-            rows.append({"inputs": source, "rotary": rotary, **c.as_dict(),
-                         "reaches_target": bool(c.r >= DUPLICATE_TARGET)})  # fmt: skip
+            for score in DUPLICATE_COLUMNS:
+                static = table[score].to_numpy()
+                heads[reading_name(source, rotary, score)] = static
+                c = pearson_with_interval(static, dyn.ravel(), seed=seed)
+                rows.append({"inputs": source, "rotary": rotary, "score": score, **c.as_dict(),
+                             "reaches_target": bool(c.r >= DUPLICATE_TARGET)})  # fmt: skip
     table = pd.DataFrame(rows).rename(columns={"n": "n_heads"})
     top = table.loc[table["r"].fillna(-1).idxmax()]
-    best = {"inputs": top["inputs"], "rotary": top["rotary"], "r": float(top["r"]),
-            "reaches_target": bool(top["reaches_target"])}  # fmt: skip
+    best = {"inputs": top["inputs"], "rotary": top["rotary"], "score": top["score"],
+            "r": float(top["r"]), "reaches_target": bool(top["reaches_target"])}  # fmt: skip
     per_class = None
     if classes:
         opts = options.replace(inputs=best["inputs"], rotary=best["rotary"])
         per_class = class_correlations(circuits, hf_model, recipe, opts, n_seqs, seed, start)
     return QKValidation(table, heads, best, per_class)
-
-
-CLASS_TARGET = 0.7
-"""The mean r over classes a static key-preference reading must reach to label heads by it."""
 
 
 def class_correlations(
@@ -155,33 +155,35 @@ def class_correlations(
 ) -> pd.DataFrame:
     """Per token class: static key-preference AUC (class keys against the sample's keys, over
     the sample's queries) against the dynamic AUC (:func:`dynamic_class_auc`), Pearson r over
-    heads with bootstrap interval: class, n_tokens, r, low, high, static_mean, dynamic_mean."""
+    heads with bootstrap interval: class, n_tokens, r, low, high, static_mean, dynamic_mean,
+    null_mean (the static AUC of random classes of equal size, mean over heads) and heads_p05
+    (heads whose static AUC beats the null at p <= 0.05)."""
     from headatlas.qk_circuits import read_qk
-    from headatlas.scoring.qk_classes import class_auc, token_classes
+    from headatlas.scoring.qk import class_columns, position_shift, sample_and_members
+    from headatlas.scoring.qk_classes import token_classes
 
     classes = token_classes(circuits)
     dyn = dynamic_class_auc(hf_model, circuits, classes, n_seqs=n_seqs, seed=seed)
-    sample = sample_tokens(circuits, options.n_tokens, options.seed)
-    members = sorted({i for ids in classes.values() for i in ids})
-    ids = torch.cat([sample, torch.tensor(members, dtype=sample.dtype)])
+    ids, where = sample_and_members(circuits, options, classes)
     x_of = sample_inputs(circuits, ids, recipe, options, hf_model, start)
-    where = {t: len(sample) + j for j, t in enumerate(members)}
-    n = len(sample)
-    static: dict[str, list[torch.Tensor]] = {name: [] for name in classes}
+    n = options.n_tokens
+    layers: list[dict[str, torch.Tensor]] = []
+    shift = position_shift(circuits, options)
     with torch.no_grad():
         for layer in range(circuits.cfg.n_layers):
-            qk = read_qk(circuits, layer)
-            X = x_of(layer).float()
-            for name, cids in classes.items():
-                Xc = X[torch.tensor([where[i] for i in cids])]
-                static[name].append(class_auc(qk, X[:n], Xc, X[:n], options, recipe.pre_norm))
+            X = x_of(layer).float() if shift is None else x_of(layer).float() + shift
+            layers.append(class_columns(read_qk(circuits, layer), X, n, where, options,
+                                        recipe.pre_norm))  # fmt: skip
     rows = []
-    for name, cids in classes.items():
-        st = torch.stack(static[name]).numpy()
+    for j, (name, cids) in enumerate(classes.items()):
+        col = {c: torch.stack([t[c][:, j] for t in layers]).numpy() for c in layers[0]}
+        st = col["class_auc"]
         c = pearson_with_interval(st.ravel(), dyn[name].ravel(), seed=seed)
         rows.append({"class": name, "n_tokens": len(cids), "r": c.r, "low": c.low,
                      "high": c.high, "static_mean": float(st.mean()),
-                     "dynamic_mean": float(dyn[name].mean())})  # fmt: skip
+                     "dynamic_mean": float(dyn[name].mean()),
+                     "null_mean": float(col["class_null_mean"].mean()),
+                     "heads_p05": int((col["class_p_value"] <= 0.05).sum())})  # fmt: skip
     return pd.DataFrame(rows)
 
 
