@@ -26,7 +26,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from headatlas.report.head_qk import qk_data
 from headatlas.report.head_words import EvidencePair, RelationReading, head_line
+from headatlas.report.ov_affinity import alike_by_head
 from headatlas.scoring.null import NULL_COLUMNS
 from headatlas.store import MapResults
 
@@ -278,7 +280,9 @@ def head_page_data(
     threshold: float,
 ) -> dict[str, Any]:
     """The page's per-head extras of one model: ``words``, ``similar``, ``evidence``, ``null``,
-    ``class_level`` (relation names) and ``dynamic`` (the last three null / empty when absent).
+    ``class_level`` (relation names), ``dynamic``, ``qk`` (what the head reads,
+    :mod:`headatlas.report.head_qk`) and ``alike_ov`` (most alike by OV subspace,
+    :mod:`headatlas.report.ov_affinity`); the last five null / empty when absent.
 
     ``score_cells`` / ``supp_cells`` are [relations, cells] in [0, 1], NaN where missing.
     """
@@ -291,4 +295,6 @@ def head_page_data(
         "null": null_data(results, scores, relations),
         "class_level": class_level,
         "dynamic": dynamic_data(results, relations),
+        "qk": qk_data(results),
+        "alike_ov": alike_by_head(results),
     }
