@@ -48,6 +48,13 @@ MEASURED: dict[str, dict[str, Any]] = {
             ("context", "slow"): 0.849,
         },
         "classes": {("context", "offsets"): 0.743},
+        "per_class": {
+            ("context", "offsets"): {
+                "first_names": 0.681, "countries": 0.809, "cities": 0.759, "adjectives": 0.835,
+                "verbs": 0.872, "numbers": 0.811, "function_words": 0.857, "punctuation": 0.872,
+                "start": 0.194,
+            }
+        },
     },
     "gemma3-270m": {
         "dup": {
@@ -139,21 +146,27 @@ def _embedding(results: MapResults) -> str:
 
 
 def qk_checks(results: MapResults) -> dict[str, dict[str, Any]]:
-    """Per reading ("dup", "classes"): r, target, ok (None: not measured) and where r is from."""
+    """Per reading ("dup", "classes"): r, target, ok (None: not measured) and where r is from;
+    ``classes`` also carries ``per_class`` {class: r} when known (a class column is validated
+    when the mean and its own class reach the target)."""
     inputs, rotary = _reading(results)
     checks: dict[str, dict[str, Any]] = {
         "dup": {"r": None, "target": DUPLICATE_TARGET, "ok": None, "source": ""},
-        "classes": {"r": None, "target": CLASS_TARGET, "ok": None, "source": ""},
+        "classes": {"r": None, "target": CLASS_TARGET, "ok": None, "source": "", "per_class": {}},
     }
-    measured = _measured_here(results, inputs, rotary)
+    measured, per_class = _measured_here(results, inputs, rotary)
     for key, value in measured.items():
         r, source = value
         checks[key].update(r=round(r, 3), ok=bool(r >= checks[key]["target"]), source=source)
+    checks["classes"]["per_class"] = {k: round(v, 3) for k, v in per_class.items()}
     return checks
 
 
-def _measured_here(results: MapResults, inputs: str, rotary: str) -> dict[str, tuple[float, str]]:
+def _measured_here(
+    results: MapResults, inputs: str, rotary: str
+) -> tuple[dict[str, tuple[float, str]], dict[str, float]]:
     out: dict[str, tuple[float, str]] = {}
+    per_class: dict[str, float] = {}
     try:
         table = pd.read_csv(results.directory / QK_VALIDATION)
         rows = table[(table["inputs"] == inputs) & (table["rotary"] == rotary)]
@@ -163,6 +176,7 @@ def _measured_here(results: MapResults, inputs: str, rotary: str) -> dict[str, t
         classes = pd.read_csv(results.directory / QK_CLASSES)
         if (best["inputs"], best["rotary"]) == (inputs, rotary) and len(classes):
             out["classes"] = (float(classes["r"].mean()), "validate --experiment qk")
+            per_class = {str(c): float(r) for c, r in zip(classes["class"], classes["r"])}
     except (OSError, ValueError, KeyError, UnicodeDecodeError):
         pass
     name = str(results.manifest.get("model", {}).get("name", ""))
@@ -174,7 +188,9 @@ def _measured_here(results: MapResults, inputs: str, rotary: str) -> dict[str, t
             r = known[key].get((inputs, rotary))
             if key not in out and r is not None:
                 out[key] = (float(r), "docs/qk.md")
-    return out
+                if key == "classes":
+                    per_class = dict(known.get("per_class", {}).get((inputs, rotary), {}))
+    return out, per_class
 
 
 def qk_data(results: MapResults, decode: Decoder | None = None) -> dict[str, Any] | None:
