@@ -298,8 +298,12 @@ def atlas(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[MapResul
     )  # fmt: skip
     make_validation(big, RELATIONS[:12], seed=3, extra=((ONLY_VALIDATED, "Knowledge"),))
     make_dynamic(big, [r for r, _ in RELATIONS[:3]], 80, 64)
-    make_qk(big, 80, 64, validation=([["recipe", "offsets", 0.85]], [["countries", 0.9],
-                                                                      ["start", 0.2]]))
+    make_qk(
+        big,
+        80,
+        64,
+        validation=([["recipe", "offsets", 0.85]], [["countries", 0.9], ["start", 0.2]]),
+    )
     n = 80 * 64
     write_parquet_atomic(
         pd.DataFrame({"layer": np.repeat(np.arange(80), 64 * 2), "head": np.tile(np.repeat(np.arange(64), 2), 80),
@@ -743,7 +747,9 @@ def test_pinned_head_shows_what_it_reads_and_alike_by_ov_subspace(page: Page) ->
         "auc_countries_null_max 0.550, auc_countries_p 0.250"
     )
     # the classes' mean r (0.55) misses 0.7: every class column is unvalidated here
-    assert countries.locator("td.status").inner_text().startswith("unvalidated on this model: r 0.55")
+    assert (
+        countries.locator("td.status").inner_text().startswith("unvalidated on this model: r 0.55")
+    )
     start = rows.filter(has_text="auc_start")
     assert "unvalidated" in start.locator("td.status").inner_text()
     assert "not used for labels" in qk.locator("p.qk-note").inner_text()

@@ -50,8 +50,14 @@ MEASURED: dict[str, dict[str, Any]] = {
         "classes": {("context", "offsets"): 0.743},
         "per_class": {
             ("context", "offsets"): {
-                "first_names": 0.681, "countries": 0.809, "cities": 0.759, "adjectives": 0.835,
-                "verbs": 0.872, "numbers": 0.811, "function_words": 0.857, "punctuation": 0.872,
+                "first_names": 0.681,
+                "countries": 0.809,
+                "cities": 0.759,
+                "adjectives": 0.835,
+                "verbs": 0.872,
+                "numbers": 0.811,
+                "function_words": 0.857,
+                "punctuation": 0.872,
                 "start": 0.194,
             }
         },
@@ -126,7 +132,7 @@ def tokenizer_decoder(results: MapResults) -> Decoder | None:
         from headatlas.weights import open_source
 
         tok = open_source(path).tokenizer()
-    except Exception:  # noqa: BLE001 - any failure only costs the decoded strings
+    except Exception:  # any failure only costs the decoded strings
         return None
     if tok is None:
         return None

@@ -136,6 +136,9 @@ def alike_by_head(results: MapResults) -> list[list[float]] | None:
     chance: dict[int, float] = {}
     for row in table.itertuples(index=False):
         i = int(row.layer) * H + int(row.head)
-        out[i] += [int(row.other_layer) * H + int(row.other_head), round(float(row.affinity) * 1000)]
+        out[i] += [
+            int(row.other_layer) * H + int(row.other_head),
+            round(float(row.affinity) * 1000),
+        ]
         chance[i] = max(chance.get(i, 0.0), float(row.chance))
-    return [v + [round(chance[i] * 1000)] if v else [] for i, v in enumerate(out)]
+    return [[*v, round(chance[i] * 1000)] if v else [] for i, v in enumerate(out)]
