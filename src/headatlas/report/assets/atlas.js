@@ -662,7 +662,8 @@
     var box = el("div", "qk");
     box.appendChild(el("h3", null, "What it reads (QK, W_Q\u00b7W_K; " + qk.reading.inputs + " inputs, rotary " + qk.reading.rotary + ")"));
     var table = el("table", "qk-table"), head = el("tr"), tbody = el("tbody");
-    ["reading", "score", "null / more", "against inference"].forEach(function (h) { head.appendChild(el("th", null, h)); });
+    var withMore = qk.extra.some(function (x) { return x[2].length > 0; });
+    ["reading", "score"].concat(withMore ? ["null / more"] : [], ["against inference"]).forEach(function (h) { head.appendChild(el("th", null, h)); });
     var thead = el("thead");
     thead.appendChild(head);
     table.appendChild(thead);
@@ -671,7 +672,7 @@
       var st = qkStatus(check), tr = el("tr", cls + " " + st[1]);
       tr.appendChild(el("td", "rel", name));
       tr.appendChild(el("td", "num score", fmt(value)));
-      tr.appendChild(el("td", "muted more", more));
+      if (withMore) tr.appendChild(el("td", "muted more", more));
       tr.appendChild(el("td", "status " + st[1], st[0]));
       tbody.appendChild(tr);
       if (st[1] !== "validated" && notes.indexOf(name) < 0) notes.push(name);
