@@ -13,8 +13,9 @@ OUT=${OUT:-atlas}
 # averaged over offsets (the sample's inputs do not depend on the embedding mode): on SmolLM2
 # duplicate-token r 0.94 and class preference 0.74 against inference; on Gemma 3 r 0.74, below
 # the 0.8 target (no reading reaches it there), so its pages say the reading is unvalidated.
-# Cost: QK is ~0.67 of the OV map's time on SmolLM2, ~1.7 on Gemma 3 (QK-norm over a 262k
-# vocabulary), docs/qk.md.
+# Cost: weights-only QK is ~0.67 of the OV map's time on SmolLM2, ~1.7 on Gemma 3 (QK-norm
+# over a 262k vocabulary), docs/qk.md; in context, measured on SmolLM2 (2 cores at load ~16):
+# QK 428 s beside 584 s of OV scores (224 s of them the null) and 44 s of evidence.
 headatlas map smollm2 --embedding residual --qk --qk-context --out "$OUT"
 headatlas map gemma3-270m --embedding forward --qk --qk-context --out "$OUT"
 # Salient operations of every head, for the atlas's head pages (measured on 2 busy shared cores:
