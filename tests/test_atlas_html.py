@@ -147,6 +147,22 @@ def test_qk_data_reads_scores_tokens_and_validation(tmp_path: Path) -> None:
     assert atlas_data(load_results(make_results(tmp_path / "none", 2, 2)))["qk"] is None
 
 
+def test_line_in_words_says_a_validated_duplicate_token_head_attends_to_copies(
+    tmp_path: Path,
+) -> None:
+    ok = make_qk(
+        make_results(tmp_path / "a", 3, 4), 3, 4, validation=([["recipe", "offsets", 0.9]], [])
+    )
+    words = atlas_data(load_results(ok))["words"]
+    extra = " Attends to earlier copies of the current token (duplicate-token 0.86)."
+    assert words[6].endswith(extra)  # (6 % 7) / 7 = 0.857
+    assert words[3].endswith(".") and "copies of the current" not in words[3]  # 0.43 < 0.5
+    bad = make_qk(
+        make_results(tmp_path / "b", 3, 4), 3, 4, validation=([["recipe", "offsets", 0.5]], [])
+    )
+    assert not any("copies of the current" in w for w in atlas_data(load_results(bad))["words"])
+
+
 @pytest.mark.parametrize(
     ("name", "inputs", "dup", "classes"),
     [

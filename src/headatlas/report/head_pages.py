@@ -271,6 +271,23 @@ def head_words(
     return [head_line(readings[i], pairs[i], threshold) for i in range(n_cells)]
 
 
+DUP_WORDS = 0.5
+"""A validated duplicate-token score from which the head's line says it attends to copies."""
+
+
+def with_qk_words(words: list[str], qk: dict[str, Any] | None) -> list[str]:
+    """Each head's line, followed by what it reads when the duplicate-token reading is
+    validated on this model and the head's score is at least :data:`DUP_WORDS`."""
+    if qk is None or qk["checks"]["dup"]["ok"] is not True:
+        return words
+    return [
+        f"{line} Attends to earlier copies of the current token (duplicate-token {d / 1000:.2f})."
+        if d >= DUP_WORDS * 1000
+        else line
+        for line, d in zip(words, qk["dup"])
+    ]
+
+
 def head_page_data(
     results: MapResults,
     scores: pd.DataFrame,
@@ -288,13 +305,15 @@ def head_page_data(
     """
     evidence = evidence_table(results)
     class_level = class_level_relations(results)
+    qk = qk_data(results)
+    words = head_words(results, scores, relations, evidence, class_level, threshold)
     return {
-        "words": head_words(results, scores, relations, evidence, class_level, threshold),
+        "words": with_qk_words(words, qk),
         "similar": similar_heads(score_cells, supp_cells),
         "evidence": evidence_by_head(evidence, results, relations),
         "null": null_data(results, scores, relations),
         "class_level": class_level,
         "dynamic": dynamic_data(results, relations),
-        "qk": qk_data(results),
+        "qk": qk,
         "alike_ov": alike_by_head(results),
     }
