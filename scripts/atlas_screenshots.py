@@ -4,8 +4,8 @@ Opens ``ATLAS#model/LxHy`` (the atlas's deep link) for each ``--head model/LxHy`
 the model's grid and head page as ``OUT/atlas-<model>-LxHy.png``. Rerun it after
 ``scripts/atlas.sh`` to refresh the images:
 
-    python scripts/atlas_screenshots.py atlas/atlas.html \\
-        --head smollm2/L23H2 --head gemma3-270m/L12H2 --out docs/images
+    python scripts/atlas_screenshots.py atlas/atlas.html --head smollm2/L23H2 \\
+        --head smollm2/L26H2 --head smollm2/L14H3 --head gemma3-270m/L12H2 --out docs/images
 """
 
 from __future__ import annotations

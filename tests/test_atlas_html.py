@@ -36,7 +36,16 @@ from headatlas.report.head_pages import (
     evidence_by_head,
     similar_heads,
 )
-from headatlas.store import EVIDENCE, EVIDENCE_COLUMNS, MapResults, load_results
+from headatlas.report.head_qk import extra_columns, qk_data
+from headatlas.report.ov_affinity import OV_AFFINITY
+from headatlas.store import (
+    EVIDENCE,
+    EVIDENCE_COLUMNS,
+    QK_SCORES,
+    MapResults,
+    load_results,
+    write_parquet_atomic,
+)
 
 EVIL_RELATION = "<img src=x onerror=alert(1)>"
 EVIL_TOKEN = "<script>alert(1)</script>"
@@ -50,6 +59,128 @@ ONLY_VALIDATED = "<i>only validated</i>"
 
 
 # ---------------------------------------------------------------------------- without a browser
+
+
+def make_qk(
+    directory: Path,
+    n_layers: int,
+    n_heads: int,
+    classes: bool = True,
+    inputs: str = "recipe",
+    rotary: str = "offsets",
+    validation: tuple[list[Any], list[Any]] | None = None,
+) -> Path:
+    """Write qk_scores.parquet (dup score (i % 7) / 7; salient ids i, i + 1, ...; with
+    ``classes`` an auc_countries column with its null and p), the manifest's qk section and,
+    with ``validation``, validation/qk.csv and qk_classes.csv rows."""
+    n = n_layers * n_heads
+    i = np.arange(n)
+    table = pd.DataFrame(
+        {
+            "model": "m",
+            "layer": i // n_heads,
+            "head": i % n_heads,
+            "dup_score": (i % 7) / 7,
+            "salient_keys": [[int(j + t) for t in range(10)] for j in i],
+            "salient_queries": [[int(j + 100 + t) for t in range(3)] for j in i],
+        }
+    )
+    if classes:
+        table["auc_countries"] = 0.5 + (i % 5) / 10
+        table["auc_countries_null_max"] = 0.55
+        table["auc_countries_p"] = 0.25
+        table["auc_start"] = 0.9
+    write_parquet_atomic(table, directory / QK_SCORES)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["qk"] = {"options": {"inputs": inputs, "rotary": rotary}, "file": QK_SCORES}
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    if validation is not None:
+        (directory / "validation").mkdir(exist_ok=True)
+        pd.DataFrame(validation[0], columns=["inputs", "rotary", "r"]).to_csv(
+            directory / "validation" / "qk.csv", index=False
+        )
+        pd.DataFrame(validation[1], columns=["class", "r"]).to_csv(
+            directory / "validation" / "qk_classes.csv", index=False
+        )
+    return directory
+
+
+def test_qk_extra_columns_pair_nulls_with_their_reading() -> None:
+    table = pd.DataFrame(
+        columns=["model", "layer", "head", "dup_score", "salient_keys", "salient_queries",
+                 "auc_countries", "auc_countries_null_max", "auc_countries_p", "auc_cities",
+                 "auc_cities_null_mean", "orphan_null", "label"]
+    ).astype({"auc_countries": float, "auc_countries_null_max": float, "auc_countries_p": float,
+              "auc_cities": float, "auc_cities_null_mean": float, "orphan_null": float,
+              "label": str})  # fmt: skip
+    assert extra_columns(table) == [
+        ("auc_countries", ["auc_countries_null_max", "auc_countries_p"]),
+        ("auc_cities", ["auc_cities_null_mean"]),
+        ("orphan_null", []),
+    ]
+
+
+def test_qk_data_reads_scores_tokens_and_validation(tmp_path: Path) -> None:
+    d = make_qk(
+        make_results(tmp_path, 3, 4),
+        3,
+        4,
+        validation=([["recipe", "offsets", 0.85], ["context", "none", 0.5]],
+                    [["countries", 0.9], ["start", 0.2]]),
+    )  # fmt: skip
+    data = qk_data(load_results(d), decode=lambda ids: [f"t{t}" for t in ids])
+    assert data is not None
+    assert data["dup"] == [round((i % 7) / 7 * 1000) for i in range(12)]
+    assert data["keys"]["5"] == [f"t{5 + t}" for t in range(8)]  # at most 8 shown
+    assert data["queries"]["0"] == ["t100", "t101", "t102"]
+    names = [x[0] for x in data["extra"]]
+    assert names == ["auc_countries", "auc_start"]
+    assert [c[0] for c in data["extra"][0][2]] == ["auc_countries_null_max", "auc_countries_p"]
+    assert data["extra"][0][1][3] == 800 and data["extra"][0][2][0][1][3] == 550
+    checks = data["checks"]
+    assert checks["dup"] == {"r": 0.85, "target": 0.8, "ok": True,
+                             "source": "validate --experiment qk"}  # fmt: skip
+    assert checks["classes"]["r"] == pytest.approx(0.55) and checks["classes"]["ok"] is False
+    assert checks["classes"]["per_class"] == {"countries": 0.9, "start": 0.2}
+    # without a tokenizer the ids are shown as such; without the table there is no QK side
+    assert atlas_data(load_results(d))["qk"]["keys"]["1"][0] == "#1"
+    assert atlas_data(load_results(make_results(tmp_path / "none", 2, 2)))["qk"] is None
+
+
+def test_line_in_words_says_a_validated_duplicate_token_head_attends_to_copies(
+    tmp_path: Path,
+) -> None:
+    ok = make_qk(
+        make_results(tmp_path / "a", 3, 4), 3, 4, validation=([["recipe", "offsets", 0.9]], [])
+    )
+    words = atlas_data(load_results(ok))["words"]
+    extra = " Attends to earlier copies of the current token (duplicate-token 0.86)."
+    assert words[6].endswith(extra)  # (6 % 7) / 7 = 0.857
+    assert words[3].endswith(".") and "copies of the current" not in words[3]  # 0.43 < 0.5
+    bad = make_qk(
+        make_results(tmp_path / "b", 3, 4), 3, 4, validation=([["recipe", "offsets", 0.5]], [])
+    )
+    assert not any("copies of the current" in w for w in atlas_data(load_results(bad))["words"])
+
+
+@pytest.mark.parametrize(
+    ("name", "inputs", "dup", "classes"),
+    [
+        ("gemma3-270m", "recipe", (0.78, False), (0.08, False)),  # docs/qk.md: misses both
+        ("smollm2", "context", (0.943, True), (0.743, True)),
+        ("smollm2", "recipe", (0.806, True), (None, None)),  # classes not measured that way
+        ("org/other", "recipe", (None, None), (None, None)),
+    ],
+)
+def test_qk_checks_of_the_packaged_models(
+    tmp_path: Path, name: str, inputs: str, dup: Any, classes: Any
+) -> None:
+    d = make_qk(make_results(tmp_path, 2, 2, name=name), 2, 2, inputs=inputs)
+    data = qk_data(load_results(d), decode=lambda ids: [str(t) for t in ids])
+    assert data is not None
+    got = data["checks"]
+    assert (got["dup"]["r"], got["dup"]["ok"]) == dup
+    assert (got["classes"]["r"], got["classes"]["ok"]) == classes
 
 
 def test_embed_json_cannot_end_the_script_element() -> None:
@@ -183,6 +314,20 @@ def atlas(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[MapResul
     )  # fmt: skip
     make_validation(big, RELATIONS[:12], seed=3, extra=((ONLY_VALIDATED, "Knowledge"),))
     make_dynamic(big, [r for r, _ in RELATIONS[:3]], 80, 64)
+    make_qk(
+        big,
+        80,
+        64,
+        validation=([["recipe", "offsets", 0.85]], [["countries", 0.9], ["start", 0.2]]),
+    )
+    n = 80 * 64
+    write_parquet_atomic(
+        pd.DataFrame({"layer": np.repeat(np.arange(80), 64 * 2), "head": np.tile(np.repeat(np.arange(64), 2), 80),
+                      "rank": 64, "other_layer": (np.arange(n * 2) // 2 // 64 + 1) % 80,
+                      "other_head": np.tile([3, 4], n), "affinity": np.tile([0.9, 0.4], n),
+                      "chance": 0.111}),
+        big / OV_AFFINITY,
+    )  # fmt: skip
     small = make_results(root, 2, 4, name="tiny", seed=1)
     results = [load_results(big), load_results(small)]
     out = root / "atlas.html"
@@ -258,7 +403,7 @@ def test_click_pins_every_score_and_salient_operations(
     }
     for r in _head_scores(results, layer, head).itertuples():
         assert shown[r.relation] == (_fmt(r.score), _fmt(r.suppression_score))
-    assert "Salient operations" in side.inner_text()
+    assert "What it writes (OV): salient operations" in side.inner_text()
     assert side.locator("ul.salient li").count() == 3
     assert "Description" in side.inner_text()
     # Still pinned after the mouse leaves; a second click unpins.
@@ -478,6 +623,7 @@ def _labelled_head(results: MapResults, relation: str) -> tuple[int, int]:
 def test_head_page_data_without_extras_is_empty(tmp_path: Path) -> None:
     data = atlas_data(load_results(make_results(tmp_path, 2, 4)))
     assert data["evidence"] == {} and data["null"] is None and data["dynamic"] is None
+    assert data["qk"] is None and data["alike_ov"] is None
     assert data["class_level"] == [] and len(data["words"]) == 8 and len(data["similar"]) == 8
 
 
@@ -595,6 +741,54 @@ def test_pinned_head_shows_words_evidence_null_dynamic_and_alike(
 
 
 @pytest.mark.browser
+def test_pinned_head_shows_what_it_reads_and_alike_by_ov_subspace(page: Page) -> None:
+    layer, head = 2, 5
+    i = layer * 64 + head
+    page.cell(0, layer, head, 64).click()
+    side = page.page.locator("#model-0 aside.side")
+    qk = side.locator(".qk")
+    assert "What it reads (QK" in qk.locator("h3").inner_text()
+    assert "recipe inputs, rotary offsets" in qk.locator("h3").inner_text()
+    dup = qk.locator("tr.qk-dup")
+    assert dup.locator("td.score").inner_text() == _fmt((i % 7) / 7)
+    assert "validated" in (dup.get_attribute("class") or "").split()
+    assert dup.locator("td.status").inner_text() == (
+        "validated: r 0.85 \u2265 0.80 (this map's validate --experiment qk)"
+    )
+    rows = qk.locator("tr.qk-extra")
+    assert rows.count() == 2
+    countries = rows.filter(has_text="auc_countries")
+    assert countries.locator("td.score").inner_text() == _fmt(0.5 + (i % 5) / 10)
+    assert countries.locator("td.more").inner_text() == (
+        "auc_countries_null_max 0.550, auc_countries_p 0.250"
+    )
+    # the classes' mean r (0.55) misses 0.7: every class column is unvalidated here
+    assert (
+        countries.locator("td.status").inner_text().startswith("unvalidated on this model: r 0.55")
+    )
+    start = rows.filter(has_text="auc_start")
+    assert "unvalidated" in start.locator("td.status").inner_text()
+    assert "not used for labels" in qk.locator("p.qk-note").inner_text()
+    assert qk.locator(".qk-keys .tok").all_inner_texts() == [f"#{i + t}" for t in range(8)]
+    assert qk.locator(".qk-queries .tok").all_inner_texts() == [f"#{i + 100 + t}" for t in range(3)]
+    # most alike by OV subspace affinity, best first, with the chance level
+    alike = side.locator("ul.alike-ov li")
+    assert alike.count() == 2
+    assert "chance 0.111" in side.inner_text()
+    assert alike.first.inner_text().split() == [f"L{layer + 1}", "H3", "0.900"]
+    alike.first.locator("button.head-link").click()
+    assert side.locator(".head-title").inner_text() == f"L{layer + 1} H3"
+
+
+@pytest.mark.browser
+def test_search_finds_qk_salient_keys(page: Page) -> None:
+    search = page.page.locator("#model-0 input.search")
+    search.fill("#5")
+    items = page.page.locator("#model-0 ul.search-results li")
+    assert items.count() >= 1 and "reads (QK keys)" in items.first.inner_text()
+
+
+@pytest.mark.browser
 def test_arrow_keys_move_between_heads(page: Page) -> None:
     p = page.page
     side = p.locator("#model-0 aside.side .head-title")
@@ -690,6 +884,7 @@ def test_head_page_without_extras_degrades(page: Page) -> None:
     text = side.inner_text()
     assert "Evidence" not in text and "null max" not in text and "dyn." not in text
     assert "class-level" not in text
+    assert "What it reads" not in text and "OV subspace" not in text
     assert side.locator("p.words").count() == 1
     assert side.locator("ul.similar li").count() > 0
 

@@ -26,7 +26,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from headatlas.report.head_qk import qk_data
 from headatlas.report.head_words import EvidencePair, RelationReading, head_line
+from headatlas.report.ov_affinity import alike_by_head
 from headatlas.scoring.null import NULL_COLUMNS
 from headatlas.store import MapResults
 
@@ -269,6 +271,23 @@ def head_words(
     return [head_line(readings[i], pairs[i], threshold) for i in range(n_cells)]
 
 
+DUP_WORDS = 0.5
+"""A validated duplicate-token score from which the head's line says it attends to copies."""
+
+
+def with_qk_words(words: list[str], qk: dict[str, Any] | None) -> list[str]:
+    """Each head's line, followed by what it reads when the duplicate-token reading is
+    validated on this model and the head's score is at least :data:`DUP_WORDS`."""
+    if qk is None or qk["checks"]["dup"]["ok"] is not True:
+        return words
+    return [
+        f"{line} Attends to earlier copies of the current token (duplicate-token {d / 1000:.2f})."
+        if d >= DUP_WORDS * 1000
+        else line
+        for line, d in zip(words, qk["dup"])
+    ]
+
+
 def head_page_data(
     results: MapResults,
     scores: pd.DataFrame,
@@ -278,17 +297,23 @@ def head_page_data(
     threshold: float,
 ) -> dict[str, Any]:
     """The page's per-head extras of one model: ``words``, ``similar``, ``evidence``, ``null``,
-    ``class_level`` (relation names) and ``dynamic`` (the last three null / empty when absent).
+    ``class_level`` (relation names), ``dynamic``, ``qk`` (what the head reads,
+    :mod:`headatlas.report.head_qk`) and ``alike_ov`` (most alike by OV subspace,
+    :mod:`headatlas.report.ov_affinity`); the last five null / empty when absent.
 
     ``score_cells`` / ``supp_cells`` are [relations, cells] in [0, 1], NaN where missing.
     """
     evidence = evidence_table(results)
     class_level = class_level_relations(results)
+    qk = qk_data(results)
+    words = head_words(results, scores, relations, evidence, class_level, threshold)
     return {
-        "words": head_words(results, scores, relations, evidence, class_level, threshold),
+        "words": with_qk_words(words, qk),
         "similar": similar_heads(score_cells, supp_cells),
         "evidence": evidence_by_head(evidence, results, relations),
         "null": null_data(results, scores, relations),
         "class_level": class_level,
         "dynamic": dynamic_data(results, relations),
+        "qk": qk,
+        "alike_ov": alike_by_head(results),
     }

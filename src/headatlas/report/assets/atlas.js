@@ -580,7 +580,7 @@
     }
     var ops = m.salient[String(i)];
     if (ops && ops.length) {
-      side.appendChild(el("h3", null, "Salient operations"));
+      side.appendChild(el("h3", null, "What it writes (OV): salient operations"));
       var ul = el("ul", "ops salient");
       ops.forEach(function (op) {
         var li = el("li");
@@ -593,6 +593,8 @@
       });
       side.appendChild(ul);
     }
+    var reads = this.qkSection(i);
+    if (reads) side.appendChild(reads);
     var d = m.descriptions[String(i)];
     if (d) {
       side.appendChild(el("h3", null, "Description"));
@@ -617,6 +619,85 @@
       }
       side.appendChild(list);
     }
+    var ovAlike = m.alike_ov && m.alike_ov[i];
+    if (ovAlike && ovAlike.length > 1) {
+      var chance = ovAlike[ovAlike.length - 1];
+      side.appendChild(el("h3", null, "Most alike heads (OV subspace affinity; chance " + fmt(chance) + ")"));
+      var olist = el("ul", "ops alike-ov");
+      for (var q = 0; q + 1 < ovAlike.length; q += 2) {
+        var oli = el("li");
+        oli.appendChild(this.headLink(ovAlike[q]));
+        oli.appendChild(el("span", "muted", fmt(ovAlike[q + 1])));
+        olist.appendChild(oli);
+      }
+      side.appendChild(olist);
+      side.appendChild(el("p", "muted", "affinity: mean squared cosine of the principal angles between the " +
+        "heads' W_V\u00b7W_O output subspaces (1: one contains the other)."));
+    }
+  };
+
+  /* What the head reads: its QK scores (map --qk) with whether each reading is validated. */
+  var QK_SOURCES = { "validate --experiment qk": "this map's validate --experiment qk", "docs/qk.md": "docs/qk.md" };
+  function qkStatus(check) {
+    if (!check || check.ok === null || check.ok === undefined) return ["not validated on this model", "unvalidated"];
+    var r = "r " + Number(check.r).toFixed(2);
+    var from = QK_SOURCES[check.source] || check.source;
+    if (check.ok) return ["validated: " + r + " \u2265 " + Number(check.target).toFixed(2) + " (" + from + ")", "validated"];
+    return ["unvalidated on this model: " + r + " < " + Number(check.target).toFixed(2) + " (" + from + ")", "unvalidated"];
+  }
+  function isClassColumn(name) { return /auc|class/i.test(name); }
+  /* A class column's check: the classes' mean, failed where its own class misses the target. */
+  function classCheck(classes, name) {
+    var own = null, best = "";
+    Object.keys(classes.per_class || {}).forEach(function (c) {
+      if (name.indexOf(c) >= 0 && c.length > best.length) { best = c; own = classes.per_class[c]; }
+    });
+    if (own === null || classes.ok !== true || own >= classes.target) return classes;
+    return { r: own, target: classes.target, ok: false, source: classes.source };
+  }
+
+  Model.prototype.qkSection = function (i) {
+    var qk = this.m.qk;
+    if (!qk) return null;
+    var box = el("div", "qk");
+    box.appendChild(el("h3", null, "What it reads (QK, W_Q\u00b7W_K; " + qk.reading.inputs + " inputs, rotary " + qk.reading.rotary + ")"));
+    var table = el("table", "qk-table"), head = el("tr"), tbody = el("tbody");
+    var withMore = qk.extra.some(function (x) { return x[2].length > 0; });
+    ["reading", "score"].concat(withMore ? ["null / more"] : [], ["against inference"]).forEach(function (h) { head.appendChild(el("th", null, h)); });
+    var thead = el("thead");
+    thead.appendChild(head);
+    table.appendChild(thead);
+    var notes = [];
+    function row(name, value, more, check, cls) {
+      var st = qkStatus(check), tr = el("tr", cls + " " + st[1]);
+      tr.appendChild(el("td", "rel", name));
+      tr.appendChild(el("td", "num score", fmt(value)));
+      if (withMore) tr.appendChild(el("td", "muted more", more));
+      tr.appendChild(el("td", "status " + st[1], st[0]));
+      tbody.appendChild(tr);
+      if (st[1] !== "validated" && notes.indexOf(name) < 0) notes.push(name);
+    }
+    row("duplicate-token", qk.dup[i], "", qk.checks.dup, "qk-dup");
+    qk.extra.forEach(function (x) {
+      var more = x[2].map(function (c) { return c[0] + " " + fmt(c[1][i]); }).join(", ");
+      row(x[0], x[1][i], more, isClassColumn(x[0]) ? classCheck(qk.checks.classes, x[0]) : null, "qk-extra");
+    });
+    table.appendChild(tbody);
+    box.appendChild(table);
+    if (notes.length) {
+      box.appendChild(el("p", "muted qk-note", "Unvalidated readings (" + notes.join(", ") + ") are shown, " +
+        "not used for labels: on this model they do not predict attention at inference (targets: duplicate-token " +
+        "r \u2265 0.8, class preference mean r \u2265 0.7; docs/qk.md)."));
+    }
+    [["keys", "Keys it most attends to"], ["queries", "Queries that most attend"]].forEach(function (spec) {
+      var toks = qk[spec[0]][String(i)];
+      if (!toks || !toks.length) return;
+      var line = el("div", "qk-" + spec[0]);
+      line.appendChild(el("span", "muted", spec[1] + ": "));
+      toks.forEach(function (t) { line.appendChild(el("span", "tok", t)); });
+      box.appendChild(line);
+    });
+    return box;
   };
 
   /* Search: a head name pins it; a relation colours the grid by it and lists its best heads;
@@ -659,6 +740,13 @@
         if (tok(op[0]) || op[2].some(tok)) add(+key, "salient: " + op[0].trim() + " \u2192 " + op[2].map(function (t) { return t.trim(); }).join(" "));
       });
     });
+    if (m.qk) {
+      ["keys", "queries"].forEach(function (side) {
+        Object.keys(m.qk[side]).forEach(function (key) {
+          if (m.qk[side][key].some(tok)) add(+key, "reads (QK " + side + "): " + m.qk[side][key].map(function (t) { return t.trim(); }).join(" "));
+        });
+      });
+    }
     hits.sort(function (a, b) { return a[0] - b[0]; });
     hits.forEach(function (h) { var li = item("token", self.headLink(h[0])); li.appendChild(el("span", "muted", h[1])); });
     if (!out.childNodes.length) out.appendChild(el("li", "muted", "nothing matches"));
