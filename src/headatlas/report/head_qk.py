@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from headatlas.scoring.qk_labels import CLASS_TARGET, DUPLICATE_TARGET
 from headatlas.store import QK_COLUMNS, MapResults
-from headatlas.validate.qk import CLASS_TARGET, DUPLICATE_TARGET
 
 QK_VALIDATION = Path("validation") / "qk.csv"
 """Per reading (inputs, rotary): r of the duplicate-token score (``validate --experiment qk``)."""
