@@ -36,7 +36,7 @@ from headatlas.report.head_pages import (
     evidence_by_head,
     similar_heads,
 )
-from headatlas.report.head_qk import extra_columns, qk_data
+from headatlas.report.head_qk import class_columns, extra_columns, qk_data
 from headatlas.report.ov_affinity import OV_AFFINITY
 from headatlas.store import (
     EVIDENCE,
@@ -118,6 +118,38 @@ def test_qk_extra_columns_pair_nulls_with_their_reading() -> None:
         ("auc_cities", ["auc_cities_null_mean"]),
         ("orphan_null", []),
     ]
+
+
+def test_the_maps_class_lists_become_one_column_per_class_with_its_null() -> None:
+    """qk_scores.parquet keeps each head's class AUCs, nulls, p-values and z as lists in the
+    order of ``classes`` (store.QK_CLASS_COLUMNS): the page spreads them into ``auc_<class>``
+    columns, each grouped with its own null, p-value and z, through a parquet round trip."""
+    import tempfile
+
+    from headatlas.store import QK_CLASS_COLUMNS
+
+    names = ["countries", "years"]
+    rows = []
+    for h in range(3):
+        rows.append({"layer": 0, "head": h, "dup_score": 0.1 * h, "classes": names,
+                     **{c: [0.5 + 0.1 * h + 0.01 * j for j in range(2)]
+                        for c in QK_CLASS_COLUMNS[1:]}})  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        pd.DataFrame(rows).to_parquet(Path(tmp) / "qk.parquet")
+        table = pd.read_parquet(Path(tmp) / "qk.parquet")
+    spread = class_columns(table)
+    groups = dict(extra_columns(spread))
+    for j, name in enumerate(names):
+        assert groups[f"auc_{name}"] == [
+            f"auc_{name}_null_mean",
+            f"auc_{name}_null_max",
+            f"auc_{name}_p_value",
+            f"auc_{name}_z",
+        ]
+        assert spread[f"auc_{name}"].tolist() == [float(v[j]) for v in table["class_auc"]]
+    assert "classes" not in spread.columns and len(spread) == len(table)
+    plain = table.drop(columns=["classes"])
+    assert class_columns(plain).equals(plain)
 
 
 def test_qk_data_reads_scores_tokens_and_validation(tmp_path: Path) -> None:

@@ -86,6 +86,49 @@ def _is_companion(name: str) -> bool:
     return "null" in name or name.endswith(_COMPANION_ENDINGS)
 
 
+CLASS_LISTS = {
+    "class_auc": "",
+    "class_null_mean": "_null_mean",
+    "class_null_max": "_null_max",
+    "class_p_value": "_p_value",
+    "class_z": "_z",
+}
+"""The map's per-class list columns (in the order of ``classes``) and the suffix each gets
+as a column of its own: ``auc_<class>`` with its null, p-value and z as companions."""
+
+
+def class_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with the list-valued class-preference columns (``classes``, ``class_auc``,
+    ``class_null_*``, ``class_p_value``, ``class_z``) spread into one numeric column per class
+    and statistic (``auc_countries``, ``auc_countries_null_max``, ...), which
+    :func:`extra_columns` groups; a table without them is returned as it is."""
+    if "classes" not in table.columns or "class_auc" not in table.columns or table.empty:
+        return table
+    names = [str(c) for c in _first_list(table["classes"])]
+    spread: dict[str, list[float]] = {}
+    for column, suffix in CLASS_LISTS.items():
+        if column not in table.columns:
+            continue
+        for j, name in enumerate(names):
+            spread[f"auc_{name}{suffix}"] = [_item(v, j) for v in table[column].tolist()]
+    out = table.drop(columns=[c for c in ("classes", *CLASS_LISTS) if c in table.columns])
+    return pd.concat([out.reset_index(drop=True), pd.DataFrame(spread)], axis=1)
+
+
+def _first_list(values: pd.Series) -> list[Any]:
+    for v in values.tolist():
+        if v is not None and not (isinstance(v, float) and math.isnan(v)):
+            return list(v)
+    return []
+
+
+def _item(value: Any, j: int) -> float:
+    try:
+        return float(list(value)[j])
+    except (TypeError, IndexError, ValueError):
+        return float("nan")
+
+
 def extra_columns(table: pd.DataFrame) -> list[tuple[str, list[str]]]:
     """Numeric columns beyond :data:`QK_COLUMNS` as (column, its companion columns): a companion
     (``null`` in its name, or ending in ``_p``/``_z``/``p_value``) joins the longest other column
@@ -212,7 +255,7 @@ def qk_data(results: MapResults, decode: Decoder | None = None) -> dict[str, Any
     ok = table["layer"].between(0, results.n_layers - 1) & table["head"].between(
         0, results.n_heads - 1
     )
-    table = table[ok]
+    table = class_columns(table[ok].reset_index(drop=True))
     decoder = decode if decode is not None else tokenizer_decoder(results)
     keys: dict[str, list[str]] = {}
     queries: dict[str, list[str]] = {}
