@@ -160,8 +160,8 @@ def synthetic_llama(n_layers: int, reduced: bool) -> Any:
 
 
 def llama8b(device: str, reduced: bool) -> None:
+    from headatlas.scoring.kernel.layout import PairLayout
     from headatlas.scoring.plan import source_embeddings
-    from headatlas.scoring.ranks import PairLayout
     from headatlas.scoring.relation_scores import layer_ranks, layer_scores
 
     n_layers = 2 if reduced else 32

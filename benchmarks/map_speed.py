@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 import torch
+from full_kernel import layer_ranks_full
 
 from headatlas.circuits import ModelCircuits
 from headatlas.relations import resolve_relations, tokenize_relation
+from headatlas.scoring.kernel.layout import PairLayout
 from headatlas.scoring.mapping import map_heads
 from headatlas.scoring.options import MapOptions
 from headatlas.scoring.plan import (
@@ -28,7 +31,6 @@ from headatlas.scoring.plan import (
     ScoringPlan,
     source_embeddings,
 )
-from headatlas.scoring.ranks import PairLayout
 from headatlas.scoring.reference import reference_topk_scores
 from headatlas.scoring.relation_scores import layer_ranks, layer_scores
 
@@ -44,6 +46,10 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
         torch.mm(a, b, out=out)
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best
+
+
+def _ranks(kernel: str, *args: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    return layer_ranks_full(*args) if kernel == "full" else layer_ranks(*args)
 
 
 def main() -> None:
@@ -85,7 +91,7 @@ def main() -> None:
     layers = range(cfg.n_layers) if args.layers == "all" else range(int(args.layers))
     with torch.no_grad():  # warm both (the previous kernel compiles its count on first use)
         for kernel in ("full", "pruned"):
-            layer_ranks(circuits.layer(1), Xe, readout, layout, kernel=kernel)
+            _ranks(kernel, circuits.layer(1), Xe, readout, layout)
     secs = {"full": 0.0, "pruned": 0.0}
     for i in layers:
         layer = circuits.layer(i)
@@ -94,9 +100,7 @@ def main() -> None:
         for kernel in ("full", "pruned") if i % 2 == 0 else ("pruned", "full"):
             t0 = time.perf_counter()
             with torch.no_grad():
-                got[kernel] = layer_scores(
-                    plan, *layer_ranks(layer, X, readout, layout, kernel=kernel)
-                )
+                got[kernel] = layer_scores(plan, *_ranks(kernel, layer, X, readout, layout))
             secs[kernel] += time.perf_counter() - t0
         for a, b in zip(got["full"], got["pruned"], strict=True):
             assert torch.equal(a, b), f"layer {i}: the pruned kernel's scores differ"

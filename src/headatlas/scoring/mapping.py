@@ -30,6 +30,7 @@ from headatlas.relations import (
 )
 from headatlas.scoring.categories import categorize_heads
 from headatlas.scoring.evidence import EvidenceLimits, empty_evidence, layer_evidence
+from headatlas.scoring.kernel.layout import PairLayout
 from headatlas.scoring.null import (
     NULL_COLUMNS,
     class_level_relations,
@@ -40,7 +41,6 @@ from headatlas.scoring.null import (
 )
 from headatlas.scoring.options import MapOptions, compute_dtype, resolve_dtype
 from headatlas.scoring.plan import RelationPairs, ScoringPlan
-from headatlas.scoring.ranks import PairLayout
 from headatlas.scoring.recipe import SourceInputs
 from headatlas.scoring.relation_scores import (
     candidate_orders,

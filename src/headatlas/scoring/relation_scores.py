@@ -8,36 +8,20 @@ from collections.abc import Sequence
 import torch
 
 from headatlas.circuits import LayerOV, Norm
+from headatlas.scoring.kernel.candidates import candidate_columns_shared, candidate_directions
+from headatlas.scoring.kernel.factored import Factored, SharedU
+from headatlas.scoring.kernel.layout import PairLayout
+from headatlas.scoring.kernel.pairs import STAGES, pair_ranks
 from headatlas.scoring.plan import ScoringPlan
-from headatlas.scoring.ranks import (
-    STAGES,
-    FactoredB,
-    PairLayout,
-    SharedU,
-    candidate_columns_shared,
-    candidate_directions,
-    pair_ranks,
-    pair_ranks_full,
-)
 from headatlas.scoring.recipe import Readout
-
-# Heads whose W_O·W_U block is formed in one matmul; bounded so B stays under ~512 MB.
-_B_BYTES = 512 * 2**20
 
 
 def layer_ranks(
-    layer: LayerOV,
-    X: torch.Tensor,
-    readout: Readout,
-    layout: PairLayout,
-    kernel: str = "pruned",
+    layer: LayerOV, X: torch.Tensor, readout: Readout, layout: PairLayout
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Relation and suppression ranks [n_heads, n_pairs] for every head of a layer, on the
-    readout's device and in its dtype.
-
-    ``kernel``: "pruned" (:func:`pair_ranks` with B kept factored; ranks capped at the
-    layout's k when it has one) or "full" (the previous kernel, exact ranks, for
-    benchmarks).
+    """Relation and suppression ranks [n_heads, n_pairs] for every head of a layer (the pruned
+    kernel, :func:`~headatlas.scoring.kernel.pairs.pair_ranks`, with B kept factored; ranks
+    capped at the layout's k when it has one), on the readout's device and in its dtype.
 
     ``X`` [n_sources, d] are the layer's source embeddings; ``readout`` (a bound recipe) gives
     the folded unembedding W_Uf [d, V], the output map and the logit bias b_U (added after
@@ -47,20 +31,12 @@ def layer_ranks(
     norm's per-row factor s = 1/σ(y) is positive and cancels out of top-k, so it is computed
     (through a d_head x d_head Gram matrix) only when a bias follows it.
     """
-    if kernel == "full":
-        W_Uf = readout.W_Uf
-        layer = layer.to(W_Uf.device, W_Uf.dtype)
-        Zg = readout.value_vectors(layer, X)
-        W_O, b_O = readout.output_map(layer)
-        return _layer_ranks_full(
-            layer, Zg, W_O, b_O, W_Uf, readout.logit_bias, layout, readout.final_norm
-        )
     return layer_ranks_multi(layer, X, readout, [layout])[0]
 
 
 def head_readouts(
     layer: LayerOV, X: torch.Tensor, readout: Readout
-) -> list[tuple[torch.Tensor, FactoredB]]:
+) -> list[tuple[torch.Tensor, Factored]]:
     """Every head's logits kept factored, ``Z`` [n_sources, r] and ``B`` = W @ U [r, V]
     (logits = Z @ B, up to the final norm's positive per-row factor when no bias follows
     it), on the readout's device and in its dtype."""
@@ -87,11 +63,11 @@ def head_readouts(
             one = torch.zeros(1, W.shape[1], dtype=dtype, device=device)
             one[0, -1] = 1
             W = torch.cat([W, one], 0)
-        heads.append((Z.contiguous(), FactoredB(W, U)))
+        heads.append((Z.contiguous(), Factored(W, U)))
     return heads
 
 
-def candidate_orders(heads: Sequence[tuple[torch.Tensor, FactoredB]]) -> list[torch.Tensor | None]:
+def candidate_orders(heads: Sequence[tuple[torch.Tensor, Factored]]) -> list[torch.Tensor | None]:
     """Each head's candidate columns for the pruned kernel's first passes, best first
     (Σ STAGES of them, every head's from one pass over U); None on the meta device."""
     if not heads or heads[0][0].device.type == "meta":
@@ -105,7 +81,7 @@ def layer_ranks_multi(
     X: torch.Tensor,
     readout: Readout,
     layouts: Sequence[PairLayout],
-    heads: Sequence[tuple[torch.Tensor, FactoredB]] | None = None,
+    heads: Sequence[tuple[torch.Tensor, Factored]] | None = None,
     orders: Sequence[torch.Tensor | None] | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """:func:`layer_ranks` (pruned kernel) for several pair layouts over the same source rows,
@@ -129,43 +105,6 @@ def layer_ranks_multi(
             downs.append(down)
         out.append((torch.stack(ups), torch.stack(downs)))
     return out
-
-
-def _layer_ranks_full(
-    layer: LayerOV,
-    Zg: torch.Tensor,
-    W_O: torch.Tensor,
-    b_O: torch.Tensor | None,
-    W_Uf: torch.Tensor,
-    post_bias: torch.Tensor | None,
-    layout: PairLayout,
-    final_norm: Norm | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The previous path, kept as the benchmark's baseline: B = W_O·W_U formed per head,
-    every rank computed in full by :func:`pair_ranks_full`."""
-    d = W_Uf.shape[0]
-    H, dh = W_O.shape[0], W_O.shape[1]
-    per_chunk = max(1, _B_BYTES // (dh * W_Uf.shape[1] * W_Uf.element_size()))
-    ups, downs = [], []
-    for h0 in range(0, H, per_chunk):
-        h1 = min(H, h0 + per_chunk)
-        B_all = (W_O[h0:h1].reshape(-1, d) @ W_Uf).reshape(h1 - h0, dh, -1)  # [h, dh, V]
-        for h in range(h0, h1):
-            Z, B, W = Zg[layer.kv_group(h)], B_all[h - h0], W_O[h]
-            if b_O is not None:
-                Z = _with_ones(Z)
-                B = torch.cat([B, (b_O @ W_Uf)[None]], 0)
-                W = torch.cat([W, b_O[None]], 0)
-            if post_bias is not None:
-                if final_norm is not None:
-                    Z = Z * _norm_factor(Z, W, final_norm)[:, None]
-                Z = _with_ones(Z)
-                B = torch.cat([B, post_bias[None]], 0)
-            up, down = pair_ranks_full(Z.contiguous(), B, layout)
-            ups.append(up)
-            downs.append(down)
-        del B_all
-    return torch.stack(ups), torch.stack(downs)
 
 
 _LAST: list[tuple[torch.Tensor, torch.Tensor | None, SharedU]] = []

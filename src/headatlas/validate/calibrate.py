@@ -37,10 +37,10 @@ import torch
 from headatlas.circuits import ModelCircuits
 from headatlas.errors import HeadAtlasError, ValidationInputError
 from headatlas.relations import resolve_relations
+from headatlas.scoring.kernel.layout import PairLayout
 from headatlas.scoring.mapping import resolve_device
 from headatlas.scoring.options import MapOptions, resolve_dtype
 from headatlas.scoring.plan import RelationPairs, ScoringPlan
-from headatlas.scoring.ranks import PairLayout
 from headatlas.scoring.recipe import PRESETS, Recipe, SourceInputs
 from headatlas.scoring.relation_scores import layer_ranks, layer_scores
 from headatlas.store import (
