@@ -6,12 +6,19 @@ pruned kernel reads it from the same product). ``benchmarks/map_speed.py`` times
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 
 from headatlas.circuits import LayerOV
+from headatlas.scoring import relation_scores
+from headatlas.scoring.kernel import pairs
+from headatlas.scoring.kernel.bounds import gamma
+from headatlas.scoring.kernel.factored import Factored
 from headatlas.scoring.kernel.layout import PairLayout
 from headatlas.scoring.recipe import Readout
 from headatlas.scoring.relation_scores import _norm_factor, _with_ones
@@ -120,3 +127,43 @@ def layer_ranks_full(
             downs.append(down)
         del B_all
     return torch.stack(ups), torch.stack(downs)
+
+
+def previous_margin(Z: torch.Tensor, B: Factored) -> torch.Tensor:
+    """The pruned kernel's first rounding margin, 2 γ ‖z‖ ‖W‖_F max_j ‖u_j‖ per row (γ from
+    the product's depth r + d)."""
+    g = gamma(B.W.shape[0] + B.W.shape[1], Z.dtype, Z.device)
+    return 2 * g * Z.norm(dim=1) * B.W.norm() * B.shared.col_max
+
+
+@contextmanager
+def previous_pruned_kernel() -> Iterator[None]:
+    """Inside: the map's pruned kernel as it was before the per-column bound (one margin per
+    row, from ‖z‖ ‖W‖_F), for before/after timings in one process."""
+    old_rank, old_margin = relation_scores.pair_ranks, pairs.pair_margin
+    relation_scores.pair_ranks = functools.partial(pairs.pair_ranks, column_bound=False)  # type: ignore[assignment]
+    pairs.pair_margin = previous_margin
+    try:
+        yield
+    finally:
+        relation_scores.pair_ranks, pairs.pair_margin = old_rank, old_margin
+
+
+@contextmanager
+def count_full_rows(counts: dict[str, int]) -> Iterator[None]:
+    """Inside: ``counts["pairs"]`` and ``counts["full"]`` add up the pairs the map's pruned
+    kernel saw and those it left undecided (computed from full rows)."""
+    original = pairs.full_rows
+
+    def counting(Z, B, layout, alive, up, down):  # type: ignore[no-untyped-def]
+        counts["pairs"] = counts.get("pairs", 0) + layout.n_pairs
+        counts["full"] = counts.get("full", 0) + (
+            layout.n_pairs if alive is None else int(alive.numel())
+        )
+        return original(Z, B, layout, alive, up, down)
+
+    pairs.full_rows = counting
+    try:
+        yield
+    finally:
+        pairs.full_rows = original

@@ -28,6 +28,7 @@ def _random_case(seed: int, n: int = 60, r: int = 6, d: int = 12, V: int = 700):
     W = torch.randn(r, d, generator=g).round(decimals=1)
     U = torch.randn(d, V, generator=g).round(decimals=1)
     U[:, 5] = U[:, 7]  # two tokens with the same logit in every row
+    U[:, 100:200] *= 0.01  # column norms that vary: the per-column rounding bound differs
     rows = torch.randint(0, n, (3 * n,), generator=g)
     rows[:n] = torch.arange(n)
     tgt = torch.randint(0, V, (3 * n,), generator=g)
@@ -52,10 +53,11 @@ def test_pruned_equals_full_capped_at_k(seed: int) -> None:
     assert torch.equal(exact[1], (logits < t).sum(1))
     for readout in (Factored.plain(B), Factored(W, SharedU(U))):
         for stages in ((16,), (8, 64), (4, 32, 10_000)):
-            layout = PairLayout(rows, tgt, n, V, k=k)
-            up, down = pair_ranks(Z, readout, layout, stages=stages)
-            assert torch.equal(up, _capped(exact[0], k))
-            assert torch.equal(down, _capped(exact[1], k))
+            for column_bound in (True, False):
+                layout = PairLayout(rows, tgt, n, V, k=k)
+                up, down = pair_ranks(Z, readout, layout, stages=stages, column_bound=column_bound)
+                assert torch.equal(up, _capped(exact[0], k))
+                assert torch.equal(down, _capped(exact[1], k))
 
 
 def test_pruned_kernel_decides_most_pairs_from_the_first_pass() -> None:
@@ -77,6 +79,33 @@ def test_pruned_kernel_decides_most_pairs_from_the_first_pass() -> None:
     finally:
         ranks.full_rows = original
     assert seen and seen[0] < 40  # under 10% of pairs need their full row
+
+
+def test_the_per_column_bound_decides_at_least_the_per_row_bound() -> None:
+    import headatlas.scoring.kernel.pairs as ranks
+
+    g = torch.Generator().manual_seed(7)
+    Z, W = torch.randn(300, 16, generator=g), torch.randn(16, 40, generator=g)
+    U = torch.randn(40, 6000, generator=g) * torch.rand(6000, generator=g).square()
+    rows, tgt = torch.arange(300), torch.randint(0, 6000, (300,), generator=g)
+    B = Factored(W, SharedU(U))
+    left = {}
+    original = ranks.full_rows
+    for column_bound in (False, True):
+
+        def spy(Z, B, layout, pairs, up, down, key=column_bound):  # type: ignore[no-untyped-def]
+            left[key] = layout.n_pairs if pairs is None else int(pairs.numel())
+            return original(Z, B, layout, pairs, up, down)
+
+        ranks.full_rows = spy
+        try:
+            got = pair_ranks(Z, B, PairLayout(rows, tgt, 300, 6000, k=5), column_bound=column_bound)
+        finally:
+            ranks.full_rows = original
+        exact = pair_ranks(Z, B, PairLayout(rows, tgt, 300, 6000))
+        assert torch.equal(got[0], exact[0].clamp(max=5))
+        assert torch.equal(got[1], exact[1].clamp(max=5))
+    assert left[True] <= left[False]
 
 
 def test_target_logit_comes_from_the_same_product_as_its_competitors() -> None:

@@ -12,15 +12,17 @@ import torch
 
 class SharedU:
     """The read-out factor U [d, V] every head of a map shares, with what the kernels read from
-    it prepared once: the column norms' maximum and the mean column. U is the only
+    it prepared once: the column norms (and their maximum) and the mean column. U is the only
     vocabulary-sized matrix held: columns are gathered from it (:meth:`columns`); the transpose
     :attr:`UT` is made only when asked for (the dynamic read-out's batched gathers)."""
 
     def __init__(self, U: torch.Tensor):
         self.U = U
         step = max(1, 2**24 // max(1, U.shape[0]))  # columns per block: 64 MB of float32
-        norms = [U[:, c : c + step].square().sum(0).max() for c in range(0, U.shape[1], step)]
-        self.col_max = torch.stack(norms).max().sqrt()
+        norms = [U[:, c : c + step].square().sum(0) for c in range(0, U.shape[1], step)]
+        self.col_norms = torch.cat(norms).sqrt()
+        """‖u_j‖ [V]."""
+        self.col_max = self.col_norms.max()
         """max_j ‖u_j‖ (a 0-d tensor)."""
         self.mean = U.mean(1, keepdim=True)
         """The mean column [d, 1]."""

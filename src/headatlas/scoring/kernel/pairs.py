@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from headatlas.scoring.kernel.bounds import rounding_margin
+from headatlas.scoring.kernel.bounds import gamma, rounding_margin
 from headatlas.scoring.kernel.candidates import candidate_columns
 from headatlas.scoring.kernel.factored import Factored
 from headatlas.scoring.kernel.layout import PairLayout
@@ -25,8 +25,16 @@ FULL_ROW_BYTES = 64 * 2**20
 
 
 def pair_margin(Z: torch.Tensor, B: Factored) -> torch.Tensor:
-    """Per row of Z [n]: the rounding margin of its logits (:mod:`..bounds`)."""
+    """Per row of Z [n]: the rounding margin of its logits (:mod:`..bounds`), for any column."""
     return rounding_margin(Z, B.W, B.shared.col_max)
+
+
+def column_slack(Z: torch.Tensor, B: Factored) -> torch.Tensor:
+    """Per row of Z [n]: γ ‖|z||W|‖, so that a computed logit of column j is within
+    slack · ‖u_j‖ of its exact value (:mod:`..bounds`; the per-column form of
+    :func:`pair_margin`, tighter where column norms vary)."""
+    g = gamma(B.W.shape[-2] + B.W.shape[-1], Z.dtype, Z.device)
+    return g * (Z.abs() @ B.W.abs()).norm(dim=-1)
 
 
 def target_logits(Z: torch.Tensor, B: Factored, layout: PairLayout) -> torch.Tensor:
@@ -41,6 +49,7 @@ def pair_ranks(
     k: torch.Tensor | int | None = None,
     stages: tuple[int, ...] = STAGES,
     order: torch.Tensor | None = None,
+    column_bound: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Relation and suppression ranks of every pair (in the original pair order).
 
@@ -50,8 +59,10 @@ def pair_ranks(
     With ``k`` (or ``layout.k``; per pair in the original order, or one int) only ``rank < k``
     is decided and ranks come back capped at k: a first pass over a few candidate columns per
     stage (``order``, from :func:`~..candidates.candidate_columns` when None) counts, per pair,
-    the columns surely above and surely below the target logit (beyond the rounding margin);
-    a pair with at least k of each is a miss for both scores, exactly. Only the source rows of
+    the columns surely above and surely below the target logit (beyond the rounding margin:
+    with ``column_bound``, slack · (‖u_j‖ + ‖u_t‖) per column j and target t, see
+    :func:`column_slack`; without, the row's :func:`pair_margin` for every column); a pair
+    with at least k of each is a miss for both scores, exactly. Only the source rows of
     the pairs left undecided are computed in full. Without k every row is computed in full
     (exact ranks). In both cases the target's logit is read from the same product as its
     competitors, so the tie rule holds under rounding.
@@ -69,7 +80,11 @@ def pair_ranks(
         above = torch.zeros(n_pairs, dtype=torch.int64, device=dev)
         below = torch.zeros(n_pairs, dtype=torch.int64, device=dev)
         t = target_logits(Z, B, layout)
-        margin = pair_margin(Z, B)[src]
+        if column_bound:  # |error of logit j| <= slack · ‖u_j‖
+            slack = column_slack(Z, B)[src]
+            margin = slack * B.shared.col_norms[layout.tgt]
+        else:
+            margin = pair_margin(Z, B)[src]
         if order is None:  # the candidate columns, best first (Σ stages of them)
             order = candidate_columns(Z, B, sum(stages))
         c0 = 0
@@ -82,6 +97,8 @@ def pair_ranks(
             S = Z[rows] @ B.columns(cols)  # [m, c]
             Sp = S[loc]  # [p, c] the pairs' rows
             ta, ma = t[alive][:, None], margin[alive][:, None]
+            if column_bound:  # each column's own error bound on top of the target's
+                ma = ma + slack[alive][:, None] * B.shared.col_norms[cols][None, :]
             above[alive] += (Sp > ta + ma).sum(1)
             below[alive] += (Sp < ta - ma).sum(1)
             done = (above[alive] >= kk[alive]) & (below[alive] >= kk[alive])
