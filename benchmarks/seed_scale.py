@@ -358,8 +358,8 @@ _TENSORS.update({"llama-3.1-8b": _llama, "llama-3.1-70b": _llama})
 DEFAULT_LAYERS = {
     "gpt2-xl": 4,
     "phi-2": 4,
-    "pythia-12b": 2,
-    "llama-3.1-8b": 2,
+    "pythia-12b": 1,
+    "llama-3.1-8b": 1,
     "llama-3.1-70b": 1,
 }
 """Layers written by default: a few per model, the per-layer time extrapolated to the
