@@ -160,9 +160,11 @@ def synthetic_llama(n_layers: int, reduced: bool) -> Any:
 
 
 def llama8b(device: str, reduced: bool) -> None:
+    from full_kernel import layer_ranks_full
+
     from headatlas.scoring.layers import score_layers
     from headatlas.scoring.recipe import SourceInputs
-    from headatlas.scoring.relation_scores import layer_ranks, layer_scores
+    from headatlas.scoring.relation_scores import layer_scores
 
     n_layers = 2 if reduced else 32
     t0 = time.perf_counter()
@@ -205,7 +207,7 @@ def llama8b(device: str, reduced: bool) -> None:
         t0 = time.perf_counter()
         if kernel == "full":
             with torch.no_grad():
-                out[kernel] = layer_ranks(s.read, s.sources, readout, s.layout, kernel="full")
+                out[kernel] = layer_ranks_full(s.read, s.sources, readout, s.layout)
         else:
             out[kernel] = s.ranks
         _sync(device)

@@ -462,14 +462,14 @@ def write_checkpoint(model: SeedModel, folder: Path, n_layers: int, seed: int = 
 # The child: the CLI in a fresh process, with the pruned kernel's full-row pairs counted.
 _CHILD = r"""
 import json, sys
-import headatlas.scoring.ranks as ranks
+import headatlas.scoring.kernel.pairs as ranks
 counts = {"full": 0, "pairs": 0}
-_full = ranks._full_rows
+_full = ranks.full_rows
 def _counting(Z, B, layout, pairs, up, down):
     counts["pairs"] += layout.n_pairs
     counts["full"] += layout.n_pairs if pairs is None else int(pairs.numel())
     return _full(Z, B, layout, pairs, up, down)
-ranks._full_rows = _counting
+ranks.full_rows = _counting
 from headatlas.cli.main import main
 rc = main(sys.argv[2:])
 import torch

@@ -17,10 +17,10 @@ import headatlas.scoring.layers as layers_module
 from headatlas.circuits import ModelCircuits
 from headatlas.errors import OptionError
 from headatlas.runtime import compute_dtype, resolve_device, resolve_dtype
+from headatlas.scoring.kernel.layout import PairLayout
 from headatlas.scoring.layers import score_layers
 from headatlas.scoring.null import null_hits, null_plan
 from headatlas.scoring.options import MapOptions
-from headatlas.scoring.ranks import PairLayout
 from headatlas.scoring.recipe import PRESETS, Recipe, SourceInputs
 from headatlas.scoring.relation_scores import layer_ranks, layer_scores
 from headatlas.store import LayerCache

@@ -227,9 +227,10 @@ def test_class_level_relations_in_captions_and_atlas(tmp_path: Path) -> None:
 
 
 def test_null_hits_equal_the_kernels_relation_decision(folder: Path) -> None:
+    from headatlas.scoring.kernel.layout import PairLayout
+    from headatlas.scoring.kernel.pairs import pair_ranks
     from headatlas.scoring.null import null_hits, null_plan
     from headatlas.scoring.plan import RelationPairs
-    from headatlas.scoring.ranks import PairLayout, pair_ranks
     from headatlas.scoring.recipe import SourceInputs
     from headatlas.scoring.relation_scores import candidate_orders, head_readouts
 

@@ -11,15 +11,12 @@ from test_scoring import random_plan
 from tiny_models import tiny_model
 
 from headatlas.circuits import ModelCircuits
+from headatlas.scoring.kernel.batched import batched_ranks
+from headatlas.scoring.kernel.factored import Factored, SharedU
+from headatlas.scoring.kernel.layout import PairLayout
+from headatlas.scoring.kernel.pairs import pair_ranks
 from headatlas.scoring.options import MapOptions, compute_dtype
 from headatlas.scoring.plan import source_embeddings
-from headatlas.scoring.ranks import (
-    FactoredB,
-    PairLayout,
-    SharedU,
-    batched_ranks,
-    pair_ranks,
-)
 from headatlas.scoring.relation_scores import layer_ranks, layer_scores
 from headatlas.validate.dynamic import DynamicJob, HeadReadout, read_out
 
@@ -31,6 +28,7 @@ def _random_case(seed: int, n: int = 60, r: int = 6, d: int = 12, V: int = 700):
     W = torch.randn(r, d, generator=g).round(decimals=1)
     U = torch.randn(d, V, generator=g).round(decimals=1)
     U[:, 5] = U[:, 7]  # two tokens with the same logit in every row
+    U[:, 100:200] *= 0.01  # column norms that vary: the per-column rounding bound differs
     rows = torch.randint(0, n, (3 * n,), generator=g)
     rows[:n] = torch.arange(n)
     tgt = torch.randint(0, V, (3 * n,), generator=g)
@@ -48,38 +46,66 @@ def test_pruned_equals_full_capped_at_k(seed: int) -> None:
     Z, W, U, rows, tgt, k = _random_case(seed)
     n, V = Z.shape[0], U.shape[1]
     B = W @ U
-    exact = pair_ranks(Z, B, PairLayout(rows, tgt, n, V))  # every row in full
+    exact = pair_ranks(Z, Factored.plain(B), PairLayout(rows, tgt, n, V))  # every row in full
     logits = Z[rows] @ B
     t = logits.gather(1, tgt[:, None])
     assert torch.equal(exact[0], (logits >= t).sum(1) - 1)
     assert torch.equal(exact[1], (logits < t).sum(1))
-    for readout in (B, FactoredB(W, SharedU(U))):
+    for readout in (Factored.plain(B), Factored(W, SharedU(U))):
         for stages in ((16,), (8, 64), (4, 32, 10_000)):
-            layout = PairLayout(rows, tgt, n, V, k=k)
-            up, down = pair_ranks(Z, readout, layout, stages=stages)
-            assert torch.equal(up, _capped(exact[0], k))
-            assert torch.equal(down, _capped(exact[1], k))
+            for column_bound in (True, False):
+                layout = PairLayout(rows, tgt, n, V, k=k)
+                up, down = pair_ranks(Z, readout, layout, stages=stages, column_bound=column_bound)
+                assert torch.equal(up, _capped(exact[0], k))
+                assert torch.equal(down, _capped(exact[1], k))
 
 
 def test_pruned_kernel_decides_most_pairs_from_the_first_pass() -> None:
-    import headatlas.scoring.ranks as ranks
+    import headatlas.scoring.kernel.pairs as ranks
 
     g = torch.Generator().manual_seed(4)
     Z, B = torch.randn(400, 16, generator=g), torch.randn(16, 5000, generator=g)
     rows, tgt = torch.arange(400), torch.randint(0, 5000, (400,), generator=g)
     seen: list[int] = []
-    original = ranks._full_rows
+    original = ranks.full_rows
 
     def spy(Z, B, layout, pairs, up, down):  # type: ignore[no-untyped-def]
         seen.append(layout.n_pairs if pairs is None else int(pairs.numel()))
         return original(Z, B, layout, pairs, up, down)
 
-    ranks._full_rows = spy
+    ranks.full_rows = spy
     try:
-        pair_ranks(Z, B, PairLayout(rows, tgt, 400, 5000, k=10))
+        pair_ranks(Z, Factored.plain(B), PairLayout(rows, tgt, 400, 5000, k=10))
     finally:
-        ranks._full_rows = original
+        ranks.full_rows = original
     assert seen and seen[0] < 40  # under 10% of pairs need their full row
+
+
+def test_the_per_column_bound_decides_at_least_the_per_row_bound() -> None:
+    import headatlas.scoring.kernel.pairs as ranks
+
+    g = torch.Generator().manual_seed(7)
+    Z, W = torch.randn(300, 16, generator=g), torch.randn(16, 40, generator=g)
+    U = torch.randn(40, 6000, generator=g) * torch.rand(6000, generator=g).square()
+    rows, tgt = torch.arange(300), torch.randint(0, 6000, (300,), generator=g)
+    B = Factored(W, SharedU(U))
+    left = {}
+    original = ranks.full_rows
+    for column_bound in (False, True):
+
+        def spy(Z, B, layout, pairs, up, down, key=column_bound):  # type: ignore[no-untyped-def]
+            left[key] = layout.n_pairs if pairs is None else int(pairs.numel())
+            return original(Z, B, layout, pairs, up, down)
+
+        ranks.full_rows = spy
+        try:
+            got = pair_ranks(Z, B, PairLayout(rows, tgt, 300, 6000, k=5), column_bound=column_bound)
+        finally:
+            ranks.full_rows = original
+        exact = pair_ranks(Z, B, PairLayout(rows, tgt, 300, 6000))
+        assert torch.equal(got[0], exact[0].clamp(max=5))
+        assert torch.equal(got[1], exact[1].clamp(max=5))
+    assert left[True] <= left[False]
 
 
 def test_target_logit_comes_from_the_same_product_as_its_competitors() -> None:
@@ -87,7 +113,7 @@ def test_target_logit_comes_from_the_same_product_as_its_competitors() -> None:
     g = torch.Generator().manual_seed(5)
     Z = torch.randn(30, 7, generator=g)
     col = torch.randn(7, 1, generator=g) * 1e3
-    B = col.expand(7, 300).contiguous()
+    B = Factored.plain(col.expand(7, 300).contiguous())
     tgt = torch.randint(0, 300, (30,), generator=g)
     layout = PairLayout(torch.arange(30), tgt, 30, 300)
     up, down = pair_ranks(Z, B, layout)
@@ -97,27 +123,19 @@ def test_target_logit_comes_from_the_same_product_as_its_competitors() -> None:
 
 
 @pytest.mark.parametrize("variant", ["llama-gqa", "gemma3", "phi"])
-def test_layer_scores_pruned_equal_full_kernel(
-    variant: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("HEADATLAS_NO_COMPILE", "1")  # the previous kernel, eager: no compile wait
+def test_layer_scores_pruned_equal_full_rows(variant: str) -> None:
     circuits = ModelCircuits.load(tiny_model(variant))
     plan = random_plan(circuits.cfg.vocab_size, 400, seed=3)
     for options in (MapOptions(), MapOptions(output_bias=True, unembed_bias=True)):
         X0, Xe = source_embeddings(circuits, plan.source_ids, options)
         readout = options.recipe.bind(circuits)
-        layout = PairLayout(
-            plan.pair_rows,
-            plan.pair_targets,
-            len(plan.source_ids),
-            readout.W_Uf.shape[1],
-            k=plan.pair_k,
-        )
+        args = (plan.pair_rows, plan.pair_targets, len(plan.source_ids), readout.W_Uf.shape[1])
+        layout, full = PairLayout(*args, k=plan.pair_k), PairLayout(*args)
         for i in range(circuits.cfg.n_layers):
             layer = circuits.layer(i)
             X = X0 if i == 0 else Xe
             new = layer_ranks(layer, X, readout, layout)
-            old = layer_ranks(layer, X, readout, layout, kernel="full")
+            old = layer_ranks(layer, X, readout, full)  # every row in full: exact ranks
             assert torch.equal(new[0], torch.minimum(old[0], plan.pair_k))
             assert torch.equal(new[1], torch.minimum(old[1], plan.pair_k))
             s_new, s_old = layer_scores(plan, *new), layer_scores(plan, *old)
@@ -179,9 +197,8 @@ def test_read_out_stacks_jobs_and_equals_the_full_read_out() -> None:
     assert any(d.with_context.any() for d in new)  # some hits, not all-zero scores
 
 
-def test_kernels_keep_every_output_on_the_meta_device(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kernels_keep_every_output_on_the_meta_device() -> None:
     """Device mixing would raise here: a meta tensor combines with no CPU tensor."""
-    monkeypatch.setenv("HEADATLAS_NO_COMPILE", "1")
     circuits = ModelCircuits.load(tiny_model("gemma3"))
     plan = random_plan(circuits.cfg.vocab_size, 100, seed=1)
     meta = torch.device("meta")
@@ -193,9 +210,8 @@ def test_kernels_keep_every_output_on_the_meta_device(monkeypatch: pytest.Monkey
             plan.pair_rows, plan.pair_targets, len(plan.source_ids), V, k=plan.pair_k
         ).to(meta)
         layer = circuits.layer(1)  # on the CPU: layer_ranks moves it with one .to()
-        for kernel in ("pruned", "full"):
-            up, down = layer_ranks(layer, Xe, readout_meta, layout, kernel=kernel)
-            assert up.device == meta and down.device == meta
+        up, down = layer_ranks(layer, Xe, readout_meta, layout)
+        assert up.device == meta and down.device == meta
     readout = HeadReadout(circuits, MapOptions(output_bias=True)).to(meta)
     c = circuits.cfg
     z = torch.zeros(4, c.n_heads, c.d_head, device=meta)

@@ -24,8 +24,8 @@ from headatlas.circuits import ModelCircuits
 from headatlas.cli.common import options_from_args
 from headatlas.cli.main import build_parser, main
 from headatlas.errors import OptionError
+from headatlas.scoring.kernel.layout import PairLayout
 from headatlas.scoring.options import MapOptions, recipe_with
-from headatlas.scoring.ranks import PairLayout
 from headatlas.scoring.recipe import (
     DEFAULT_CONTEXTS,
     PRESETS,

@@ -10,13 +10,15 @@ import torch
 from tiny_models import tiny_model
 
 from headatlas.circuits import ModelCircuits
+from headatlas.scoring.kernel.factored import Factored
+from headatlas.scoring.kernel.layout import PairLayout
+from headatlas.scoring.kernel.pairs import pair_ranks
 from headatlas.scoring.options import MapOptions
 from headatlas.scoring.plan import (
     RelationPairs,
     ScoringPlan,
     source_embeddings,
 )
-from headatlas.scoring.ranks import PairLayout, count_ge, pair_ranks
 from headatlas.scoring.recipe import SourceInputs
 from headatlas.scoring.reference import reference_ranks, reference_rows
 from headatlas.scoring.relation_scores import layer_ranks, layer_scores
@@ -157,16 +159,9 @@ def test_ties_count_against_the_target_in_both_directions() -> None:
     Z = torch.tensor([[1.0, 0.0]])
     B = torch.tensor([[2.0, 2.0, 2.0, 3.0, 1.0], [0.0, 0.0, 0.0, 0.0, 0.0]])
     layout = PairLayout(torch.tensor([0]), torch.tensor([0]), 1, 5, col_block=2)
-    up, down = pair_ranks(Z, B, layout)
+    up, down = pair_ranks(Z, Factored.plain(B), layout)
     assert up.tolist() == [3]  # 3 tokens >= target: two ties and one above
     assert down.tolist() == [1]  # 1 token strictly below
-
-
-def test_count_ge_kernel_matches_eager() -> None:
-    g = torch.Generator().manual_seed(0)
-    tile = torch.randn(37, 1001, generator=g).round(decimals=1)
-    t = tile[:, 5].clone()
-    assert torch.equal(count_ge(tile, t), (tile >= t[:, None]).sum(1))
 
 
 def test_pair_ranks_block_sizes_do_not_change_results() -> None:
@@ -175,8 +170,8 @@ def test_pair_ranks_block_sizes_do_not_change_results() -> None:
     rows = torch.randint(0, 50, (120,), generator=g)
     rows[:50] = torch.arange(50)
     tgt = torch.randint(0, 300, (120,), generator=g)
-    a = pair_ranks(Z, B, PairLayout(rows, tgt, 50, 300, row_block=7, col_block=33))
-    b = pair_ranks(Z, B, PairLayout(rows, tgt, 50, 300))
+    a = pair_ranks(Z, Factored.plain(B), PairLayout(rows, tgt, 50, 300, row_block=7, col_block=33))
+    b = pair_ranks(Z, Factored.plain(B), PairLayout(rows, tgt, 50, 300))
     full = Z[rows] @ B
     t = full.gather(1, tgt[:, None])
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])

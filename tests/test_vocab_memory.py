@@ -11,9 +11,9 @@ from tiny_models import gpt2_tokenizer, save_tiny, tiny_model
 
 import headatlas.circuits as circuits_module
 from headatlas.circuits import ModelCircuits
+from headatlas.scoring.kernel.factored import SharedU
 from headatlas.scoring.mapping import map_heads
 from headatlas.scoring.options import MapOptions
-from headatlas.scoring.ranks import SharedU
 from headatlas.scoring.readout import fold_unembedding
 from headatlas.weights.safetensors_dir import SafetensorsDirSource
 

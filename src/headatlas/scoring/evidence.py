@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from headatlas.scoring.kernel.factored import Factored
 from headatlas.scoring.plan import ScoringPlan
-from headatlas.scoring.ranks import FactoredB
 from headatlas.store import EVIDENCE_COLUMNS
 
 TOP_TOKENS = 5
@@ -79,7 +79,7 @@ _DTYPES = {
 def layer_evidence(
     model: str,
     layer: int,
-    heads: Sequence[tuple[torch.Tensor, FactoredB]],
+    heads: Sequence[tuple[torch.Tensor, Factored]],
     plan: ScoringPlan,
     scores: pd.DataFrame,
     limits: EvidenceLimits,
@@ -119,7 +119,7 @@ def layer_evidence(
 
 def _cell_pairs(
     Z: torch.Tensor,
-    B: FactoredB,
+    B: Factored,
     sources: Sequence[int],
     targets: Sequence[int],
     k: int,

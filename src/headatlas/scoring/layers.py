@@ -12,9 +12,10 @@ from typing import Protocol
 import torch
 
 from headatlas.circuits import LayerOV, ModelCircuits
+from headatlas.scoring.kernel.factored import Factored, SharedU
+from headatlas.scoring.kernel.layout import PairLayout
 from headatlas.scoring.null import null_hits
 from headatlas.scoring.plan import ScoringPlan
-from headatlas.scoring.ranks import FactoredB, PairLayout, SharedU
 from headatlas.scoring.recipe import Readout
 from headatlas.scoring.relation_scores import (
     candidate_orders,
@@ -99,7 +100,7 @@ class LayerScores:
         return X.to(device=s.device, dtype=s.storage)
 
     @cached_property
-    def heads(self) -> list[tuple[torch.Tensor, FactoredB]]:
+    def heads(self) -> list[tuple[torch.Tensor, Factored]]:
         """Every head's logits kept factored (:func:`head_readouts`)."""
         with torch.no_grad():
             return head_readouts(self.layer, self.sources, self._shared.readout)

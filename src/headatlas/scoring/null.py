@@ -21,15 +21,10 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 
+from headatlas.scoring.kernel.factored import Factored
+from headatlas.scoring.kernel.layout import PairLayout
+from headatlas.scoring.kernel.pairs import STAGES, full_rows, pair_margin
 from headatlas.scoring.plan import RelationPairs, ScoringPlan
-from headatlas.scoring.ranks import (
-    STAGES,
-    PairLayout,
-    ReadoutB,
-    _columns,
-    _full_rows,
-    rounding_margin,
-)
 
 NULL_COLUMNS: tuple[str, ...] = ("null_mean", "null_max", "p_value", "z")
 """Columns the null adds to scores.parquet."""
@@ -62,18 +57,18 @@ def null_plan(relations: Sequence[RelationPairs], n_perm: int, seed: int) -> Sco
 
 def null_hits(
     Z: torch.Tensor,
-    B: ReadoutB,
+    B: Factored,
     layout: PairLayout,
     order: torch.Tensor | None,
     stages: tuple[int, ...] = STAGES,
 ) -> torch.Tensor:
     """Per pair (original order), whether the target's relation rank is below k (bool): what
-    :func:`~headatlas.scoring.ranks.pair_ranks` decides for the relation score, without the
+    :func:`~headatlas.scoring.kernel.pairs.pair_ranks` decides for the relation score, without the
     suppression side the null does not need.
 
     A pair is a miss when the k-th largest of its row's candidate logits (``order``'s first
     columns, :func:`~headatlas.scoring.relation_scores.candidate_orders`) exceeds the target's
-    logit by more than :func:`~headatlas.scoring.ranks.rounding_margin`: k tokens are then above
+    logit by more than the rounding margin (:mod:`~headatlas.scoring.kernel.bounds`): k tokens are then above
     the target in every computation. That is one top-k per source row instead of one comparison
     per pair and column; the pairs left (targets near the top) get exact ranks from full rows.
     """
@@ -86,8 +81,8 @@ def null_hits(
     if order is not None and Z.device.type != "meta":
         src, tgt = layout.src, layout.tgt
         uniq, inv = torch.unique(tgt, return_inverse=True)  # permuted targets: few distinct
-        t = (Z[src] * _columns(B, uniq)[:, inv].T).sum(1)
-        margin = rounding_margin(Z, B, torch.arange(layout.n_rows, device=Z.device))[src]
+        t = (Z[src] * B.columns(uniq)[:, inv].T).sum(1)
+        margin = pair_margin(Z, B)[src]
         k_max = int(kk.max())
         end = 0
         for size in stages:
@@ -95,14 +90,14 @@ def null_hits(
             if alive.numel() == 0 or end == 0:
                 break
             rows, loc = torch.unique(src[alive], return_inverse=True)
-            S = Z[rows] @ _columns(B, order[:end])  # [m, c]
+            S = Z[rows] @ B.columns(order[:end])  # [m, c]
             kth = S.topk(min(k_max, end), dim=1).values  # [m, ≤k_max], descending
             ka = kk[alive]
             v = kth[loc, (ka - 1).clamp(max=kth.shape[1] - 1)]
             miss = (ka <= kth.shape[1]) & (v > t[alive] + margin[alive])
             up[alive[miss]] = ka[miss]
             alive = alive[~miss]
-    _full_rows(Z, B, layout, alive, up, torch.empty_like(up))
+    full_rows(Z, B, layout, alive, up, torch.empty_like(up))
     hits = torch.empty(n, dtype=torch.bool, device=Z.device)
     hits[layout.t_index] = up < kk
     return hits

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from headatlas.circuits import LayerOV, ModelCircuits, Norm
-from headatlas.scoring.ranks import FactoredB, SharedU
+from headatlas.scoring.kernel.factored import Factored, SharedU
 
 if TYPE_CHECKING:
     from headatlas.scoring.recipe import Recipe
@@ -200,7 +200,7 @@ class LayerReadout:
             offset = bo if offset is None else offset + bo
         return offset
 
-    def heads(self, X: torch.Tensor) -> list[tuple[torch.Tensor, FactoredB]]:
+    def heads(self, X: torch.Tensor) -> list[tuple[torch.Tensor, Factored]]:
         """Every head's logits for source embeddings ``X`` [n, d] kept factored: ``Z``
         [n, r] and ``B`` = W @ U [r, V] with logits = Z @ B (up to the final norm's positive
         per-row factor when no bias follows it). The map's and calibrate's kernel input.
@@ -224,7 +224,7 @@ class LayerReadout:
                 one = torch.zeros(1, W.shape[1], dtype=W.dtype, device=W.device)
                 one[0, -1] = 1
                 W = torch.cat([W, one], 0)
-            out.append((Z.contiguous(), FactoredB(W, U)))
+            out.append((Z.contiguous(), Factored(W, U)))
         return out
 
 

@@ -8,33 +8,20 @@ from collections.abc import Sequence
 import torch
 
 from headatlas.circuits import LayerOV
+from headatlas.scoring.kernel.candidates import candidate_columns_shared, candidate_directions
+from headatlas.scoring.kernel.factored import Factored, SharedU
+from headatlas.scoring.kernel.layout import PairLayout
+from headatlas.scoring.kernel.pairs import STAGES, pair_ranks
 from headatlas.scoring.plan import ScoringPlan
-from headatlas.scoring.ranks import (
-    STAGES,
-    FactoredB,
-    PairLayout,
-    SharedU,
-    candidate_columns_shared,
-    candidate_directions,
-    pair_ranks,
-    pair_ranks_full,
-)
 from headatlas.scoring.readout import Readout
 
 
 def layer_ranks(
-    layer: LayerOV,
-    X: torch.Tensor,
-    readout: Readout,
-    layout: PairLayout,
-    kernel: str = "pruned",
+    layer: LayerOV, X: torch.Tensor, readout: Readout, layout: PairLayout
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Relation and suppression ranks [n_heads, n_pairs] for every head of a layer, on the
-    readout's device and in its dtype.
-
-    ``kernel``: "pruned" (:func:`pair_ranks` with B kept factored; ranks capped at the
-    layout's k when it has one) or "full" (the previous kernel, exact ranks, for
-    benchmarks).
+    """Relation and suppression ranks [n_heads, n_pairs] for every head of a layer (the pruned
+    kernel, :func:`~headatlas.scoring.kernel.pairs.pair_ranks`, with B kept factored; ranks
+    capped at the layout's k when it has one), on the readout's device and in its dtype.
 
     ``X`` [n_sources, d] are the layer's source embeddings; ``readout`` (a bound recipe) gives
     the folded unembedding W_Uf [d, V], the output map and the logit bias b_U (added after
@@ -44,21 +31,19 @@ def layer_ranks(
     norm's per-row factor s = 1/σ(y) is positive and cancels out of top-k, so it is computed
     (through a d_head x d_head Gram matrix) only when a bias follows it.
     """
-    if kernel == "full":
-        return _layer_ranks_full(head_readouts(layer, X, readout), layout)
     return layer_ranks_multi(layer, X, readout, [layout])[0]
 
 
 def head_readouts(
     layer: LayerOV, X: torch.Tensor, readout: Readout
-) -> list[tuple[torch.Tensor, FactoredB]]:
+) -> list[tuple[torch.Tensor, Factored]]:
     """Every head's logits kept factored, ``Z`` [n_sources, r] and ``B`` = W @ U [r, V]
     (logits = Z @ B, up to the final norm's positive per-row factor when no bias follows
     it), on the readout's device and in its dtype: :meth:`LayerReadout.heads`."""
     return readout.layer(layer).heads(X)
 
 
-def candidate_orders(heads: Sequence[tuple[torch.Tensor, FactoredB]]) -> list[torch.Tensor | None]:
+def candidate_orders(heads: Sequence[tuple[torch.Tensor, Factored]]) -> list[torch.Tensor | None]:
     """Each head's candidate columns for the pruned kernel's first passes, best first
     (Σ STAGES of them, every head's from one pass over U); None on the meta device."""
     if not heads or heads[0][0].device.type == "meta":
@@ -72,7 +57,7 @@ def layer_ranks_multi(
     X: torch.Tensor,
     readout: Readout,
     layouts: Sequence[PairLayout],
-    heads: Sequence[tuple[torch.Tensor, FactoredB]] | None = None,
+    heads: Sequence[tuple[torch.Tensor, Factored]] | None = None,
     orders: Sequence[torch.Tensor | None] | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """:func:`layer_ranks` (pruned kernel) for several pair layouts over the same source rows,
@@ -96,19 +81,6 @@ def layer_ranks_multi(
             downs.append(down)
         out.append((torch.stack(ups), torch.stack(downs)))
     return out
-
-
-def _layer_ranks_full(
-    heads: Sequence[tuple[torch.Tensor, FactoredB]], layout: PairLayout
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The previous path, kept as the benchmark's baseline: every head's B = W·U formed in
-    full, every rank computed by :func:`pair_ranks_full`."""
-    ups, downs = [], []
-    for Z, B in heads:
-        up, down = pair_ranks_full(Z, B.dense(), layout)
-        ups.append(up)
-        downs.append(down)
-    return torch.stack(ups), torch.stack(downs)
 
 
 def shared_readout(readout: Readout) -> SharedU:

@@ -29,8 +29,11 @@ import torch
 
 from headatlas.circuits import ModelCircuits
 from headatlas.errors import ValidationInputError
+from headatlas.scoring.kernel.batched import batched_ranks
+from headatlas.scoring.kernel.candidates import spread_order
+from headatlas.scoring.kernel.factored import Factored, SharedU
+from headatlas.scoring.kernel.pairs import STAGES
 from headatlas.scoring.options import MapOptions, compute_dtype
-from headatlas.scoring.ranks import STAGES, HeadsB, SharedU, batched_ranks, spread_order
 from headatlas.scoring.recipe import Recipe
 from headatlas.validate.hooks import AttentionHooks
 from headatlas.validate.prompts import batches, build_prompts, pad_id
@@ -56,8 +59,8 @@ class HeadReadout:
         self.dtype = compute_dtype(dtype)
         self.pruned = pruned
         """With k, decide rank < k from a first pass over candidate columns (exact; see
-        :func:`headatlas.scoring.ranks.batched_ranks`); off: every row in full."""
-        self._order: tuple[torch.Tensor | HeadsB, torch.Tensor, torch.Tensor] | None = None
+        :func:`headatlas.scoring.kernel.batched.batched_ranks`); off: every row in full."""
+        self._order: tuple[torch.Tensor | Factored, torch.Tensor, torch.Tensor] | None = None
         self._shared: SharedU | None = None
         readout = self.recipe.bind(circuits, "cpu", self.dtype)
         self.W_Uf = readout.W_Uf  # [d, V]
@@ -76,15 +79,15 @@ class HeadReadout:
         """z [B, H, dh] -> each head's output as the residual stream sees it, [B, H, d]."""
         return torch.einsum("bhe,hed->bhd", z.to(self.dtype), self.W_O[layer])
 
-    def blocks(self, layer: int) -> Iterator[tuple[int, int, torch.Tensor | HeadsB]]:
+    def blocks(self, layer: int) -> Iterator[tuple[int, int, torch.Tensor | Factored]]:
         """(h0, h1, W_O^h·gain·W_Uf for heads h0..h1-1 [h, dh, V]): the per-head read-out
         matrices, formed once per layer and reused by every prompt (dh instead of d
         multiply-adds per logit), in chunks of at most ~512 MB. Pruned: every head at once,
-        kept factored (:class:`HeadsB`), since only a few columns and rows are read."""
+        kept factored (:class:`Factored`), since only a few columns and rows are read."""
         if self.pruned:
             if self._shared is None or self._shared.U is not self.W_Uf:
                 self._shared = SharedU(self.W_Uf)
-            yield 0, self.W_O[layer].shape[0], HeadsB(self.W_O[layer], self._shared)
+            yield 0, self.W_O[layer].shape[0], Factored(self.W_O[layer], self._shared)
             return
         W_O = self.W_O[layer]
         H, dh, d = W_O.shape
@@ -107,7 +110,7 @@ class HeadReadout:
     def block_ranks(
         self,
         layer: int,
-        block: torch.Tensor | HeadsB,
+        block: torch.Tensor | Factored,
         z: torch.Tensor,
         targets: torch.Tensor,
         k: int | torch.Tensor | None = None,
@@ -119,11 +122,9 @@ class HeadReadout:
         fresh = self._order is None or self._order[0] is not block
         if self.pruned and fresh and self.W_Uf.device.type != "meta":
             order = spread_order(block, sum(STAGES))
-            if isinstance(block, HeadsB):
-                cols = torch.bmm(block.W, block.shared.UT[order].transpose(1, 2))
-            else:
-                h, r = block.shape[0], block.shape[1]
-                cols = torch.gather(block, 2, order[:, None, :].expand(h, r, order.shape[1]))
+            if not isinstance(block, Factored):
+                raise ValueError("the pruned read-out needs factored blocks")
+            cols = block.columns(order)
             self._order = (block, order, cols)
         dev = self.W_Uf.device
         up, down = batched_ranks(
