@@ -19,13 +19,16 @@ from headatlas.store import model_slug, read_manifest, write_manifest
 
 @pytest.fixture(scope="module")
 def results_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished map and salient table of a tiny GPT-2 (real GPT-2 tokenizer)."""
+    """A finished map (with its QK scores) and salient table of a tiny GPT-2 (real GPT-2
+    tokenizer)."""
     model = tmp_path_factory.mktemp("tiny-gpt2")
     save_tiny(tiny_model("gpt2"), model)
     gpt2_tokenizer().save_pretrained(model)
     out = tmp_path_factory.mktemp("maps")
     rels = ["copying", "country_capital", "country_language"]
-    assert main(["map", str(model), "--out", str(out), "--relations", *rels, "--quiet"]) == 0
+    assert (
+        main(["map", str(model), "--out", str(out), "--relations", *rels, "--quiet", "--qk"]) == 0
+    )
     assert main(["salient", str(model), "--all", "--out", str(out), "--tokens", "5"]) == 0
     return out / model_slug(str(model))
 
@@ -76,7 +79,12 @@ def test_dataset_export_loads_with_datasets(results_dir: Path, tmp_path: Path) -
     assert main(["export", str(results_dir), str(out)]) == 0
     header = front_matter(out / "README.md")
     names = [c["config_name"] for c in header["configs"]]
-    assert names == ["scores", "categories", "salient"]  # the empty evidence table is left out
+    assert names == [
+        "scores",
+        "categories",
+        "salient",
+        "qk",
+    ]  # the empty evidence table is left out
     assert sum(bool(c.get("default")) for c in header["configs"]) == 1
     from huggingface_hub import DatasetCard  # what the hub parses on upload
 
@@ -85,7 +93,7 @@ def test_dataset_export_loads_with_datasets(results_dir: Path, tmp_path: Path) -
     cache = tmp_path / "cache"
     for name in names:
         loaded = datasets.load_dataset(str(out), name, split="train", cache_dir=str(cache))
-        stored = pd.read_parquet(results_dir / f"{name}.parquet")
+        stored = pd.read_parquet(results_dir / f"{ {'qk': 'qk_scores'}.get(name, name) }.parquet")
         assert loaded.num_rows == len(stored)
         assert loaded.column_names == list(stored.columns)
     scores = datasets.load_dataset(str(out), "scores", split="train", cache_dir=str(cache))
@@ -113,7 +121,7 @@ def test_dataset_export_carries_evidence_and_null_when_present(
     out = tmp_path / "ds"
     assert main(["export", str(with_evidence), str(out)]) == 0
     names = [c["config_name"] for c in front_matter(out / "README.md")["configs"]]
-    assert names == ["scores", "categories", "evidence", "salient"]
+    assert names == ["scores", "categories", "evidence", "salient", "qk"]
     cache = str(tmp_path / "cache")
     evidence = datasets.load_dataset(str(out), "evidence", split="train", cache_dir=cache)
     assert evidence[0]["top_tokens"] == [" Paris", " Lyon"] and evidence[1]["correct"] is False

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from headatlas.store import CATEGORIES, SALIENT, SCORE_COLUMNS, SCORES, read_table
+from headatlas.store import CATEGORIES, QK_SCORES, SALIENT, SCORE_COLUMNS, SCORES, read_table
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ TABLES = (
         "one salient token of a head and the tokens the head maps it to",
         ("layer", "head", "token", "sigma"),
     ),
-    TableSpec("qk", "qk.parquet", "one QK-circuit entry of a head", ("layer", "head")),
+    TableSpec("qk", QK_SCORES, "one head's static QK scores (docs/qk.md)", ("layer", "head")),
 )
 """Every table a map may hold, in the order the card lists them; absent ones are skipped."""
 
