@@ -39,22 +39,22 @@ RECIPES: dict[str, list[str]] = {
 MODELS = ["smollm2", "gemma3-270m"]
 
 
-def table_hash(path: Path) -> str:
-    """Hash of a parquet table (all columns, rows in stored order, floats rounded)."""
-    t = pd.read_parquet(path)
+def _frame_hash(t: pd.DataFrame, digits: int) -> str:
+    """Hash of a table: every column, rows in stored order, floats rounded to ``digits``."""
     for c in t.columns:
         if t[c].dtype.kind == "f":
-            t[c] = t[c].round(12)
+            t[c] = t[c].round(digits)
     return hashlib.sha256(t.to_csv(index=False).encode()).hexdigest()[:16]
+
+
+def table_hash(path: Path) -> str:
+    """Hash of a parquet table (floats rounded to 12 digits)."""
+    return _frame_hash(pd.read_parquet(path), 12)
 
 
 def csv_hash(path: Path) -> str:
-    """Hash of a CSV table (floats rounded)."""
-    t = pd.read_csv(path)
-    for c in t.columns:
-        if t[c].dtype.kind == "f":
-            t[c] = t[c].round(10)
-    return hashlib.sha256(t.to_csv(index=False).encode()).hexdigest()[:16]
+    """Hash of a CSV table (floats rounded to 10 digits)."""
+    return _frame_hash(pd.read_csv(path), 10)
 
 
 def run(cmd: list[str], env: dict[str, str]) -> float:

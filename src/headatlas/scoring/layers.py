@@ -22,7 +22,6 @@ from headatlas.scoring.relation_scores import (
     head_readouts,
     layer_ranks_multi,
     layer_scores,
-    shared_readout,
 )
 
 
@@ -62,7 +61,7 @@ class _Shared:
             self.null_layout = PairLayout(
                 null.pair_rows, null.pair_targets, n, vocab, k=null.pair_k
             ).to(self.device)
-        self.U: SharedU = shared_readout(readout)
+        self.U: SharedU = readout.shared()
 
 
 class LayerScores:

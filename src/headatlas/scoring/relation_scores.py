@@ -9,7 +9,7 @@ import torch
 
 from headatlas.circuits import LayerOV
 from headatlas.scoring.kernel.candidates import candidate_columns_shared, candidate_directions
-from headatlas.scoring.kernel.factored import Factored, SharedU
+from headatlas.scoring.kernel.factored import Factored
 from headatlas.scoring.kernel.layout import PairLayout
 from headatlas.scoring.kernel.pairs import STAGES, pair_ranks
 from headatlas.scoring.plan import ScoringPlan
@@ -81,12 +81,6 @@ def layer_ranks_multi(
             downs.append(down)
         out.append((torch.stack(ups), torch.stack(downs)))
     return out
-
-
-def shared_readout(readout: Readout) -> SharedU:
-    """U = [W_Uf; logit bias] [d(+1), V], shared by every head of every layer: made once per
-    readout (:meth:`Readout.shared`) and used by each layer."""
-    return readout.shared()
 
 
 def layer_scores(
