@@ -154,12 +154,15 @@ def count_full_rows(counts: dict[str, int]) -> Iterator[None]:
     kernel saw and those it left undecided (computed from full rows)."""
     original = pairs.full_rows
 
-    def counting(Z, B, layout, alive, up, down):  # type: ignore[no-untyped-def]
-        counts["pairs"] = counts.get("pairs", 0) + layout.n_pairs
-        counts["full"] = counts.get("full", 0) + (
-            layout.n_pairs if alive is None else int(alive.numel())
-        )
-        return original(Z, B, layout, alive, up, down)
+    def counting(head, jobs):  # type: ignore[no-untyped-def]
+        for job in jobs:
+            if job.name == "pairs":  # the map's pairs, not the null's
+                n = job.layout.n_pairs
+                counts["pairs"] = counts.get("pairs", 0) + n
+                counts["full"] = counts.get("full", 0) + (
+                    n if job.pairs is None else int(job.pairs.numel())
+                )
+        return original(head, jobs)
 
     pairs.full_rows = counting
     try:

@@ -465,10 +465,12 @@ import json, sys
 import headatlas.scoring.kernel.pairs as ranks
 counts = {"full": 0, "pairs": 0}
 _full = ranks.full_rows
-def _counting(Z, B, layout, pairs, up, down):
-    counts["pairs"] += layout.n_pairs
-    counts["full"] += layout.n_pairs if pairs is None else int(pairs.numel())
-    return _full(Z, B, layout, pairs, up, down)
+def _counting(head, jobs):
+    for job in jobs:
+        if job.name == "pairs":  # the map's pairs, not the null's
+            counts["pairs"] += job.layout.n_pairs
+            counts["full"] += job.layout.n_pairs if job.pairs is None else int(job.pairs.numel())
+    return _full(head, jobs)
 ranks.full_rows = _counting
 from headatlas.cli.main import main
 rc = main(sys.argv[2:])

@@ -69,9 +69,10 @@ def test_pruned_kernel_decides_most_pairs_from_the_first_pass() -> None:
     seen: list[int] = []
     original = ranks.full_rows
 
-    def spy(Z, B, layout, pairs, up, down):  # type: ignore[no-untyped-def]
-        seen.append(layout.n_pairs if pairs is None else int(pairs.numel()))
-        return original(Z, B, layout, pairs, up, down)
+    def spy(head, jobs):  # type: ignore[no-untyped-def]
+        (job,) = jobs
+        seen.append(job.layout.n_pairs if job.pairs is None else int(job.pairs.numel()))
+        return original(head, jobs)
 
     ranks.full_rows = spy
     try:
@@ -93,9 +94,10 @@ def test_the_per_column_bound_decides_at_least_the_per_row_bound() -> None:
     original = ranks.full_rows
     for column_bound in (False, True):
 
-        def spy(Z, B, layout, pairs, up, down, key=column_bound):  # type: ignore[no-untyped-def]
-            left[key] = layout.n_pairs if pairs is None else int(pairs.numel())
-            return original(Z, B, layout, pairs, up, down)
+        def spy(head, jobs, key=column_bound):  # type: ignore[no-untyped-def]
+            (job,) = jobs
+            left[key] = job.layout.n_pairs if job.pairs is None else int(job.pairs.numel())
+            return original(head, jobs)
 
         ranks.full_rows = spy
         try:

@@ -3,9 +3,11 @@ the head's top tokens for the source and the target's rank.
 
 Kept for every (head, relation) whose relation score (kind ``relation``) or suppression score
 (kind ``suppression``) is at least the label threshold: the first ``right`` pairs the head gets
-right and the first ``wrong`` it gets wrong, in the relation's pair order. Only those pairs'
-source rows are computed, in full (logits over the whole vocabulary), a few dozen rows per cell
-against the map's thousands.
+right and the first ``wrong`` it gets wrong, in the relation's pair order. Which pairs are
+right is the map's kernel's decision (its ranks, read as the layer is scored); only the picked
+pairs' source rows are computed again, in full (logits over the whole vocabulary, through the
+head's B the kernel formed, if it did), for their exact rank and top tokens: a few dozen rows
+per cell against the map's thousands.
 
 Per pair: ``target_rank`` is 1-based under the kernel's tie rule (relation: 1 + the number of
 other tokens scoring at least the target; suppression: 1 + the number scoring strictly below
@@ -22,14 +24,13 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from headatlas.scoring.kernel.factored import Factored
+from headatlas.scoring.kernel.count import count_at_least
+from headatlas.scoring.kernel.pairs import HeadRows
 from headatlas.scoring.plan import ScoringPlan
 from headatlas.store import EVIDENCE_COLUMNS
 
 TOP_TOKENS = 5
 """Top tokens kept per evidence row."""
-
-_CHUNK = 64  # source rows per full-logit product
 
 
 @dataclass(frozen=True)
@@ -76,34 +77,24 @@ _DTYPES = {
 }
 
 
+Found = tuple[str, int, int, bool, int, list[int]]
+"""One evidence pair: (relation, source id, target id, correct, target_rank, top token ids)."""
+
+
 def layer_evidence(
     model: str,
     layer: int,
-    heads: Sequence[tuple[torch.Tensor, Factored]],
-    plan: ScoringPlan,
-    scores: pd.DataFrame,
-    limits: EvidenceLimits,
+    heads: Sequence[dict[str, list[Found]]],
     decode: Callable[[list[int]], list[str]],
 ) -> pd.DataFrame:
-    """Evidence rows of one layer: ``heads`` are :func:`~headatlas.scoring.relation_scores.
-    head_readouts` (Z over ``plan``'s source rows), ``scores`` the layer's rows of the scores
-    table (head, relation, score, suppression_score); ``decode`` turns token ids into strings."""
-    if not limits.enabled or not heads or heads[0][0].device.type == "meta":
-        return empty_evidence()
-    row_of = {int(s): i for i, s in enumerate(plan.source_ids.tolist())}
-    by_name = {r.name: r for r in plan.relations}
-    found: list[tuple[int, str, int, int, bool, int, list[int], str]] = []
-    for kind, column in (("relation", "score"), ("suppression", "suppression_score")):
-        cells = scores[scores[column] >= limits.threshold]
-        for head, name in zip(cells["head"].tolist(), cells["relation"].tolist(), strict=True):
-            rel = by_name.get(name)
-            if rel is None:
-                continue
-            Z, B = heads[int(head)]
-            for pair in _cell_pairs(
-                Z, B, rel.source_ids, rel.target_ids, rel.k, row_of, kind, limits
-            ):
-                found.append((int(head), name, *pair, kind))
+    """Evidence rows of one layer from each head's :func:`head_evidence` (kind by kind, then
+    head by head); ``decode`` turns token ids into strings."""
+    found = [
+        (h, *f, kind)
+        for kind in KINDS
+        for h, per_kind in enumerate(heads)
+        for f in per_kind.get(kind, [])
+    ]
     if not found:
         return empty_evidence()
     ids = sorted({i for f in found for i in (f[2], f[3], *f[6])})
@@ -117,38 +108,85 @@ def layer_evidence(
     )
 
 
-def _cell_pairs(
-    Z: torch.Tensor,
-    B: Factored,
-    sources: Sequence[int],
-    targets: Sequence[int],
-    k: int,
-    row_of: dict[int, int],
-    kind: str,
+KINDS = ("relation", "suppression")
+"""Evidence kinds: the relation score's pairs, the suppression score's."""
+
+
+def head_evidence(
+    rows: HeadRows,
+    plan: ScoringPlan,
+    up: torch.Tensor,
+    down: torch.Tensor,
     limits: EvidenceLimits,
-) -> list[tuple[int, int, bool, int, list[int]]]:
-    """(source, target, correct, target_rank, top ids) of the first ``limits.right`` pairs
-    right and the first ``limits.wrong`` wrong, scanning the relation's pairs in chunks."""
-    right: list[tuple[int, int, bool, int, list[int]]] = []
-    wrong: list[tuple[int, int, bool, int, list[int]]] = []
-    top = min(limits.top, B.shape[1])
-    for c0 in range(0, len(sources), _CHUNK):
-        if len(right) >= limits.right and len(wrong) >= limits.wrong:
-            break
-        src = list(sources[c0 : c0 + _CHUNK])
-        tgt = torch.tensor(targets[c0 : c0 + _CHUNK], device=Z.device)
-        rows = torch.tensor([row_of[s] for s in src], device=Z.device)
-        logits = (Z[rows] @ B.W) @ B.U  # [c, V]: the same product as the kernel's full rows
-        t = logits.gather(1, tgt[:, None])
-        if kind == "relation":
-            rank = (logits >= t).sum(1)
-            best = logits.topk(top, dim=1).indices
-        else:
-            rank = (logits < t).sum(1) + 1
-            best = logits.topk(top, dim=1, largest=False).indices
-        for i, (s, r) in enumerate(zip(src, rank.tolist(), strict=True)):
-            ok = r <= k
-            keep = right if ok else wrong
-            if len(keep) < (limits.right if ok else limits.wrong):
-                keep.append((s, int(tgt[i]), ok, int(r), best[i].tolist()))
-    return right + wrong
+) -> dict[str, list[Found]]:
+    """One head's evidence per kind: for every relation whose score of that kind is at least
+    the threshold, the first ``limits.right`` pairs the head gets right and the first
+    ``limits.wrong`` it gets wrong (the kernel's ranks ``up``/``down`` [n_pairs], plan order,
+    capped at k, decide which), each with its target rank and top tokens from the source's
+    full row (``rows``: the head's rows, through the B the kernel formed, if it did).
+
+    A rank read from the row that lands on the other side of k than the kernel's decision (a
+    rounding near-tie at the boundary, between two computations of one logit) is shown at
+    the kernel's side (k, or k + 1): ``correct`` always agrees with the score."""
+    out: dict[str, list[Found]] = {}
+    if not limits.enabled or rows.Z.device.type == "meta":
+        return out
+    up, down, k = up.cpu(), down.cpu(), plan.pair_k
+    starts = [0, *torch.bincount(plan.pair_relation, minlength=len(plan.relations)).cumsum(0)]
+    for kind, hit in (("relation", up < k), ("suppression", down < k)):
+        means = plan.relation_means(hit)
+        picks: list[tuple[int, torch.Tensor]] = []  # (relation, pair indices: right, then wrong)
+        for r in range(len(plan.relations)):
+            if float(means[r]) < limits.threshold:
+                continue
+            idx = torch.arange(int(starts[r]), int(starts[r + 1]))
+            ok = hit[idx]
+            picks.append((r, torch.cat([idx[ok][: limits.right], idx[~ok][: limits.wrong]])))
+        if picks:
+            out[kind] = _read_pairs(rows, plan, hit, picks, kind, limits.top)
+    return out
+
+
+def _read_pairs(
+    rows: HeadRows,
+    plan: ScoringPlan,
+    hit: torch.Tensor,
+    picks: list[tuple[int, torch.Tensor]],
+    kind: str,
+    top: int,
+) -> list[Found]:
+    """Target rank and top tokens of the picked pairs, their source rows read in chunks."""
+    pairs = torch.cat([p for _, p in picks])
+    src = plan.pair_rows[pairs]
+    uniq, loc = torch.unique(src, return_inverse=True)
+    dev = rows.Z.device
+    V = rows.B.shared.vocab
+    rank = torch.empty(len(pairs), dtype=torch.int64)
+    best = torch.empty(len(pairs), min(top, V), dtype=torch.int64)
+    rows.plan(int(uniq.numel()))
+    step = rows.chunk()
+    for r0 in range(0, int(uniq.numel()), step):
+        sel = ((loc >= r0) & (loc < r0 + step)).nonzero().flatten()
+        logits = rows.logits(uniq[r0 : r0 + step].to(dev))
+        rel = (loc[sel] - r0).to(dev)
+        t = logits[rel, plan.pair_targets[pairs[sel]].to(dev)]
+        ge = count_at_least(logits, t, rel)
+        rank[sel] = (ge if kind == "relation" else V - ge + 1).cpu()
+        ids = logits.topk(best.shape[1], dim=1, largest=kind == "relation").indices
+        best[sel] = ids[rel].cpu()
+    k = plan.pair_k[pairs]
+    ok = hit[pairs]
+    rank = torch.where(ok, rank.minimum(k), rank.maximum(k + 1))
+    names = [plan.relations[r].name for r, p in picks for _ in range(len(p))]
+    sources = plan.source_ids[src].tolist()
+    return list(
+        zip(
+            names,
+            sources,
+            plan.pair_targets[pairs].tolist(),
+            ok.tolist(),
+            rank.tolist(),
+            best.tolist(),
+            strict=True,
+        )
+    )

@@ -1,28 +1,27 @@
 """The layer loop every scorer shares: :func:`score_layers` reads each layer and gives its
-relation and suppression ranks (and the null's hits), computed only when asked for. Pure: no
+relation and suppression ranks (and the null's hits and the evidence's pairs, from the same
+full rows), computed only when asked for. Pure: no
 files, no caching across runs (the callers keep a :class:`~headatlas.store.LayerCache`)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Protocol
 
 import torch
 
 from headatlas.circuits import LayerOV, ModelCircuits
+from headatlas.scoring.evidence import EvidenceLimits, Found, head_evidence
 from headatlas.scoring.kernel.factored import Factored, SharedU
 from headatlas.scoring.kernel.layout import PairLayout
-from headatlas.scoring.null import null_hits
+from headatlas.scoring.kernel.pairs import HeadRows, RowJob, finish, first_pass, full_rows
+from headatlas.scoring.null import hits_of, null_first_pass
 from headatlas.scoring.plan import ScoringPlan
 from headatlas.scoring.recipe import Readout
-from headatlas.scoring.relation_scores import (
-    candidate_orders,
-    head_readouts,
-    layer_ranks_multi,
-    layer_scores,
-)
+from headatlas.scoring.relation_scores import candidate_orders, head_readouts, layer_scores
 
 
 class LayerInputs(Protocol):
@@ -44,8 +43,12 @@ class _Shared:
         readout: Readout,
         storage: torch.dtype,
         null: ScoringPlan | None,
+        evidence: EvidenceLimits | None = None,
     ) -> None:
         self.plan, self.copies, self.readout, self.storage = plan, copies, readout, storage
+        if evidence is not None and copies != 1:
+            raise AssertionError("evidence is kept for one input set")
+        self.evidence = evidence
         self.device = readout.W_Uf.device
         n, vocab = len(plan.source_ids), readout.W_Uf.shape[1]
         # ``copies`` input sets stacked as source rows: the pairs repeated over each set's rows
@@ -79,7 +82,9 @@ class LayerScores:
         self._inputs = inputs
         self._shared = shared
         self.null_s = 0.0
-        """Seconds spent on the null's hits."""
+        """Seconds spent on the null's first pass (its full rows are shared with the map's)."""
+        self.evidence_s = 0.0
+        """Seconds spent reading the evidence's rows."""
 
     @property
     def layout(self) -> PairLayout:
@@ -111,14 +116,40 @@ class LayerScores:
             return candidate_orders(self.heads)
 
     @cached_property
+    def _computed(self) -> _Computed:
+        """Head by head: the first passes of the map's pairs and the null's, one pass of full
+        rows for the rows either left undecided (each row computed once), the ranks, then
+        the evidence's rows through the same formed B (one head's B held at a time)."""
+        s = self._shared
+        out = _Computed()
+        kk = s.layout.k_for(None, s.device)
+        with torch.no_grad():
+            for (Z, B), order in zip(self.heads, self.orders, strict=True):
+                up, down, alive = first_pass(Z, B, s.layout, kk, order=order)
+                jobs = [RowJob(s.layout, alive, up, down)]
+                if s.null_layout is not None:
+                    t0 = time.perf_counter()
+                    n_up, n_alive = null_first_pass(Z, B, s.null_layout, order)
+                    jobs.append(RowJob(s.null_layout, n_alive, n_up, None, "null"))
+                    self.null_s += time.perf_counter() - t0
+                rows = HeadRows(Z, B)
+                full_rows(rows, jobs)
+                up, down = finish(s.layout, kk, up, down)
+                out.up.append(up)
+                out.down.append(down)
+                if s.null_layout is not None:
+                    out.null.append(hits_of(s.null_layout, n_up))
+                if s.evidence is not None:
+                    t0 = time.perf_counter()
+                    out.evidence.append(head_evidence(rows, s.plan, up, down, s.evidence))
+                    self.evidence_s += time.perf_counter() - t0
+        return out
+
+    @property
     def ranks(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Relation and suppression ranks [n_heads, copies · n_pairs] (pruned kernel)."""
-        s = self._shared
-        with torch.no_grad():
-            (ranks,) = layer_ranks_multi(
-                self.layer, self.sources, s.readout, [s.layout], self.heads, self.orders
-            )
-        return ranks
+        c = self._computed
+        return torch.stack(c.up), torch.stack(c.down)
 
     @cached_property
     def scores(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -131,19 +162,30 @@ class LayerScores:
             for m in range(self._shared.copies)
         ]
 
-    @cached_property
+    @property
     def null_hits(self) -> torch.Tensor | None:
         """The null's hits per head [n_heads, ...] (None without a null)."""
-        lay = self._shared.null_layout
-        if lay is None:
+        if self._shared.null_layout is None:
             return None
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            hits = torch.stack(
-                [null_hits(Z, B, lay, o) for (Z, B), o in zip(self.heads, self.orders)]
-            )
-        self.null_s += time.perf_counter() - t0
-        return hits
+        return torch.stack(self._computed.null)
+
+    @property
+    def evidence(self) -> list[dict[str, list[Found]]] | None:
+        """Each head's evidence (:func:`~headatlas.scoring.evidence.head_evidence`; None when
+        not asked for)."""
+        if self._shared.evidence is None:
+            return None
+        return self._computed.evidence
+
+
+@dataclass
+class _Computed:
+    """A layer's per-head results (:attr:`LayerScores._computed`)."""
+
+    up: list[torch.Tensor] = field(default_factory=list)
+    down: list[torch.Tensor] = field(default_factory=list)
+    null: list[torch.Tensor] = field(default_factory=list)
+    evidence: list[dict[str, list[Found]]] = field(default_factory=list)
 
 
 def score_layers(
@@ -154,6 +196,7 @@ def score_layers(
     storage: torch.dtype | None = None,
     layers: Iterable[int] | None = None,
     null: ScoringPlan | None = None,
+    evidence: EvidenceLimits | None = None,
 ) -> Iterator[LayerScores]:
     """Each layer's scores (of ``layers``, default all, in that order) on ``plan``'s pairs.
 
@@ -162,10 +205,12 @@ def score_layers(
     only in the embedding mode); ``readout``: the bound recipe, its device and compute dtype
     those of the scores; ``storage``: the dtype layers and sources are rounded to first
     (default: the readout's); ``null``: the null's plan over the same source rows
-    (:func:`~headatlas.scoring.null.null_plan`). The shared read-out factor is prepared once
-    here and used by every layer.
+    (:func:`~headatlas.scoring.null.null_plan`); ``evidence``: what evidence to keep
+    (:attr:`LayerScores.evidence`, one input set only). The shared read-out factor is prepared
+    once here and used by every layer.
     """
-    shared = _Shared(plan, len(inputs), readout, storage or readout.W_Uf.dtype, null)
+    storage = storage or readout.W_Uf.dtype
+    shared = _Shared(plan, len(inputs), readout, storage, null, evidence)
     which = range(circuits.cfg.n_layers) if layers is None else layers
     for i in which:
         yield LayerScores(i, circuits.layer(i), inputs, shared)

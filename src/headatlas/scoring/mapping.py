@@ -262,7 +262,8 @@ def map_heads(
     stored = _StoredLayers(directory, key, limits, say)
     t_prep = time.perf_counter()
 
-    scored = score_layers(circuits, plan, [inputs], readout, dtype, todo, null)
+    keep = limits if limits.enabled else None
+    scored = score_layers(circuits, plan, [inputs], readout, dtype, todo, null, keep)
     bar = track(scored, len(todo), f"mapping {summary['display_name']}", "layer", progress)
     decode = _decoder(circuits, words)
     done = _map_layers(bar, stored, plan, null, n_perm, limits, str(summary["name"]), decode)
@@ -367,9 +368,9 @@ def _map_layers(
             done.null_s += s.null_s
         if ev is None:
             t0 = time.perf_counter()
-            with torch.no_grad():
-                ev = layer_evidence(name, s.index, s.heads, plan, frame, limits, decode)
-            done.evidence_s += time.perf_counter() - t0
+            found = s.evidence  # computed with the ranks (again if the scores were reused)
+            ev = empty_evidence() if found is None else layer_evidence(name, s.index, found, decode)
+            done.evidence_s += s.evidence_s + time.perf_counter() - t0
             stored.cache.put(s.index, s.digest, ev, "evidence", stored.tag)
         done.frames.append(frame)
         done.evidence.append(ev)

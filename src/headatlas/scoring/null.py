@@ -23,7 +23,7 @@ import torch
 
 from headatlas.scoring.kernel.factored import Factored
 from headatlas.scoring.kernel.layout import PairLayout
-from headatlas.scoring.kernel.pairs import STAGES, full_rows, pair_margin
+from headatlas.scoring.kernel.pairs import STAGES, HeadRows, RowJob, full_rows, pair_margin
 from headatlas.scoring.plan import RelationPairs, ScoringPlan
 
 NULL_COLUMNS: tuple[str, ...] = ("null_mean", "null_max", "p_value", "z")
@@ -63,14 +63,29 @@ def null_hits(
     stages: tuple[int, ...] = STAGES,
 ) -> torch.Tensor:
     """Per pair (original order), whether the target's relation rank is below k (bool): what
-    :func:`~headatlas.scoring.kernel.pairs.pair_ranks` decides for the relation score, without the
-    suppression side the null does not need.
+    :func:`~headatlas.scoring.kernel.pairs.pair_ranks` decides for the relation score, without
+    the suppression side the null does not need (:func:`null_first_pass`, then full rows)."""
+    up, alive = null_first_pass(Z, B, layout, order, stages)
+    full_rows(HeadRows(Z, B), [RowJob(layout, alive, up, None, "null")])
+    return hits_of(layout, up)
+
+
+def null_first_pass(
+    Z: torch.Tensor,
+    B: Factored,
+    layout: PairLayout,
+    order: torch.Tensor | None,
+    stages: tuple[int, ...] = STAGES,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The null's first pass: (up, alive), up [n_pairs] in layout order (k for the pairs
+    decided), alive the layout positions whose relation rank needs their full row.
 
     A pair is a miss when the k-th largest of its row's candidate logits (``order``'s first
     columns, :func:`~headatlas.scoring.relation_scores.candidate_orders`) exceeds the target's
-    logit by more than the rounding margin (:mod:`~headatlas.scoring.kernel.bounds`): k tokens are then above
-    the target in every computation. That is one top-k per source row instead of one comparison
-    per pair and column; the pairs left (targets near the top) get exact ranks from full rows.
+    logit by more than the rounding margin (:mod:`~headatlas.scoring.kernel.bounds`): k tokens
+    are then above the target in every computation. That is one top-k per source row instead
+    of one comparison per pair and column; the pairs left (targets near the top) get exact
+    ranks from full rows.
     """
     kk = layout.k
     if kk is None:
@@ -97,9 +112,14 @@ def null_hits(
             miss = (ka <= kth.shape[1]) & (v > t[alive] + margin[alive])
             up[alive[miss]] = ka[miss]
             alive = alive[~miss]
-    full_rows(Z, B, layout, alive, up, torch.empty_like(up))
-    hits = torch.empty(n, dtype=torch.bool, device=Z.device)
-    hits[layout.t_index] = up < kk
+    return up, alive
+
+
+def hits_of(layout: PairLayout, up: torch.Tensor) -> torch.Tensor:
+    """Per pair (original order): relation rank (layout order ``up``) below its k."""
+    assert layout.k is not None
+    hits = torch.empty(layout.n_pairs, dtype=torch.bool, device=up.device)
+    hits[layout.t_index] = up < layout.k
     return hits
 
 

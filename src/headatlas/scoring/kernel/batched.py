@@ -7,6 +7,7 @@ import torch
 
 from headatlas.scoring.kernel.bounds import rounding_margin
 from headatlas.scoring.kernel.candidates import spread_order
+from headatlas.scoring.kernel.count import count_at_least
 from headatlas.scoring.kernel.factored import Factored
 from headatlas.scoring.kernel.pairs import FULL_ROW_BYTES, STAGES
 
@@ -125,7 +126,7 @@ def _batched_full_rows(
     def count(logits: torch.Tensor, hs: torch.Tensor, rs: torch.Tensor) -> None:
         if offset is not None:
             logits = logits + offset
-        ge = (logits >= logits.gather(1, targets[rs][:, None])).sum(1)
+        ge = count_at_least(logits, logits.gather(1, targets[rs][:, None])[:, 0])
         up[hs, rs] = ge - 1
         down[hs, rs] = V - ge
 
