@@ -77,7 +77,7 @@ def test_a_task_killed_mid_run_keeps_its_finished_layers(
     import headatlas.scoring.layers as layers
 
     job = LayerJob(str(model_dir), str(tmp_path / "out"), OPTIONS, RELATIONS, (), (0, 1))
-    real = layers.layer_ranks_multi
+    real = layers.candidate_orders  # once per layer
     calls = []
 
     def dies_on_the_second_layer(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -86,12 +86,12 @@ def test_a_task_killed_mid_run_keeps_its_finished_layers(
             raise SystemExit("worker killed")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(layers, "layer_ranks_multi", dies_on_the_second_layer)
+    monkeypatch.setattr(layers, "candidate_orders", dies_on_the_second_layer)
     with pytest.raises(SystemExit):
         layer_task(job)
     saved = list((tmp_path / "out").glob(f"*/{PARTIAL}/*/layer_0000-*.parquet"))
     assert len(saved) == 1
-    monkeypatch.setattr(layers, "layer_ranks_multi", real)
+    monkeypatch.setattr(layers, "candidate_orders", real)
     retry = layer_task(job)  # what Ray's retry runs
     assert retry.status == "mapped" and retry.layers_computed == 1
 

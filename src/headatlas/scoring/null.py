@@ -2,8 +2,8 @@
 
 Each relation's targets are permuted among its own pairs (a few seeded permutations), and the
 permuted pairs are scored by the same kernel, with the same recipe and the same k, in the same
-pass over each layer as the real pairs (:func:`~headatlas.scoring.relation_scores.
-layer_ranks_multi`). A head that promotes the relation's *targets as a class* (every pronoun,
+pass over each head as the real pairs (their full rows shared:
+:class:`~headatlas.scoring.layers.LayerScores`). A head that promotes the relation's *targets as a class* (every pronoun,
 every capital), whatever the source, scores as high on shuffled pairs as on real ones; a head
 that maps each source to its own target does not.
 

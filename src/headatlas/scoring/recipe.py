@@ -273,8 +273,13 @@ def start_token(tokenizer: Any) -> int | None:
 
 def resolve_start(circuits: ModelCircuits, start: int | str | None) -> int | None:
     """The start token id ``start`` names: "auto" = the tokenizer's BOS (None when it has
-    none), None = none, else the id itself (checked against the vocabulary)."""
-    bos = start_token(circuits.tokenizer) if start == "auto" else start
+    none), None = none, else the id itself (checked against the vocabulary). "auto" reads the
+    BOS from the weights' metadata when it is there (a GGUF file: no tokenizer built)."""
+    bos: Any = start
+    if start == "auto":
+        known, bos = circuits.source.start_token_id()
+        if not known:
+            bos = start_token(circuits.tokenizer)
     if isinstance(bos, str):
         raise OptionError(f"start token {start!r} is not valid: use auto, none or a token id")
     if bos is not None and not 0 <= int(bos) < circuits.cfg.vocab_size:

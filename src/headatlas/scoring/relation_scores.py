@@ -31,7 +31,10 @@ def layer_ranks(
     norm's per-row factor s = 1/σ(y) is positive and cancels out of top-k, so it is computed
     (through a d_head x d_head Gram matrix) only when a bias follows it.
     """
-    return layer_ranks_multi(layer, X, readout, [layout])[0]
+    heads = head_readouts(layer, X, readout)
+    orders = candidate_orders(heads) if layout.k is not None else [None] * len(heads)
+    ranks = [pair_ranks(Z, B, layout, order=o) for (Z, B), o in zip(heads, orders, strict=True)]
+    return torch.stack([u for u, _ in ranks]), torch.stack([d for _, d in ranks])
 
 
 def head_readouts(
@@ -50,37 +53,6 @@ def candidate_orders(heads: Sequence[tuple[torch.Tensor, Factored]]) -> list[tor
         return [None] * len(heads)
     dirs = [candidate_directions(Z, B) for Z, B in heads]
     return list(candidate_columns_shared(dirs, heads[0][1].shared, sum(STAGES)))
-
-
-def layer_ranks_multi(
-    layer: LayerOV,
-    X: torch.Tensor,
-    readout: Readout,
-    layouts: Sequence[PairLayout],
-    heads: Sequence[tuple[torch.Tensor, Factored]] | None = None,
-    orders: Sequence[torch.Tensor | None] | None = None,
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """:func:`layer_ranks` (pruned kernel) for several pair layouts over the same source rows,
-    sharing each head's factors and candidate columns; each layout's ranks are exactly what
-    :func:`layer_ranks` gives for it alone. ``heads`` (:func:`head_readouts`) and ``orders``
-    (:func:`candidate_orders`): when the caller has them already."""
-    if heads is None:
-        heads = head_readouts(layer, X, readout)
-    if orders is None:
-        orders = (
-            candidate_orders(heads)
-            if any(lay.k is not None for lay in layouts)
-            else [None] * len(heads)
-        )
-    out = []
-    for layout in layouts:
-        ups, downs = [], []
-        for (Z, B), order in zip(heads, orders, strict=True):
-            up, down = pair_ranks(Z, B, layout, order=order if layout.k is not None else None)
-            ups.append(up)
-            downs.append(down)
-        out.append((torch.stack(ups), torch.stack(downs)))
-    return out
 
 
 def layer_scores(

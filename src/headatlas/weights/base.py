@@ -36,6 +36,11 @@ class WeightSource(ABC):
     def tokenizer(self) -> Any:
         """The model's tokenizer (a ``transformers`` tokenizer)."""
 
+    def start_token_id(self) -> tuple[bool, int | None]:
+        """(known, id): the tokenizer's BOS id when the weights' own metadata says it without
+        building the tokenizer (known=False: ask the tokenizer)."""
+        return False, None
+
     def tokenizer_key(self) -> str | None:
         """What the tokenizer is built from (a content hash of its files), so that what is
         derived from it can be cached; None when unknown (nothing is cached then)."""

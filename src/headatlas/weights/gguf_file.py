@@ -18,6 +18,7 @@ import torch
 
 from headatlas.errors import UnsupportedArchitecture, WeightSourceError
 from headatlas.weights.base import WeightSource
+from headatlas.weights.dequant import dequantize
 from headatlas.weights.gguf_header import open_gguf
 
 # GGUF architecture -> Hugging Face model_type.
@@ -165,16 +166,13 @@ class GGUFSource(WeightSource):
 
     def read(self, name: str) -> torch.Tensor:
         """Dequantise one tensor to float32, in Hugging Face layout."""
-        import gguf
-
         t = self._tensors[name]
         try:
-            array = gguf.quants.dequantize(t.data, t.tensor_type)
+            tensor = dequantize(t.data, t.tensor_type)
         except Exception as exc:
             raise WeightSourceError(
                 f"{self.path}: tensor {name} could not be dequantised ({exc}): the file is corrupt"
             ) from exc
-        tensor = torch.from_numpy(np.array(array, dtype=np.float32, copy=True))
         self._release(t)
         if self.arch in _PERMUTED_QK and (".attn_q." in name or ".attn_k." in name):
             heads = int(self._field(f"{self.arch}.attention.head_count"))
@@ -225,6 +223,12 @@ class GGUFSource(WeightSource):
         except OSError:  # a read-only home is fine: no cache then
             pass
         return tok
+
+    def start_token_id(self) -> tuple[bool, int | None]:
+        """The BOS id ``transformers`` gives the file's tokenizer: ``tokenizer.ggml.bos_token_id``
+        (read from the header, no tokenizer built; unknown without the key)."""
+        bos = self._field("tokenizer.ggml.bos_token_id")
+        return (False, None) if bos is None else (True, int(bos))
 
     def tokenizer_key(self) -> str | None:
         """The file's size and tensor table (its tokenizer is in its metadata)."""
