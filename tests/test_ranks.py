@@ -4,6 +4,8 @@ the tie rule holds under rounding, and every kernel keeps its outputs on its inp
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -227,3 +229,27 @@ def test_ranks_are_computed_in_float32_whatever_the_storage_dtype() -> None:
     assert compute_dtype(torch.bfloat16) == torch.float32
     assert compute_dtype(torch.float16) == torch.float32
     assert compute_dtype(torch.float64) == torch.float64
+
+
+def test_compiled_counting_kernel_equals_the_eager_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Big work goes through a torch.compile'd kernel; it must count exactly as eager torch.
+    from headatlas.scoring.kernel import count
+
+    g = torch.Generator().manual_seed(11)
+    S = torch.randn(40, 300, generator=g).round(decimals=1)  # many exact ties
+    loc = torch.randint(0, 40, (90,), generator=g)
+    t = S[loc, torch.randint(0, 300, (90,), generator=g)]
+    cases = {
+        "full rows": lambda: count.count_at_least(S, t, loc),
+        "whole rows": lambda: count.count_at_least(S[loc], t),
+    }
+    monkeypatch.setattr(count, "COMPILE_ABOVE", 10**12)
+    eager = {name: f() for name, f in cases.items()}
+    monkeypatch.setattr(count, "COMPILE_ABOVE", 0)
+    for name, f in cases.items():
+        got, want = f(), eager[name]
+        got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
+        assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True)), name
+    if os.environ.get("HEADATLAS_NO_COMPILE") != "1":  # the compiled kernels did run
+        assert count._COMPILED["count_rows"] is not count._eager_rows
+        assert count._COMPILED["count"] is not count._eager

@@ -17,7 +17,14 @@ from headatlas.circuits import LayerOV, ModelCircuits
 from headatlas.scoring.evidence import EvidenceLimits, Found, head_evidence
 from headatlas.scoring.kernel.factored import Factored, SharedU
 from headatlas.scoring.kernel.layout import PairLayout
-from headatlas.scoring.kernel.pairs import HeadRows, RowJob, finish, first_pass, full_rows
+from headatlas.scoring.kernel.pairs import (
+    HeadRows,
+    RowBuffers,
+    RowJob,
+    finish,
+    first_pass,
+    full_rows,
+)
 from headatlas.scoring.null import hits_of, null_first_pass
 from headatlas.scoring.plan import ScoringPlan
 from headatlas.scoring.recipe import Readout
@@ -65,6 +72,8 @@ class _Shared:
                 null.pair_rows, null.pair_targets, n, vocab, k=null.pair_k
             ).to(self.device)
         self.U: SharedU = readout.shared()
+        self.buffers = RowBuffers()
+        """The full rows' logits and formed B, reused by every head of every layer."""
 
 
 class LayerScores:
@@ -132,7 +141,7 @@ class LayerScores:
                     n_up, n_alive = null_first_pass(Z, B, s.null_layout, order)
                     jobs.append(RowJob(s.null_layout, n_alive, n_up, None, "null"))
                     self.null_s += time.perf_counter() - t0
-                rows = HeadRows(Z, B)
+                rows = HeadRows(Z, B, s.buffers)
                 full_rows(rows, jobs)
                 up, down = finish(s.layout, kk, up, down)
                 out.up.append(up)
