@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -348,3 +349,39 @@ def test_smollm2_experiment(smollm2: Any, experiment: str) -> None:
         assert copying["base_accuracy"] > 0.8
         # the heads the map credits with copying matter more than random ones
         assert copying["drop_relation_heads"] > copying["drop_random_mean"], t.to_string()
+
+
+def test_validating_some_relations_keeps_the_folders_bigger_map(tmp_path: Path) -> None:
+    # A folder holding a map of three relations: validating one of them reuses that map (no
+    # layer computed, all three relations still in scores.parquet) instead of replacing it.
+    from headatlas.scoring.mapping import map_heads
+    from headatlas.store import load_results
+
+    model = tiny_model("gpt2")
+    mc = ModelCircuits.load(model, tokenizer=gpt2_tokenizer())
+    opts = MapOptions(k=3000, min_pairs=5)
+    three = ["country_capital", "copying", "noun_pronoun"]
+    first = map_heads(mc, three, options=opts, out=tmp_path, progress=False, log=lambda _m: None)
+    vopts = ValidationOptions(max_prompts=6, templates=("No <X> means no",))
+    res = validate(
+        mc, relations=["copying"], experiments=["correlative"], out=tmp_path, map_options=opts,
+        options=vopts, progress=False, log=lambda _m: None,
+    )  # fmt: skip
+    assert res.correlative is not None and set(res.correlative["relation"]) == {"copying"}
+    after = load_results(first.directory)
+    assert set(after.scores["relation"]) == set(three)
+    assert after.manifest["timings"]["layers_computed"] == 0  # reused, not re-mapped
+    pd.testing.assert_frame_equal(after.scores, first.scores)
+    # A relation from a file not given now could not be kept: a one-line error, nothing written.
+    rel_file = tmp_path / "mine.json"
+    rel_file.write_text(
+        json.dumps({"name": "mine", "category": "Knowledge", "pairs": [["France", "Paris"]] * 6})
+    )
+    mine = tmp_path / "with_file"
+    map_heads(mc, ["copying"], [rel_file], options=MapOptions(k=3000, min_pairs=1), out=mine,
+              progress=False, log=lambda _m: None)  # fmt: skip
+    with pytest.raises(ValidationInputError, match="relation file not given here"):
+        validate(
+            mc, relations=["copying"], experiments=["correlative"], out=mine, map_options=opts,
+            options=vopts, progress=False, log=lambda _m: None,
+        )  # fmt: skip

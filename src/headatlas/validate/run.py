@@ -30,6 +30,7 @@ from headatlas.circuits import ModelCircuits
 from headatlas.errors import ValidationInputError
 from headatlas.progress import Progress
 from headatlas.relations import (
+    BUILTIN_NAMES,
     Relation,
     multi_token_pairs,
     resolve_relations,
@@ -45,7 +46,14 @@ from headatlas.runtime import resolve_device
 from headatlas.scoring.mapping import map_heads
 from headatlas.scoring.options import MapOptions
 from headatlas.stats import CORRELATION_COLUMNS, causal_summary, correlate, static_matrix
-from headatlas.store import MapResults, write_json_atomic, write_text_atomic
+from headatlas.store import (
+    MANIFEST,
+    MapResults,
+    read_manifest,
+    results_folder,
+    write_json_atomic,
+    write_text_atomic,
+)
 from headatlas.validate.dynamic import (
     DynamicJob,
     HeadReadout,
@@ -118,8 +126,9 @@ def validate(
         for rel in rels:
             if not rel.prompt_templates:
                 causal_mod.relation_prompts(rel, circuits.tokenizer, options)  # raises
+    mapped = _relations_to_map(out, circuits, relations, rels)
     results_map = map_heads(
-        circuits, relations, relation_files, map_options, out=out, progress=progress, log=say
+        circuits, mapped, relation_files, map_options, out=out, progress=progress, log=say
     )
     directory = results_map.directory / VALIDATION if out is not None else None
     res = ValidationResults(directory)
@@ -155,6 +164,41 @@ def validate(
     if directory is not None:
         _write(res, results_map.display_name)
     return res
+
+
+def _relations_to_map(
+    out: str | Path | None,
+    circuits: ModelCircuits,
+    relations: Sequence[str] | None,
+    asked: Sequence[Relation],
+) -> list[str] | None:
+    """The relations the static map is made with: the asked ones (``relations``, resolved to
+    ``asked`` with the relation files), plus every built-in relation a finished map in ``out``
+    already holds, in that map's order. Validating a few relations then reuses the folder's map
+    (or re-maps all of them), never replacing a bigger map with a smaller one; a relation of
+    that map from a relation file not given now could not be kept: an error."""
+    if out is None:
+        return None if relations is None else list(relations)
+    folder = results_folder(out, str(circuits.summary()["name"]))
+    if not (folder / MANIFEST).is_file():
+        return None if relations is None else list(relations)
+    try:
+        held = [str(r["name"]) for r in read_manifest(folder).get("relations", [])]
+    except Exception:  # an unreadable manifest: the map reports it and maps again
+        return None if relations is None else list(relations)
+    names = {r.name for r in asked}
+    lost = [n for n in held if n not in names and n not in BUILTIN_NAMES]
+    if lost:
+        raise ValidationInputError(
+            f"{folder} holds a map with relation(s) {', '.join(lost)} from a relation file not "
+            "given here, and validating would replace it: pass the same --relations-file "
+            "(with the relations to validate), or another --out"
+        )
+    if all(n in names for n in held):
+        return None if relations is None else list(relations)
+    builtin_asked = [r.name for r in asked if r.name in BUILTIN_NAMES]
+    kept = [n for n in held if n in BUILTIN_NAMES]
+    return kept + [n for n in builtin_asked if n not in kept]
 
 
 def _pairs_for(
