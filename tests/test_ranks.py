@@ -253,3 +253,18 @@ def test_compiled_counting_kernel_equals_the_eager_one(monkeypatch: pytest.Monke
     if os.environ.get("HEADATLAS_NO_COMPILE") != "1":  # the compiled kernels did run
         assert count._COMPILED["count_rows"] is not count._eager_rows
         assert count._COMPILED["count"] is not count._eager
+
+
+def test_a_ctrl_c_while_compiling_is_delivered_after_it() -> None:
+    # torch.compile catches what is raised while it compiles; a Ctrl-C then must not be lost.
+    import signal
+
+    from headatlas.scoring.kernel import count
+
+    finished = []
+    with pytest.raises(KeyboardInterrupt):
+        with count._interrupt_after():
+            os.kill(os.getpid(), signal.SIGINT)
+            finished.append(True)  # the guarded work runs to its end first
+    assert finished == [True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

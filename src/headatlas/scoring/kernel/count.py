@@ -11,7 +11,10 @@ toolchain) or ``HEADATLAS_NO_COMPILE=1``. Counts are integers: every path gives 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -30,18 +33,45 @@ def _eager_rows(logits: torch.Tensor, rows: torch.Tensor, t: torch.Tensor) -> to
     return (logits[rows] >= t[:, None]).sum(1)
 
 
+@contextmanager
+def _interrupt_after() -> Iterator[None]:
+    """Hold a Ctrl-C that arrives inside (``torch.compile`` catches exceptions raised while it
+    compiles and falls back, which would swallow a KeyboardInterrupt: the map would go on) and
+    deliver it to the previous handler on the way out."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    old = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if caught:
+            if callable(old):
+                old(signal.SIGINT, None)
+            elif old == signal.SIG_DFL:
+                raise KeyboardInterrupt
+
+
 def _compiled(name: str, eager: _Count, probe: tuple[torch.Tensor, ...]) -> _Count:
-    """``torch.compile`` of ``eager``, kept only if it equals the eager count on ``probe``."""
+    """``torch.compile`` of ``eager``, kept only if it equals the eager count on ``probe``
+    (compiled and checked on the probe at once; a Ctrl-C meanwhile is delivered after)."""
     if name not in _COMPILED:
         _COMPILED[name] = eager
         if os.environ.get("HEADATLAS_NO_COMPILE") != "1":
-            try:
-                fn = torch.compile(eager, dynamic=True)
-                if torch.equal(fn(*probe), eager(*probe)):
-                    _COMPILED[name] = fn
-            except Exception:  # no C++ toolchain, unsupported platform...
-                _COMPILED[name] = eager
+            with _interrupt_after():
+                _COMPILED[name] = _compile_checked(eager, probe)
     return _COMPILED[name]
+
+
+def _compile_checked(eager: _Count, probe: tuple[torch.Tensor, ...]) -> _Count:
+    """The compiled kernel if it compiles and equals ``eager`` on ``probe``, else ``eager``."""
+    try:
+        fn = torch.compile(eager, dynamic=True)
+        return fn if torch.equal(fn(*probe), eager(*probe)) else eager
+    except Exception:  # no C++ toolchain, unsupported platform...
+        return eager
 
 
 def count_at_least(
