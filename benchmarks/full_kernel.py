@@ -7,10 +7,8 @@ pruned kernel reads it from the same product). ``benchmarks/map_speed.py`` times
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import torch
 
@@ -18,48 +16,19 @@ from headatlas.circuits import LayerOV
 from headatlas.scoring import relation_scores
 from headatlas.scoring.kernel import pairs
 from headatlas.scoring.kernel.bounds import gamma
+from headatlas.scoring.kernel.count import count_at_least
 from headatlas.scoring.kernel.factored import Factored
 from headatlas.scoring.kernel.layout import PairLayout
 from headatlas.scoring.readout import Readout, _norm_factor, _with_ones
 
 _B_BYTES = 512 * 2**20  # heads whose W_O·W_U block is formed in one matmul
-_KERNELS: dict[str, Any] = {}
-
-
-def _count_ge_eager(tile: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    return (tile >= t[:, None]).sum(1)
-
-
-def _count_ge_rows_eager(tile: torch.Tensor, rows: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    return (tile[rows] >= t[:, None]).sum(1)
-
-
-def _kernel(name: str, eager: Any, probe: tuple[torch.Tensor, ...]) -> Any:
-    """``torch.compile`` of ``eager`` on CPU, checked on a probe; eager when compiling fails."""
-    if name not in _KERNELS:
-        _KERNELS[name] = eager
-        if os.environ.get("HEADATLAS_NO_COMPILE") != "1":
-            try:
-                compiled = torch.compile(eager, dynamic=True)
-                if torch.equal(compiled(*probe), eager(*probe)):
-                    _KERNELS[name] = compiled
-            except Exception:  # no C++ toolchain, unsupported platform...
-                _KERNELS[name] = eager
-    return _KERNELS[name]
 
 
 def count_ge(tile: torch.Tensor, t: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-    """Per row, how many entries of ``tile`` (or of ``tile[rows]``) are >= ``t`` (int64); on CPU
-    a ``torch.compile``d kernel (eager without a compiler or with HEADATLAS_NO_COMPILE=1)."""
-    probe = torch.arange(12.0).reshape(3, 4)
-    if rows is None:
-        if tile.device.type != "cpu":
-            return _count_ge_eager(tile, t)
-        return _kernel("count", _count_ge_eager, (probe, probe[:, 1]))(tile, t)  # type: ignore[no-any-return]
-    if tile.device.type != "cpu":
-        return _count_ge_rows_eager(tile, rows, t)
-    fn = _kernel("count_rows", _count_ge_rows_eager, (probe, torch.tensor([2, 0]), probe[:2, 1]))
-    return fn(tile, rows, t)  # type: ignore[no-any-return]
+    """Per row, how many entries of ``tile`` (or of ``tile[rows]``) are >= ``t`` (int64): the
+    package's count, compiled for every tile as this kernel always had it (eager without a
+    compiler or with HEADATLAS_NO_COMPILE=1)."""
+    return count_at_least(tile, t, rows, compile_above=0)
 
 
 def pair_ranks_full(

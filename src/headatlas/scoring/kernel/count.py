@@ -75,11 +75,16 @@ def _compile_checked(eager: _Count, probe: tuple[torch.Tensor, ...]) -> _Count:
 
 
 def count_at_least(
-    logits: torch.Tensor, t: torch.Tensor, rows: torch.Tensor | None = None
+    logits: torch.Tensor,
+    t: torch.Tensor,
+    rows: torch.Tensor | None = None,
+    compile_above: int | None = None,
 ) -> torch.Tensor:
     """Per threshold ``t[i]``: how many entries of ``logits[rows[i]]`` (or of ``logits[i]``)
-    are >= it, int64 [len(t)]."""
-    big = logits.device.type == "cpu" and t.numel() * logits.shape[-1] > COMPILE_ABOVE
+    are >= it, int64 [len(t)]. ``compile_above``: entries counted above which the compiled
+    kernel runs (default :data:`COMPILE_ABOVE`; 0: always, on CPU)."""
+    limit = COMPILE_ABOVE if compile_above is None else compile_above
+    big = logits.device.type == "cpu" and t.numel() * logits.shape[-1] > limit
     probe = torch.arange(12.0).reshape(3, 4)
     if rows is None:
         if not big:
