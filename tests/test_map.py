@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -275,3 +276,39 @@ def test_bfloat16_storage_maps_with_float32_ranks(gpt2_dir: Path) -> None:
     # Only the weights' rounding differs: scores agree but for near-ties.
     diff = (bf16.scores["score"] - fp32.scores["score"]).abs()
     assert float(diff.max()) < 0.1
+
+
+def test_a_ctrl_c_a_library_swallowed_still_stops_the_map_at_the_next_layer(
+    tmp_path: Path,
+) -> None:
+    # The CLI records every SIGINT; the layer loop raises on the record, so a KeyboardInterrupt
+    # caught and dropped somewhere inside a layer still ends the map with its layers saved.
+    import headatlas.scoring.layers as layers_mod
+    from headatlas import interrupts
+    from headatlas.scoring.mapping import map_heads
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a CLI process
+    real = layers_mod.candidate_orders  # once per layer
+    calls: list[int] = []
+
+    def swallowing(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.1)
+            except KeyboardInterrupt:
+                pass  # what a careless library does
+        return real(*args, **kwargs)
+
+    try:
+        interrupts.install()
+        layers_mod.candidate_orders = swallowing  # type: ignore[assignment]
+        with pytest.raises(KeyboardInterrupt):
+            map_heads("smollm2", ["copying"], out=tmp_path, progress=False, log=lambda _m: None)
+    finally:
+        layers_mod.candidate_orders = real  # type: ignore[assignment]
+        signal.signal(signal.SIGINT, before)
+    saved = list(tmp_path.glob("smollm2/partial/*/layer_*.parquet"))
+    assert len(saved) == 2  # layer 0 and the layer the Ctrl-C came in
+    interrupts.raise_if_interrupted()  # the record was used once: nothing left to raise

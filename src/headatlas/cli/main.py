@@ -44,6 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from headatlas.interrupts import install
+
+    install()
     try:
         return int(args.func(args) or 0)
     except HeadAtlasError as exc:

@@ -19,6 +19,7 @@ import torch
 
 from headatlas.circuits import ModelCircuits
 from headatlas.errors import HeadAtlasError, OptionError, ResultsError, ResultsMismatchError
+from headatlas.interrupts import raise_if_interrupted
 from headatlas.progress import track
 from headatlas.relations import resolve_relations, tokenize_relations
 from headatlas.runtime import compute_dtype, resolve_device, resolve_dtype
@@ -358,6 +359,7 @@ def _map_layers(
     computed and saved there at once (so an interrupted map resumes after it)."""
     done = _MappedLayers()
     for s in scored:
+        raise_if_interrupted()  # a Ctrl-C a library swallowed during the last layer
         done.digests.append(s.digest)  # every layer is read and hashed: reuse needs a true match
         frame = stored.scores(s.index, s.digest)
         ev = stored.evidence(s.index, s.digest) if frame is not None else None
